@@ -1,0 +1,182 @@
+"""Check a batch of Pub/Sub messages: envelope, then contract, then the GX suite.
+
+This is the pure core the pipeline's validation composites adapt (no Beam here). Every
+message comes out exactly once: as a `ValidEvent` (typed record, contract, envelope) or as a
+`Rejection` naming the stage and *every* failed rule of that stage.
+
+Stages, in order (a message stops at the first stage it fails):
+1. `envelope`: CloudEvents decoding (oversize, non_utf8, malformed_json, missing_attribute,
+   invalid_attribute, unsupported_specversion, unsupported_content_type);
+2. `contract`: ce-type known to the catalog (`unknown_type`), ce-dataschema present
+   (`missing_dataschema`) and naming a known version (`unknown_version`), then the Avro
+   contract (`missing_required_field`, `wrong_type`, `unexpected_field`, `invalid_enum_symbol`);
+3. `expectations`: the type's GX suite over the whole batch (rule = the expectation type).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from expectations.contracts import Contract, ContractRegistry, ContractViolation, version_from_dataschema
+from expectations.envelope import Envelope, EnvelopeError, RawMessage, decode_envelope
+from expectations.suites import ExpectationOutcome, RuleFailure, SuiteValidator
+from tidegate.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class ValidEvent:
+    message: RawMessage
+    envelope: Envelope
+    contract: Contract
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    message: RawMessage
+    stage: str
+    failures: tuple[RuleFailure, ...]
+    event_id: str | None = None
+    event_type: str | None = None
+    schema_version: int | None = None
+
+    @property
+    def rules(self) -> list[str]:
+        return [f.rule for f in self.failures]
+
+
+@dataclass
+class CheckedBatch:
+    valid: list[ValidEvent] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    outcomes: list[ExpectationOutcome] = field(default_factory=list)
+
+
+def resolve_contract(envelope: Envelope, registry: ContractRegistry) -> Contract:
+    """Which contract an envelope claims; raises ContractViolation with the reason."""
+    if envelope.type not in registry.types:
+        known = ", ".join(sorted(registry.types))
+        raise ContractViolation(
+            [_v("unknown_type", "type", f"ce-type {envelope.type!r} is not in the catalog ({known})")]
+        )
+    if not envelope.dataschema:
+        raise ContractViolation(
+            [
+                _v(
+                    "missing_dataschema",
+                    "dataschema",
+                    "ce-dataschema is missing: it must name the contract version (…:v1)",
+                )
+            ]
+        )
+    version = version_from_dataschema(envelope.dataschema)
+    contract = registry.get(envelope.type, version) if version is not None else None
+    if contract is None:
+        known_v = ", ".join(f"v{v}" for v in registry.versions(envelope.type))
+        raise ContractViolation(
+            [
+                _v(
+                    "unknown_version",
+                    "dataschema",
+                    f"ce-dataschema {envelope.dataschema!r} names no known version of "
+                    f"{envelope.type} (known: {known_v})",
+                )
+            ]
+        )
+    return contract
+
+
+def _v(rule: str, field_name: str, message: str) -> Any:
+    from expectations.contracts import Violation
+
+    return Violation(rule, field_name, message)
+
+
+def check_message(
+    message: RawMessage, catalog: Catalog, registry: ContractRegistry
+) -> ValidEvent | Rejection:
+    """Envelope and contract stages for one message (GX runs per batch, see check_batch)."""
+    limit = max(s.max_payload_bytes for s in catalog.streams)
+    try:
+        envelope = decode_envelope(message, limit)
+    except EnvelopeError as exc:
+        return Rejection(
+            message,
+            "envelope",
+            (RuleFailure("envelope", exc.rule, exc.field, exc.message),),
+            event_id=exc.event_id or message.attributes.get("ce-id"),
+            event_type=message.attributes.get("ce-type"),
+        )
+    stream_limit = next(
+        (s.max_payload_bytes for s in catalog.streams if s.event_type == envelope.type), limit
+    )
+    if len(message.data) > stream_limit:
+        return Rejection(
+            message,
+            "envelope",
+            (
+                RuleFailure(
+                    "envelope",
+                    "oversize",
+                    None,
+                    f"message body is {len(message.data)} bytes, the limit for {envelope.type} is {stream_limit}",
+                ),
+            ),
+            event_id=envelope.id,
+            event_type=envelope.type,
+        )
+    contract: Contract | None = None
+    try:
+        contract = resolve_contract(envelope, registry)
+        record = contract.coerce(envelope.data)
+    except ContractViolation as exc:
+        return Rejection(
+            message,
+            "contract",
+            tuple(RuleFailure("contract", v.rule, v.field, v.message) for v in exc.violations),
+            event_id=envelope.id,
+            event_type=envelope.type,
+            schema_version=contract.version
+            if contract
+            else version_from_dataschema(envelope.dataschema or ""),
+        )
+    return ValidEvent(message, envelope, contract, record)
+
+
+def check_batch(
+    messages: Iterable[RawMessage],
+    catalog: Catalog,
+    registry: ContractRegistry,
+    validator: SuiteValidator,
+) -> CheckedBatch:
+    """All three stages over a batch; GX runs once per event type present."""
+    out = CheckedBatch()
+    by_type: dict[str, list[ValidEvent]] = defaultdict(list)
+    for m in messages:
+        result = check_message(m, catalog, registry)
+        if isinstance(result, Rejection):
+            out.rejected.append(result)
+        else:
+            by_type[result.contract.event_type].append(result)
+    for event_type, events in by_type.items():
+        batch = validator.validate(event_type, [e.record for e in events])
+        out.outcomes += batch.outcomes
+        for i, event in enumerate(events):
+            failures = batch.row_failures.get(i)
+            if failures:
+                out.rejected.append(
+                    Rejection(
+                        event.message,
+                        "expectations",
+                        tuple(failures),
+                        event_id=event.envelope.id,
+                        event_type=event_type,
+                        schema_version=event.contract.version,
+                    )
+                )
+            else:
+                out.valid.append(event)
+    return out

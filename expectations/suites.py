@@ -1,0 +1,208 @@
+"""Great Expectations suites: the value rules of each event type, validated per batch.
+
+Type rules (required fields, types, enums) live in the Avro contract; rules about *values*
+(ranges, sets, formats) live in `expectations/contracts/<type>/suite.json`, kept in GX's own
+JSON (`ExpectationSuite.to_json_dict()` without ids) so GX Data Docs and GX tooling read them
+unchanged. One suite per type covers all its versions: frames are built with the latest
+contract's columns, so a v1 row simply has nulls in columns added later (GX column-map
+expectations skip nulls).
+
+GX costs ~45 ms per `validate()` whatever the size (platform facts), so validate whole
+batches, never single events. The GX context cannot be pickled: build `SuiteValidator` once
+per worker (`DoFn.setup`).
+
+Row-level failures come from `result_format=COMPLETE` (`unexpected_index_list`). A failing
+expectation without row indices (table-level) is reported in `BatchResult.outcomes` and
+does not reject single rows.
+
+    uv run python -c "from expectations.suites import load_suite; \
+        print(load_suite('expectations/contracts/shop.order.placed/suite.json'))"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from expectations.contracts import ContractRegistry
+from tidegate.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuleFailure:
+    """One failed rule for one event: where it was checked, which rule, which field, why."""
+
+    stage: str  # envelope | contract | expectations
+    rule: str
+    field: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"stage": self.stage, "rule": self.rule, "field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's result over a batch (what lands in the _quality table later)."""
+
+    event_type: str
+    expectation: str
+    column: str | None
+    success: bool
+    element_count: int
+    unexpected_count: int
+
+    @property
+    def unexpected_percent(self) -> float:
+        return 100.0 * self.unexpected_count / self.element_count if self.element_count else 0.0
+
+
+@dataclass
+class BatchResult:
+    row_failures: dict[int, list[RuleFailure]] = field(default_factory=dict)
+    outcomes: list[ExpectationOutcome] = field(default_factory=list)
+
+
+def load_suite_dict(path: Path | str) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"expectation suite {p} cannot be read: {exc}") from None
+    if not isinstance(doc, dict) or "expectations" not in doc:
+        raise ConfigError(f"expectation suite {p} is not a GX suite (no 'expectations')")
+    return doc
+
+
+def load_suite(path: Path | str) -> Any:
+    """Load a suite file into a GX ExpectationSuite (validates every expectation's config)."""
+    from great_expectations.core import ExpectationSuite
+
+    doc = load_suite_dict(path)
+    doc.pop("id", None)
+    for e in doc.get("expectations", []):
+        e.pop("id", None)
+    try:
+        return ExpectationSuite(**doc)
+    except Exception as exc:  # noqa: BLE001 - GX raises many types for a bad config
+        raise ConfigError(f"expectation suite {path} is invalid: {exc}") from None
+
+
+def suite_fingerprint(path: Path | str) -> str:
+    """SHA-256 of the suite's canonical JSON: which rules a batch was checked with."""
+    doc = load_suite_dict(path)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _silence_gx() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _describe(config: Any, result: dict[str, Any], pii: bool) -> str:
+    kw = config.kwargs
+    column = kw.get("column")
+    etype = config.type
+    if etype == "expect_column_values_to_be_between":
+        rule = f"not between {kw.get('min_value')} and {kw.get('max_value')}"
+    elif etype == "expect_column_values_to_be_in_set":
+        values = list(kw.get("value_set") or [])
+        shown = ", ".join(map(str, values[:12])) + (" ..." if len(values) > 12 else "")
+        rule = f"not in the allowed set ({shown})"
+    elif etype == "expect_column_values_to_match_regex":
+        rule = f"does not match {kw.get('regex')}"
+    elif etype == "expect_column_values_to_not_be_null":
+        rule = "is null"
+    else:
+        rule = f"fails {etype}"
+    return f"{column}: value {rule}" + (" (value withheld: PII)" if pii else "")
+
+
+class SuiteValidator:
+    """Validates batches of typed records against each event type's GX suite.
+
+    Build once per worker; `validate()` is thread-compatible but not thread-safe.
+    """
+
+    def __init__(self, registry: ContractRegistry) -> None:
+        _silence_gx()
+        import great_expectations as gx
+
+        self._registry = registry
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+        self._suites: dict[str, Any] = {}
+        self._batch_defs: dict[str, Any] = {}
+        self.fingerprints: dict[str, str] = {}
+        source = self._context.data_sources.add_pandas("tidegate")
+        for event_type, contracts in registry.types.items():
+            if contracts.suite_path is None:
+                continue
+            self._suites[event_type] = load_suite(contracts.suite_path)
+            self.fingerprints[event_type] = suite_fingerprint(contracts.suite_path)
+            asset = source.add_dataframe_asset(event_type)
+            self._batch_defs[event_type] = asset.add_batch_definition_whole_dataframe("batch")
+
+    def frame(self, event_type: str, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        """A pandas frame for GX: latest contract's columns, decimals as floats."""
+        latest = self._registry.latest(event_type)
+        columns: dict[str, list[Any]] = {}
+        for name in latest.field_names:
+            values = [r.get(name) for r in records]
+            if any(isinstance(v, Decimal) for v in values):
+                values = [float(v) if v is not None else None for v in values]
+            columns[name] = values
+        return pd.DataFrame(columns)
+
+    def validate(self, event_type: str, records: Sequence[dict[str, Any]]) -> BatchResult:
+        suite = self._suites.get(event_type)
+        if suite is None or not records:
+            return BatchResult()
+        df = self.frame(event_type, records)
+        batch = self._batch_defs[event_type].get_batch(batch_parameters={"dataframe": df})
+        res = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+        pii = self._registry.latest(event_type).pii_fields
+        out = BatchResult()
+        for r in res.results:
+            config = r.expectation_config
+            column = config.kwargs.get("column")
+            result = r.result or {}
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                raise ConfigError(
+                    f"suite for {event_type}: {config.type} on {column!r} raised: "
+                    f"{r.exception_info.get('exception_message')}"
+                )
+            unexpected = int(result.get("unexpected_count") or 0)
+            out.outcomes.append(
+                ExpectationOutcome(
+                    event_type=event_type,
+                    expectation=config.type,
+                    column=column,
+                    success=bool(r.success),
+                    element_count=int(result.get("element_count") or len(df)),
+                    unexpected_count=unexpected,
+                )
+            )
+            if r.success:
+                continue
+            indices = result.get("unexpected_index_list")
+            if not indices:
+                continue
+            message = _describe(config, result, column in pii)
+            failure = RuleFailure("expectations", config.type, column, message)
+            for idx in indices:
+                row = int(idx) if not isinstance(idx, dict) else int(next(iter(idx.values())))
+                out.row_failures.setdefault(row, []).append(failure)
+        return out

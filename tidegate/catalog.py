@@ -1,0 +1,279 @@
+"""The stream catalog: one declarative file that describes tidegate's world.
+
+It names the GCP project, the topics and subscriptions of every event stream, the
+dead-letter topic, where contracts live and each type's compatibility mode. `tidegate up`
+provisions the emulator from it, the pipeline reads it, and the Terraform is generated from
+it, so there is never a second list of topics to keep in sync.
+
+    tidegate contracts list            # what the catalog declares
+    TIDEGATE_CATALOG=my.yaml tidegate up
+
+The default catalog is `infra/catalog.yaml` (shipped inside the package, so an installed
+tidegate and a Dataflow worker read the same file as a checkout).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tidegate.errors import ConfigError
+
+CATALOG_ENV = "TIDEGATE_CATALOG"
+
+# GCP resource-name rules (topics and subscriptions): 3-255 chars, start with a letter,
+# letters, digits, - _ . ~ + %; must not start with "goog".
+_RESOURCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
+_PROJECT_RE = re.compile(r"^[a-z][a-z0-9\-]{4,28}[a-z0-9]$")
+_EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Compatibility(StrEnum):
+    """Schema-evolution modes, as in Confluent's and Pub/Sub's schema registries."""
+
+    NONE = "NONE"
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+
+    @property
+    def transitive(self) -> bool:
+        return self.value.endswith("_TRANSITIVE")
+
+    @property
+    def backward(self) -> bool:
+        """New readers must read data written with older schemas."""
+        return self.value.startswith(("BACKWARD", "FULL"))
+
+    @property
+    def forward(self) -> bool:
+        """Old readers must read data written with newer schemas."""
+        return self.value.startswith(("FORWARD", "FULL"))
+
+
+def parse_duration(text: str) -> int:
+    """'7d' -> 604800 seconds. Raises ValueError on anything else."""
+    m = _DURATION_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 600s, 30m, 12h or 7d")
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def _resource_name(value: str) -> str:
+    if not _RESOURCE_RE.match(value) or value.startswith("goog"):
+        raise ValueError(
+            f"{value!r} is not a valid Pub/Sub resource id (3-255 chars, starts with a letter, "
+            "letters/digits/-_.~+%, not starting with 'goog')"
+        )
+    return value
+
+
+ResourceName = Annotated[str, Field(min_length=3)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StreamSettings(_Strict):
+    """Settings a stream may inherit from `defaults`."""
+
+    ack_deadline_seconds: int = Field(default=600, ge=10, le=600)
+    message_retention: str = "7d"
+    exactly_once_delivery: bool = False
+    max_payload_bytes: int = Field(default=65536, ge=1024, le=10_000_000)
+    compatibility: Compatibility = Compatibility.FULL_TRANSITIVE
+
+    @field_validator("message_retention")
+    @classmethod
+    def _retention(cls, v: str) -> str:
+        seconds = parse_duration(v)
+        if not 600 <= seconds <= 31 * 86400:
+            raise ValueError("message_retention must be between 10m and 31d (Pub/Sub's limits)")
+        return v
+
+    @property
+    def message_retention_seconds(self) -> int:
+        return parse_duration(self.message_retention)
+
+
+class Stream(_Strict):
+    """One event type: its topic, its pipeline subscription and how its contract evolves."""
+
+    event_type: str
+    description: str = ""
+    topic: ResourceName
+    subscription: ResourceName
+    ack_deadline_seconds: int = Field(ge=10, le=600)
+    message_retention: str
+    exactly_once_delivery: bool
+    max_payload_bytes: int = Field(ge=1024, le=10_000_000)
+    compatibility: Compatibility
+
+    @field_validator("event_type")
+    @classmethod
+    def _event_type(cls, v: str) -> str:
+        if not _EVENT_TYPE_RE.match(v):
+            raise ValueError(f"{v!r} is not a dotted event type like shop.order.placed")
+        return v
+
+    @field_validator("topic", "subscription")
+    @classmethod
+    def _names(cls, v: str) -> str:
+        return _resource_name(v)
+
+    @property
+    def message_retention_seconds(self) -> int:
+        return parse_duration(self.message_retention)
+
+
+class DeadLetter(_Strict):
+    topic: ResourceName = "tidegate-dead-letter"
+    subscription: ResourceName = "tidegate-dead-letter-sub"
+    max_delivery_attempts: int = Field(default=10, ge=5, le=100)
+
+    @field_validator("topic", "subscription")
+    @classmethod
+    def _names(cls, v: str) -> str:
+        return _resource_name(v)
+
+
+class EmulatorSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8085, ge=1, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if v not in ("127.0.0.1", "localhost", "::1") and not v.startswith("127."):
+            raise ValueError("the emulator must listen on a loopback address (127.0.0.1)")
+        return v
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Catalog(_Strict):
+    """The parsed catalog. `path` is where it was read from (contracts resolve against it)."""
+
+    version: int = 1
+    project: str
+    emulator: EmulatorSettings = EmulatorSettings()
+    contracts: str = "../expectations/contracts"
+    defaults: StreamSettings = StreamSettings()
+    dead_letter: DeadLetter = DeadLetter()
+    streams: list[Stream]
+    path: Path = Field(exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            return data
+        base = StreamSettings(**defaults).model_dump()
+        streams = data.get("streams")
+        if isinstance(streams, list):
+            data = dict(data)
+            data["streams"] = [{**base, **s} if isinstance(s, dict) else s for s in streams]
+        return data
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        if not _PROJECT_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a valid GCP project id (6-30 chars, lowercase letters, digits "
+                "and hyphens, starting with a letter), e.g. local-lake"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalog:
+        if not self.streams:
+            raise ValueError("the catalog declares no streams")
+        seen: dict[str, str] = {}
+        for s in self.streams:
+            for kind, name in (
+                ("event type", s.event_type),
+                ("subscription", s.subscription),
+            ):
+                key = f"{kind}:{name}"
+                if key in seen:
+                    raise ValueError(f"{kind} {name!r} is declared twice")
+                seen[key] = s.event_type
+        topics = {s.topic for s in self.streams}
+        subs = {s.subscription for s in self.streams}
+        if self.dead_letter.topic in topics:
+            raise ValueError("the dead-letter topic must not also be a stream topic")
+        if self.dead_letter.subscription in subs:
+            raise ValueError("the dead-letter subscription must not also be a stream subscription")
+        return self
+
+    @cached_property
+    def contracts_dir(self) -> Path:
+        return (self.path.parent / self.contracts).resolve()
+
+    def stream(self, event_type: str) -> Stream:
+        for s in self.streams:
+            if s.event_type == event_type:
+                return s
+        known = ", ".join(self.event_types)
+        raise ConfigError(f"unknown event type {event_type!r}", hint=f"the catalog declares: {known}")
+
+    @property
+    def event_types(self) -> list[str]:
+        return [s.event_type for s in self.streams]
+
+
+def default_catalog_path() -> Path:
+    env = os.environ.get(CATALOG_ENV)
+    if env:
+        return Path(env)
+    return Path(str(resources.files("infra").joinpath("catalog.yaml")))
+
+
+def load_catalog(path: Path | str | None = None) -> Catalog:
+    """Read and validate a catalog; every problem becomes one readable ConfigError."""
+    p = Path(path) if path is not None else default_catalog_path()
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"catalog file {p} does not exist",
+            hint=f"pass --catalog PATH or set {CATALOG_ENV}; the default is infra/catalog.yaml",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"catalog {p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"catalog {p} must be a YAML mapping with 'project' and 'streams'")
+    try:
+        catalog = Catalog(**raw, path=p.resolve())
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError(f"catalog {p} is invalid:\n" + "\n".join(lines)) from None
+    if not catalog.contracts_dir.is_dir():
+        raise ConfigError(
+            f"catalog {p}: contracts directory {catalog.contracts_dir} does not exist",
+            hint="'contracts' is resolved relative to the catalog file",
+        )
+    return catalog
