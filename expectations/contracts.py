@@ -607,7 +607,7 @@ def load_contract(path: Path, event_type: str, version: int) -> Contract:
     try:
         contract.parsed  # noqa: B018 - parse now so a broken schema fails at load time
         contract.arrow_schema  # noqa: B018
-    except fastavro.schema.SchemaParseException as exc:
+    except (fastavro.schema.SchemaParseException, fastavro.schema.UnknownType, ConfigError) as exc:
         raise ConfigError(f"contract {path} is not a valid Avro schema: {exc}") from None
     return contract
 

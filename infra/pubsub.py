@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +77,21 @@ def gapic_publisher(address: str | None) -> Any:
         )
         return GapicPublisherClient(transport=PublisherGrpcTransport(channel=channel))
     return GapicPublisherClient()
+
+
+def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: float = 30) -> list[Any]:
+    """One synchronous pull that returns at once when the subscription is empty.
+
+    `return_immediately` is deprecated on GCP but without it an empty pull on the emulator
+    blocks ~30 s (platform facts), so it is used here with its warning silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The return_immediately flag is deprecated", DeprecationWarning)
+        resp = client.pull(
+            request={"subscription": subscription, "max_messages": max_messages, "return_immediately": True},
+            timeout=timeout,
+        )
+    return list(resp.received_messages)
 
 
 def topic_path(project: str, topic: str) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -401,7 +402,7 @@ def contracts_show(
     for f in contract.arrow_schema:
         table.add_row(
             f.name,
-            str(f.type),
+            escape(str(f.type)),
             "yes" if f.nullable else "no",
             "yes" if f.name in contract.pii_fields else "",
             contract.schema["fields"][contract.field_names.index(f.name)].get("doc", ""),

@@ -17,7 +17,7 @@ from expectations.checks import CheckedBatch, check_batch
 from expectations.contracts import ContractRegistry
 from expectations.envelope import RawMessage
 from expectations.suites import SuiteValidator
-from infra.pubsub import subscriber, subscription_path
+from infra.pubsub import pull_now, subscriber, subscription_path
 from tidegate.catalog import Catalog
 
 
@@ -68,15 +68,12 @@ def preview(
             acks = held.setdefault(path, [])
             empty_pulls = 0
             while empty_pulls < 2:
-                resp = client.pull(
-                    request={"subscription": path, "max_messages": 100, "return_immediately": True},
-                    timeout=30,
-                )
-                if not resp.received_messages:
+                received = pull_now(client, path)
+                if not received:
                     empty_pulls += 1
                     continue
                 empty_pulls = 0
-                for rm in resp.received_messages:
+                for rm in received:
                     messages.append(_to_raw(rm, stream.subscription))
                     acks.append(rm.ack_id)
                     result.by_subscription[stream.subscription] += 1

@@ -1,0 +1,130 @@
+"""CloudEvents over Pub/Sub: both content modes decode; every envelope fault is named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from expectations.envelope import EnvelopeError, RawMessage, decode_envelope, to_binary, to_structured
+
+ATTRS = {
+    "id": "3f1c2a9e-7a51-4a43-9a3e-1f0d8b6f2c11",
+    "source": "//shop.example.com/checkout",
+    "type": "shop.order.placed",
+    "specversion": "1.0",
+    "time": "2026-11-26T10:15:00.250Z",
+    "dataschema": "urn:tidegate:contract:shop.order.placed:v1",
+}
+DATA = {"order_id": "ord_7Q2K9X4M", "amount": "12.00"}
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def binary(attrs: dict[str, str] | None = None, body: bytes | None = None) -> RawMessage:
+    data, pubsub_attrs = to_binary(
+        ATTRS if attrs is None else attrs, json.dumps(DATA).encode() if body is None else body
+    )
+    return RawMessage(data, pubsub_attrs, message_id="1")
+
+
+def fault(msg: RawMessage, limit: int = 65536) -> tuple[str, str | None]:
+    with pytest.raises(EnvelopeError) as exc:
+        decode_envelope(msg, limit)
+    return exc.value.rule, exc.value.field
+
+
+def test_binary_mode_decodes_attributes_and_json_data() -> None:
+    env = decode_envelope(binary({**ATTRS, "traceparent": TRACE, "subject": "ord_7Q2K9X4M"}), 65536)
+    assert env.mode == "binary"
+    assert env.id == ATTRS["id"]
+    assert env.type == "shop.order.placed"
+    assert env.time.isoformat() == "2026-11-26T10:15:00.250000+00:00"
+    assert env.data == DATA
+    assert env.traceparent == TRACE  # W3C trace context carried through
+    assert env.subject == "ord_7Q2K9X4M"
+    assert env.datacontenttype == "application/json"
+
+
+def test_structured_mode_decodes_the_same_event() -> None:
+    data, attrs = to_structured({**ATTRS, "traceparent": TRACE}, DATA)
+    env = decode_envelope(RawMessage(data, attrs), 65536)
+    assert env.mode == "structured"
+    assert (env.id, env.type, env.dataschema, env.data, env.traceparent) == (
+        ATTRS["id"],
+        ATTRS["type"],
+        ATTRS["dataschema"],
+        DATA,
+        TRACE,
+    )
+
+
+def test_unknown_extensions_are_kept() -> None:
+    env = decode_envelope(binary({**ATTRS, "tenant": "eu1"}), 65536)
+    assert env.extensions == {"tenant": "eu1"}
+
+
+@pytest.mark.parametrize("name", ["id", "time", "source", "type", "specversion"])
+def test_missing_required_attribute_is_not_invented(name: str) -> None:
+    # The CloudEvents SDK would invent an id and a time; a lake must not.
+    attrs = {k: v for k, v in ATTRS.items() if k != name}
+    assert fault(binary(attrs)) == ("missing_attribute", name)
+
+
+@pytest.mark.parametrize(
+    "bad", ["26/11/2026 10:15:00", "2026-13-45T99:00:00Z", "yesterday", "2026-11-26T10:15:00"]
+)
+def test_bad_time_is_rejected(bad: str) -> None:
+    assert fault(binary({**ATTRS, "time": bad})) == ("invalid_attribute", "time")
+
+
+def test_wrong_specversion_is_rejected() -> None:
+    assert fault(binary({**ATTRS, "specversion": "0.3"})) == ("unsupported_specversion", "specversion")
+
+
+def test_malformed_json_is_rejected_with_position() -> None:
+    with pytest.raises(EnvelopeError) as exc:
+        decode_envelope(binary(body=b'{"order_id": "ord_1", "amount": '), 65536)
+    assert exc.value.rule == "malformed_json"
+    assert "line 1 column" in exc.value.message
+    assert exc.value.event_id == ATTRS["id"]  # still attributable to its event
+
+
+def test_non_utf8_is_rejected() -> None:
+    assert fault(binary(body='{"email": "jos\u00e9@x.de"}'.encode("latin-1"))) == ("non_utf8", None)
+
+
+def test_oversize_is_rejected_before_parsing() -> None:
+    assert fault(binary(body=b"{" + b" " * 70000 + b"}"), limit=65536) == ("oversize", None)
+
+
+def test_empty_body_is_malformed() -> None:
+    assert fault(binary(body=b"")) == ("malformed_json", None)
+
+
+def test_non_json_content_type_is_rejected() -> None:
+    data, attrs = to_binary(ATTRS, b"<order/>", content_type="application/xml")
+    assert fault(RawMessage(data, attrs)) == ("unsupported_content_type", "datacontenttype")
+
+
+def test_invalid_extension_name_is_rejected_by_the_sdk() -> None:
+    assert fault(binary({**ATTRS, "Bad_Name": "x"}))[0] == "invalid_attribute"
+
+
+def test_message_without_any_cloudevents_markers() -> None:
+    assert fault(RawMessage(b'{"a": 1}', {"origin": "legacy"}))[0] == "missing_attribute"
+
+
+def test_structured_mode_faults() -> None:
+    assert (
+        fault(RawMessage(b"[1,2]", {"content-type": "application/cloudevents+json"}))[0] == "malformed_json"
+    )
+    body = json.dumps({k: v for k, v in ATTRS.items() if k != "id"} | {"data": DATA}).encode()
+    assert fault(RawMessage(body, {"content-type": "application/cloudevents+json"})) == (
+        "missing_attribute",
+        "id",
+    )
+    body = json.dumps(ATTRS | {"data_base64": "eyJhIjoxfQ=="}).encode()
+    assert (
+        fault(RawMessage(body, {"content-type": "application/cloudevents+json"}))[0]
+        == "unsupported_content_type"
+    )
