@@ -49,6 +49,10 @@ app = typer.Typer(
 )
 contracts_app = typer.Typer(help="Event contracts: list, show and check compatibility.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
+bench_app = typer.Typer(
+    help="Benchmarks on this machine (figures for notes and docs, never timed tests).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 
 CatalogOpt = Annotated[
     Path | None,
@@ -105,8 +109,7 @@ def _changes_table(changes: list[Change]) -> Table:
 
 @app.command()
 def up(catalog_path: CatalogOpt = None, emulator: EmulatorOpt = None) -> None:
-    """Start the Pub/Sub emulator in the background (or reuse a running one) and provision
-    the catalog's topics and subscriptions. Safe to run again: it says what changed."""
+    """Start the Pub/Sub emulator in the background (or reuse a running one) and provision the catalog's topics and subscriptions. Safe to run again: it says what changed."""
     from infra import emulator as emu
     from infra.pubsub import provision
     from tidegate import settings
@@ -413,8 +416,7 @@ def contracts_show(
 
 @contracts_app.command("check")
 def contracts_check(catalog_path: CatalogOpt = None) -> None:
-    """Check every contract version against its predecessors per the catalog's
-    compatibility mode; exit 1 naming type, versions, field and rule if one breaks."""
+    """Check every contract version against its predecessors per the catalog's compatibility mode; exit 1 naming type, versions, field and rule if one breaks."""
     from expectations.compat import check_registry
     from expectations.contracts import ContractRegistry
     from expectations.suites import load_suite
@@ -457,8 +459,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """The whole story on a private emulator: start it, provision, publish a messy mix,
-    check every message against its contract and GX suite, and reconcile with the manifest."""
+    """The whole story on a private emulator: start it, provision, publish a messy mix, check every message against its contract and GX suite, and reconcile with the manifest."""
     from expectations.contracts import ContractRegistry
     from expectations.suites import SuiteValidator
     from infra import emulator as emu
@@ -539,6 +540,66 @@ def _print_preview(result: Preview, manifest: Path) -> None:
         f"expected rule, every valid event passed; {dupes} duplicate ce-id(s) will be dropped by "
         f"exactly-once ingestion. Manifest: {manifest}"
     )
+
+
+# --------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------
+
+
+@bench_app.command("produce")
+def bench_produce(
+    events: Annotated[int, typer.Option("--events", "-n", min=1000, help="Messages to publish.")] = 200_000,
+    invalid_rate: Annotated[float, typer.Option(help="Share of faulty messages in the mix.")] = 0.02,
+    duplicate_rate: Annotated[float, typer.Option(help="Share of duplicates in the mix.")] = 0.01,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Producer throughput: generation alone, then publishing to a private emulator."""
+    import resource
+
+    from expectations.contracts import ContractRegistry
+    from infra import emulator as emu
+    from infra.pubsub import provision
+    from tidegate import settings
+    from tidegate.producer import ProduceConfig, generate, publish
+
+    catalog = load_catalog(catalog_path)
+    registry = ContractRegistry.from_catalog(catalog)
+    config = ProduceConfig(
+        types=tuple(catalog.event_types),
+        count=events,
+        seed=1,
+        invalid_rate=_rate("--invalid-rate", invalid_rate),
+        duplicate_rate=_rate("--duplicate-rate", duplicate_rate),
+    )
+    t0 = time.perf_counter()
+    generated = sum(1 for _ in generate(config, catalog, registry))
+    gen_rate = generated / (time.perf_counter() - t0)
+    with emu.private_emulator(settings.home() / "bench" / "logs") as proc:
+        provision(catalog, proc.address)
+        report = publish(generate(config, catalog, registry), catalog.project, proc.address, events)
+    if report.failed:
+        raise TidegateError(f"{report.failed} publishes failed: {'; '.join(report.errors)}")
+    figures = {
+        "events": events,
+        "generate_per_s": round(gen_rate),
+        "publish_per_s": round(report.rate),
+        "publish_seconds": round(report.seconds, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "mix": dict(sorted(report.sent.items())),
+    }
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    table = Table(title=f"tidegate bench produce --events {events}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("generate only (no I/O)", f"{gen_rate:,.0f} msg/s")
+    table.add_row("publish to emulator (generate + send + wait for acks)", f"{report.rate:,.0f} msg/s")
+    table.add_row("wall time publishing", f"{report.seconds:.2f} s")
+    table.add_row("peak RSS of this process", f"{figures['peak_rss_mib']} MiB")
+    console.print(table)
 
 
 def main() -> None:

@@ -681,7 +681,8 @@ def publish(
                     flush(t)
             report.sent[msg.kind] += 1
             report.by_type[msg.event_type] += 1
-            rows.append(msg)
+            if manifest is not None:
+                rows.append(msg)
         for t in list(batches):
             flush(t)
         for f in pending:
