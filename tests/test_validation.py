@@ -93,3 +93,77 @@ def test_unknown_version_and_type_keep_what_is_known(catalog, registry) -> None:
     assert result.event_id == msgs[0].ce_id
     assert result.schema_version is not None
     assert result.schema_version > 2
+
+
+def test_a_type_added_to_the_catalog_gets_traffic_from_its_contract(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import shutil
+    from collections import Counter
+
+    from expectations.contracts import ContractRegistry
+    from expectations.suites import SuiteValidator
+    from tests.conftest import CONTRACTS_DIR
+    from tidegate.catalog import load_catalog
+
+    contracts = tmp_path / "contracts"
+    shutil.copytree(CONTRACTS_DIR, contracts)
+    (contracts / "iot.sensor.read").mkdir()
+    (contracts / "iot.sensor.read" / "v1.avsc").write_text(
+        json.dumps(
+            {
+                "type": "record",
+                "name": "SensorRead",
+                "fields": [
+                    {"name": "sensor_id", "type": {"type": "string", "logicalType": "uuid"}},
+                    {
+                        "name": "celsius",
+                        "type": {"type": "bytes", "logicalType": "decimal", "precision": 6, "scale": 2},
+                    },
+                    {"name": "read_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+                    {
+                        "name": "status",
+                        "type": {"type": "enum", "name": "Status", "symbols": ["ok", "degraded"]},
+                    },
+                    {"name": "tags", "type": {"type": "array", "items": "string"}},
+                    {"name": "battery", "type": ["null", "double"], "default": None},
+                ],
+            }
+        )
+    )
+    cat_file = tmp_path / "catalog.yaml"
+    cat_file.write_text(
+        f"project: local-lake\ncontracts: {contracts}\nstreams:\n"
+        "  - {event_type: iot.sensor.read, topic: iot-reads, subscription: iot-reads-tidegate}\n"
+    )
+    catalog = load_catalog(cat_file)
+    registry = ContractRegistry.from_catalog(catalog)
+    validator = SuiteValidator(registry)  # no suite.json for this type: value rules are skipped
+    msgs = list(
+        generate(
+            ProduceConfig(types=("iot.sensor.read",), count=1500, seed=2, invalid_rate=0.5), catalog, registry
+        )
+    )
+    checked = check_batch(as_raw(msgs), catalog, registry, validator)
+    landing = {r.message.message_id: (r.stage, r.failures[0].rule) for r in checked.rejected}
+    kinds = Counter(m.kind for m in msgs)
+    assert "out_of_range" not in kinds  # no value rules known: replaced by type faults
+    assert "not_in_set" not in kinds
+    for m in msgs:
+        if m.kind in EXPECTED_RULE:
+            assert landing[str(m.seq)] == EXPECTED_RULE[m.kind], m.kind
+        else:
+            assert str(m.seq) not in landing
+
+
+def test_expectations_and_lake_import_no_beam() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, expectations.checks, expectations.compat, lake, tidegate.producer, infra.pubsub;"
+        "print('apache_beam' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"
