@@ -20,7 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from expectations.contracts import Contract, ContractRegistry, ContractViolation, version_from_dataschema
+from expectations.contracts import (
+    Contract,
+    ContractRegistry,
+    ContractViolation,
+    Violation,
+    version_from_dataschema,
+)
 from expectations.envelope import Envelope, EnvelopeError, RawMessage, decode_envelope
 from expectations.suites import ExpectationOutcome, RuleFailure, SuiteValidator
 from tidegate.catalog import Catalog
@@ -42,6 +48,8 @@ class Rejection:
     event_id: str | None = None
     event_type: str | None = None
     schema_version: int | None = None
+    envelope: Envelope | None = None  # when decoding got that far (its data is the parsed payload)
+    record: dict[str, Any] | None = None  # when the contract passed (GX rejections)
 
     @property
     def rules(self) -> list[str]:
@@ -89,16 +97,12 @@ def resolve_contract(envelope: Envelope, registry: ContractRegistry) -> Contract
     return contract
 
 
-def _v(rule: str, field_name: str, message: str) -> Any:
-    from expectations.contracts import Violation
-
+def _v(rule: str, field_name: str, message: str) -> Violation:
     return Violation(rule, field_name, message)
 
 
-def check_message(
-    message: RawMessage, catalog: Catalog, registry: ContractRegistry
-) -> ValidEvent | Rejection:
-    """Envelope and contract stages for one message (GX runs per batch, see check_batch)."""
+def decode_stage(message: RawMessage, catalog: Catalog) -> Envelope | Rejection:
+    """Stage 1: the CloudEvents envelope, with the payload limit of the event's stream."""
     limit = max(s.max_payload_bytes for s in catalog.streams)
     try:
         envelope = decode_envelope(message, limit)
@@ -128,6 +132,13 @@ def check_message(
             event_id=envelope.id,
             event_type=envelope.type,
         )
+    return envelope
+
+
+def contract_stage(
+    message: RawMessage, envelope: Envelope, registry: ContractRegistry
+) -> ValidEvent | Rejection:
+    """Stage 2: the contract the event names, and its payload against it."""
     contract: Contract | None = None
     try:
         contract = resolve_contract(envelope, registry)
@@ -142,8 +153,52 @@ def check_message(
             schema_version=contract.version
             if contract
             else version_from_dataschema(envelope.dataschema or ""),
+            envelope=envelope,
         )
     return ValidEvent(message, envelope, contract, record)
+
+
+def check_message(
+    message: RawMessage, catalog: Catalog, registry: ContractRegistry
+) -> ValidEvent | Rejection:
+    """Envelope and contract stages for one message (GX runs per batch, see check_batch)."""
+    decoded = decode_stage(message, catalog)
+    if isinstance(decoded, Rejection):
+        return decoded
+    return contract_stage(message, decoded, registry)
+
+
+def expectations_stage(
+    events: list[ValidEvent], validator: SuiteValidator
+) -> tuple[list[ValidEvent], list[Rejection], list[ExpectationOutcome]]:
+    """Stage 3: each type's GX suite over its events of the batch (one validate per type)."""
+    by_type: dict[str, list[ValidEvent]] = defaultdict(list)
+    for e in events:
+        by_type[e.contract.event_type].append(e)
+    valid: list[ValidEvent] = []
+    rejected: list[Rejection] = []
+    outcomes: list[ExpectationOutcome] = []
+    for event_type, typed in by_type.items():
+        batch = validator.validate(event_type, [e.record for e in typed])
+        outcomes += batch.outcomes
+        for i, event in enumerate(typed):
+            failures = batch.row_failures.get(i)
+            if failures:
+                rejected.append(
+                    Rejection(
+                        event.message,
+                        "expectations",
+                        tuple(failures),
+                        event_id=event.envelope.id,
+                        event_type=event_type,
+                        schema_version=event.contract.version,
+                        envelope=event.envelope,
+                        record=event.record,
+                    )
+                )
+            else:
+                valid.append(event)
+    return valid, rejected, outcomes
 
 
 def check_batch(
@@ -154,29 +209,15 @@ def check_batch(
 ) -> CheckedBatch:
     """All three stages over a batch; GX runs once per event type present."""
     out = CheckedBatch()
-    by_type: dict[str, list[ValidEvent]] = defaultdict(list)
+    passed: list[ValidEvent] = []
     for m in messages:
         result = check_message(m, catalog, registry)
         if isinstance(result, Rejection):
             out.rejected.append(result)
         else:
-            by_type[result.contract.event_type].append(result)
-    for event_type, events in by_type.items():
-        batch = validator.validate(event_type, [e.record for e in events])
-        out.outcomes += batch.outcomes
-        for i, event in enumerate(events):
-            failures = batch.row_failures.get(i)
-            if failures:
-                out.rejected.append(
-                    Rejection(
-                        event.message,
-                        "expectations",
-                        tuple(failures),
-                        event_id=event.envelope.id,
-                        event_type=event_type,
-                        schema_version=event.contract.version,
-                    )
-                )
-            else:
-                out.valid.append(event)
+            passed.append(result)
+    valid, rejected, outcomes = expectations_stage(passed, validator)
+    out.valid += valid
+    out.rejected += rejected
+    out.outcomes += outcomes
     return out

@@ -548,6 +548,10 @@ class Contract:
     def dataschema(self) -> str:
         return dataschema_uri(self.event_type, self.version)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle the definition, not the compiled closures cached on the instance.
+        return (Contract, (self.event_type, self.version, self.schema, self.path))
+
     def coerce(self, data: Any) -> dict[str, Any]:
         """Check a decoded JSON payload and return it typed; raise ContractViolation."""
         violations: list[Violation] = []

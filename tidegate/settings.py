@@ -2,6 +2,7 @@
 
 - `TIDEGATE_HOME` (default `./.tidegate`): pid file and log of the emulator `tidegate up`
   started, manifests, and (from the ingest issue on) the local lake.
+- `TIDEGATE_LAKE` (default `<TIDEGATE_HOME>/lake`): the lake root, a path or a URI (gs://...).
 - `PUBSUB_EMULATOR_HOST`: if set, commands talk to that emulator instead of the catalog's
   `emulator.host:port` (the same variable Google's client libraries read).
 """
@@ -18,6 +19,11 @@ HOME_ENV = "TIDEGATE_HOME"
 
 def home() -> Path:
     return Path(os.environ.get(HOME_ENV) or ".tidegate").absolute()
+
+
+def lake_path(override: str | None = None) -> str:
+    """The lake root: --lake, else $TIDEGATE_LAKE, else <TIDEGATE_HOME>/lake."""
+    return override or os.environ.get("TIDEGATE_LAKE") or str(home() / "lake")
 
 
 def emulator_state_file() -> Path:

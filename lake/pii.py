@@ -1,0 +1,138 @@
+"""PII protection: keyed tokens for the lake, encryption for quarantined originals.
+
+Contract fields marked `"pii": true` are replaced by a keyed HMAC-SHA256 token before any
+row is written: `pii_` + 32 hex chars (128 bits). The same value always gives the same token
+under the same key, so analysts can still count and join customers, but nobody without the
+key can recover or confirm an e-mail address (unlike a plain hash, a dictionary attack needs
+the key).
+
+Quarantined messages keep their original bytes for forensics and replay, but only
+encrypted (Fernet: AES-128-CBC + HMAC-SHA256, key derived from the same secret with HKDF);
+the human-readable `payload_preview` has PII fields tokenized and anything that looks like an
+e-mail address masked.
+
+The key comes from `TIDEGATE_PII_KEY` (the secret itself, >= 32 characters) or
+`TIDEGATE_PII_KEY_FILE` (a file holding it, e.g. a mounted Secret Manager secret). Without
+one, a fixed development key is used with a warning, and `TIDEGATE_ENV=production` (or
+`--production`) refuses to run. `key_id` (first 12 hex of SHA-256 of the key) goes into
+lineage so tokens made under different keys are never compared by mistake.
+
+    TIDEGATE_PII_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))') tidegate ingest ...
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tidegate.errors import ConfigError
+
+KEY_ENV = "TIDEGATE_PII_KEY"
+KEY_FILE_ENV = "TIDEGATE_PII_KEY_FILE"
+ENV_ENV = "TIDEGATE_ENV"
+DEV_KEY = b"tidegate-development-key-do-not-use-in-production"
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+_PREVIEW_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class PiiProtector:
+    key: bytes
+    development: bool = False
+
+    @cached_property
+    def key_id(self) -> str:
+        return hashlib.sha256(self.key).hexdigest()[:12]
+
+    @cached_property
+    def _fernet(self) -> Fernet:
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tidegate-quarantine").derive(
+            self.key
+        )
+        return Fernet(base64.urlsafe_b64encode(derived))
+
+    def token(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        digest = hmac.new(self.key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"pii_{digest[:32]}"
+
+    def encrypt(self, data: bytes) -> bytes:
+        return self._fernet.encrypt(data)
+
+    def decrypt(self, token: bytes) -> bytes:
+        return self._fernet.decrypt(token)
+
+    def mask_text(self, text: str) -> str:
+        """Replace anything that looks like an e-mail address by its token."""
+        return _EMAIL_RE.sub(lambda m: self.token(m.group(0)) or "", text)
+
+    def redact(self, value: Any, pii_fields: Iterable[str]) -> Any:
+        """Tokenize PII fields (top level) and mask e-mail-like strings anywhere."""
+        fields = set(pii_fields)
+        if isinstance(value, dict):
+            return {
+                k: (self.token(v) if k in fields and v is not None else self.redact(v, ()))
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self.redact(v, ()) for v in value]
+        if isinstance(value, str):
+            return self.mask_text(value)
+        return value
+
+    def preview(self, data: bytes, parsed: Any = None, pii_fields: Iterable[str] = ()) -> str:
+        """A PII-safe, readable excerpt of a payload for the quarantine table."""
+        if parsed is not None:
+            text = json.dumps(self.redact(parsed, pii_fields), ensure_ascii=False, default=str)
+        else:
+            text = self.mask_text(data[: _PREVIEW_CHARS * 2].decode("utf-8", errors="replace"))
+        return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"
+
+
+def is_production(flag: bool = False) -> bool:
+    """Production if asked for (--production) or TIDEGATE_ENV=production."""
+    return flag or os.environ.get(ENV_ENV, "").lower() in ("prod", "production")
+
+
+def load_protector(production: bool | None = None) -> tuple[PiiProtector, str | None]:
+    """The protector for this process and a warning to show, if any."""
+    production = is_production(bool(production))
+    key: bytes | None = None
+    if os.environ.get(KEY_ENV):
+        key = os.environ[KEY_ENV].encode()
+    elif os.environ.get(KEY_FILE_ENV):
+        path = Path(os.environ[KEY_FILE_ENV])
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{KEY_FILE_ENV}={path} cannot be read: {exc}") from None
+    if key is not None:
+        if len(key) < 32:
+            raise ConfigError(
+                f"the PII key must be at least 32 characters (got {len(key)})",
+                hint="generate one: python -c 'import secrets; print(secrets.token_hex(32))'",
+            )
+        return PiiProtector(key), None
+    if production:
+        raise ConfigError(
+            "production mode needs a PII key: refusing to tokenize with the development key",
+            hint=f"set {KEY_ENV} or {KEY_FILE_ENV} (a secret of >= 32 characters)",
+        )
+    return (
+        PiiProtector(DEV_KEY, development=True),
+        f"no {KEY_ENV} set: tokenizing PII with the public development key (fine locally, never in production)",
+    )

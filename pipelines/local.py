@@ -1,0 +1,387 @@
+"""Local mode: micro-batches on Beam's in-process batch runner, acked only after commit.
+
+    tidegate ingest --until-idle 5        # drain the subscriptions, stop after 5 s of nothing
+    tidegate ingest --follow              # run until Ctrl-C (the current batch finishes cleanly)
+
+Each micro-batch:
+1. pulls up to `max_batch` messages (or for `max_wait` seconds) from the catalog's
+   subscriptions with synchronous pulls (the emulator returns at most 100 per pull);
+2. runs them as **one bounded Beam pipeline** on the in-process `FnApiRunner`, pinned
+   explicitly (`DirectRunner` would first try to download Prism; platform facts), with the
+   batch as a single chunk element handed over in memory (`beam.Create` of 50k messages
+   pickles them and costs seconds);
+3. the writers commit raw history and quarantine to Delta (insert-only MERGE: idempotent);
+4. appends a ledger row; 5. only then acknowledges the messages.
+
+Why not Beam's local streaming runner: it pulls 10 messages at a time, acks *before*
+processing (a crash loses data) and puts the watermark at wall-clock now.
+
+Crash points and what happens (the exactly-once argument, see docs/architecture.md):
+- killed before a commit: nothing was written, nothing acked -> Pub/Sub redelivers after
+  the ack deadline -> the batch is processed again;
+- killed after the commits, before the ack: redelivered -> the MERGE finds every event id
+  (and quarantine message id) already there -> nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from expectations.envelope import RawMessage
+from infra.pubsub import pull_now, subscriber, subscription_path
+from tidegate.catalog import Catalog
+from tidegate.errors import PlatformError, TidegateError, TransientError
+
+log = logging.getLogger(__name__)
+
+# Micro-batches handed to the in-process runner by key (see module docstring, step 2).
+_BATCHES: dict[str, list[RawMessage]] = {}
+_COMMITS: dict[str, list[Any]] = {}
+_lock = threading.Lock()
+
+
+def _take_batch(batch_id: str) -> Any:
+    from transforms.ingest_types import Chunk
+
+    with _lock:
+        return Chunk(batch_id, _BATCHES.pop(batch_id))
+
+
+def _collect(commit: Any, batch_id: str) -> None:
+    with _lock:
+        _COMMITS.setdefault(batch_id, []).append(commit)
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    max_batch: int = 20_000
+    max_wait: float = 2.0
+    until_idle: float | None = 5.0
+    follow: bool = False
+
+
+@dataclass
+class BatchOutcome:
+    batch_id: str
+    received: int
+    raw_written: int
+    duplicates_skipped: int
+    quarantined: int
+    quarantine_duplicates: int
+    raw_versions: dict[str, int]
+    quarantine_version: int | None
+    seconds: float
+    publish_latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    batches: int = 0
+    received: int = 0
+    raw_written: int = 0
+    duplicates_skipped: int = 0
+    quarantined: int = 0
+    quarantine_duplicates: int = 0
+    seconds: float = 0.0
+    stopped_by: str = ""
+
+    def add(self, b: BatchOutcome) -> None:
+        self.batches += 1
+        self.received += b.received
+        self.raw_written += b.raw_written
+        self.duplicates_skipped += b.duplicates_skipped
+        self.quarantined += b.quarantined
+        self.quarantine_duplicates += b.quarantine_duplicates
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
+def _to_raw(received: Any, subscription: str) -> RawMessage:
+    m = received.message
+    publish_time = m.publish_time
+    if isinstance(publish_time, datetime) and publish_time.tzinfo is None:
+        publish_time = publish_time.replace(tzinfo=UTC)
+    return RawMessage(
+        data=bytes(m.data),
+        attributes=dict(m.attributes),
+        message_id=m.message_id,
+        publish_time=publish_time,
+        subscription=subscription,
+    )
+
+
+@contextlib.contextmanager
+def lake_lock(lake: str) -> Iterator[None]:
+    """One local ingest per lake: a second one would race the first for the same commits."""
+    if "://" in lake:
+        yield
+        return
+    root = Path(lake)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".ingest.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TidegateError(
+                f"another `tidegate ingest` is writing to {lake}",
+                hint="stop it first, or give this one another --lake",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class LocalIngest:
+    """The micro-batch loop. `run()` until idle/interrupted; `run_batch()` for one batch."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        address: str | None,
+        config: Any,  # transforms.ingest.IngestConfig
+        options: LocalOptions,
+        project: str | None = None,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.address = address
+        self.config = config
+        self.options = options
+        self.project = project or catalog.project
+        self.on_batch = on_batch
+        self.stop_requested = False
+        self.client = subscriber(address)
+        self.paths = {
+            subscription_path(self.project, s.subscription): s.subscription for s in catalog.streams
+        }
+        self._seq = 0
+
+    # -- pulling ---------------------------------------------------------------------------
+
+    def pull_batch(self) -> list[tuple[str, str, RawMessage]]:
+        """Up to max_batch messages, or what arrived within max_wait; [] if all are empty."""
+        batch: list[tuple[str, str, RawMessage]] = []
+        started = time.monotonic()
+        empty: set[str] = set()
+        while len(batch) < self.options.max_batch and not self.stop_requested:
+            progressed = False
+            for path, name in self.paths.items():
+                if path in empty:
+                    continue
+                try:
+                    received = pull_now(
+                        self.client, path, max_messages=min(1000, self.options.max_batch - len(batch))
+                    )
+                except Exception as exc:  # noqa: BLE001 - any transport failure means the same here
+                    raise PlatformError(
+                        f"pulling from {name} failed: {exc.__class__.__name__}: {exc}",
+                        hint="is the emulator still running? `tidegate up`",
+                    ) from None
+                if not received:
+                    empty.add(path)
+                    continue
+                progressed = True
+                batch += [(path, r.ack_id, _to_raw(r, name)) for r in received]
+                if len(batch) >= self.options.max_batch:
+                    break
+            if len(empty) == len(self.paths):
+                if batch or time.monotonic() - started >= self.options.max_wait:
+                    break
+                empty.clear()
+                time.sleep(0.05)
+            elif not progressed and time.monotonic() - started >= self.options.max_wait:
+                break
+            if batch and time.monotonic() - started >= self.options.max_wait:
+                break
+        return batch
+
+    def ack(self, batch: list[tuple[str, str, RawMessage]]) -> None:
+        by_path: dict[str, list[str]] = {}
+        for path, ack_id, _ in batch:
+            by_path.setdefault(path, []).append(ack_id)
+        for path, ids in by_path.items():
+            for i in range(0, len(ids), 2500):
+                self.client.acknowledge(
+                    request={"subscription": path, "ack_ids": ids[i : i + 2500]}, timeout=60
+                )
+
+    # -- one micro-batch -------------------------------------------------------------------
+
+    def run_batch(self, batch: list[tuple[str, str, RawMessage]]) -> BatchOutcome:
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+        from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+        from transforms.ingest import Ingest, fault_point
+        from transforms.ingest_types import Chunk
+
+        self._seq += 1
+        batch_id = f"{self.config.run_id}-{self._seq:06d}"
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        messages = [m for _, _, m in batch]
+        with _lock:
+            _BATCHES[batch_id] = messages
+        options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        try:
+            # FnApiRunner pinned: never DirectRunner's Prism download or a network fallback.
+            with beam.Pipeline(runner=FnApiRunner(), options=options) as p:
+                commits = (
+                    p
+                    | "ReadEvents" >> beam.Create([batch_id], reshuffle=False)
+                    | "TakeBatch" >> beam.Map(_take_batch).with_output_types(Chunk)
+                    | "Ingest" >> Ingest(self.config)
+                )
+                commits | "CollectCommits" >> beam.Map(_collect, batch_id)
+        except TransientError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Beam wraps everything; unwrap ours, re-raise the rest
+            with _lock:
+                _BATCHES.pop(batch_id, None)
+                _COMMITS.pop(batch_id, None)
+            raise _unwrap(exc) from None
+        with _lock:
+            commits_done = _COMMITS.pop(batch_id, [])
+        raw = [c for c in commits_done if c.kind == "raw"]
+        quarantine = [c for c in commits_done if c.kind == "quarantine"]
+        outcome = BatchOutcome(
+            batch_id=batch_id,
+            received=len(batch),
+            raw_written=sum(c.inserted for c in raw),
+            duplicates_skipped=sum(c.received - c.inserted for c in raw),
+            quarantined=sum(c.inserted for c in quarantine),
+            quarantine_duplicates=sum(c.received - c.inserted for c in quarantine),
+            raw_versions={c.event_type: c.version for c in raw if c.version is not None},
+            quarantine_version=max((c.version for c in quarantine if c.version is not None), default=None),
+            seconds=0.0,
+        )
+        accounted = (
+            outcome.raw_written
+            + outcome.duplicates_skipped
+            + outcome.quarantined
+            + outcome.quarantine_duplicates
+        )
+        if accounted != outcome.received:
+            # Never ack what did not land: leave it for redelivery and stop loudly.
+            raise TidegateError(
+                f"batch {batch_id}: {outcome.received} received but {accounted} accounted for; not acknowledging",
+            )
+        self._write_ledger(outcome, started_at, messages)
+        fault_point("after_commit")
+        self.ack(batch)
+        outcome.seconds = time.perf_counter() - t0
+        now = time.time()
+        outcome.publish_latencies = [
+            now - m.publish_time.timestamp() for m in messages if m.publish_time is not None
+        ]
+        return outcome
+
+    def _write_ledger(self, b: BatchOutcome, started_at: datetime, messages: list[RawMessage]) -> None:
+        from lake.rows import lineage, message_digest
+        from lake.tables import LEDGER_SCHEMA, ledger_uri
+        from lake.writer import append
+
+        row = {
+            "run_id": [self.config.run_id],
+            "batch_id": [b.batch_id],
+            "started_at": [started_at],
+            "committed_at": [datetime.now(UTC)],
+            "subscriptions": [sorted({m.subscription for m in messages})],
+            "received": [b.received],
+            "raw_written": [b.raw_written],
+            "duplicates_skipped": [b.duplicates_skipped],
+            "quarantined": [b.quarantined],
+            "quarantine_duplicates": [b.quarantine_duplicates],
+            "raw_versions": [list(b.raw_versions.items())],
+            "quarantine_version": [b.quarantine_version],
+            "message_digest": [message_digest(m.message_id for m in messages)],
+        }
+        meta = lineage(
+            run_id=self.config.run_id,
+            batch_ids=[b.batch_id],
+            code_version=self.config.code_version,
+            git_sha=self.config.git_sha,
+            subscriptions={m.subscription for m in messages},
+            message_ids=[m.message_id for m in messages],
+            extra={"tidegate_table": "ledger"},
+        )
+        append(
+            ledger_uri(self.config.lake),
+            pa.Table.from_pydict(row, schema=LEDGER_SCHEMA),
+            metadata=meta,
+            storage_options=self.config.storage,
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        summary = RunSummary(self.config.run_id)
+        t0 = time.perf_counter()
+        idle_since: float | None = None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_requested:  # second Ctrl-C: give up at once (nothing acked is lost)
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, request_stop)
+        try:
+            with lake_lock(self.config.lake):
+                while not self.stop_requested:
+                    batch = self.pull_batch()
+                    if not batch:
+                        now = time.monotonic()
+                        idle_since = idle_since or now
+                        if (
+                            not self.options.follow
+                            and self.options.until_idle is not None
+                            and now - idle_since >= self.options.until_idle
+                        ):
+                            summary.stopped_by = f"idle for {self.options.until_idle:g}s"
+                            break
+                        continue
+                    idle_since = None
+                    outcome = self.run_batch(batch)
+                    summary.add(outcome)
+                    if self.on_batch:
+                        self.on_batch(outcome)
+                if self.stop_requested and not summary.stopped_by:
+                    summary.stopped_by = "interrupted (current batch finished)"
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+            self.client.close()
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Beam wraps DoFn errors; surface tidegate's own (config, transient) as they are."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, TidegateError | TransientError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return exc

@@ -1,0 +1,424 @@
+"""Beam composites of the ingest pipeline: thin adapters over pure functions.
+
+    chunks -> DecodeEnvelope -> ValidateContract -> ValidateExpectations -> WriteRawHistory
+                    \\                  \\                    \\
+                     +------------------+--------------------+--> WriteQuarantine
+
+The element is a **chunk** (`Chunk`: a batch id and a list of messages), never a single
+message: every DoFn pays Beam's per-element overhead once per chunk, GX validates a whole
+chunk per event type, and each writer commits once per bundle per table. In local mode a
+micro-batch is one chunk; in streaming mode `GroupIntoBatches` makes the chunks.
+
+Each validating composite returns `Validated(valid, invalid)`: callers never juggle tags,
+and the pipeline flattens every `invalid` into `WriteQuarantine`, so nothing is dropped.
+Writers buffer in `process` and commit in `finish_bundle` (one commit per table per bundle),
+through `lake.writer.insert_new`: an insert-only MERGE on the key, so a retried bundle or a
+redelivered message changes nothing. Only `TerminalError`-like data problems become
+quarantine rows; infrastructure errors propagate so the runner (or the local driver)
+retries and never acks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics.metric import Metrics
+from apache_beam.pvalue import PCollection
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from expectations.checks import Rejection, ValidEvent, contract_stage, decode_stage, expectations_stage
+from expectations.envelope import Envelope, RawMessage
+from transforms import coders as _coders  # noqa: F401 - registers the chunk coders
+from transforms.ingest_types import Chunk, Decoded, Rejected, Typed
+
+INVALID = "invalid"
+QUALITY = "quality"
+FAULT_ENV = "TIDEGATE_FAULT_INJECT"
+
+
+class Validated(NamedTuple):
+    valid: PCollection
+    invalid: PCollection
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything a worker needs, small and picklable (never PipelineOptions)."""
+
+    lake: str
+    run_id: str
+    catalog_path: str
+    code_version: str
+    git_sha: str
+    production: bool = False
+    storage_options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def storage(self) -> dict[str, str] | None:
+        return dict(self.storage_options) or None
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: `TIDEGATE_FAULT_INJECT=<name>` kills this process right here.
+
+    Used only by the tests that prove exactly-once across a SIGKILL at each crash point.
+    """
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _global(value: Any) -> WindowedValue:
+    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_state(catalog_path: str) -> tuple[Any, Any]:
+    """Catalog and contracts, loaded once per worker process (not per DoFn, run or bundle).
+
+    The local driver runs one short Beam pipeline per micro-batch in this same process, so
+    caching here (rather than in `DoFn.setup`) keeps GX contexts and contract compilation
+    from being rebuilt every batch. On Dataflow it is once per worker process.
+    """
+    from expectations.contracts import ContractRegistry
+    from tidegate.catalog import load_catalog
+
+    catalog = load_catalog(catalog_path)
+    return catalog, ContractRegistry.from_catalog(catalog)
+
+
+@functools.lru_cache(maxsize=4)
+def _validator(catalog_path: str) -> Any:
+    from expectations.suites import SuiteValidator
+
+    return SuiteValidator(_worker_state(catalog_path)[1])
+
+
+class _CatalogFn(beam.DoFn):
+    """Loads the catalog and contracts once per worker (setup), not per element."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+
+    def setup(self) -> None:
+        self.catalog, self.registry = _worker_state(self.config.catalog_path)
+
+
+class DecodeEnvelopeFn(_CatalogFn):
+    def setup(self) -> None:
+        super().setup()
+        self.decoded = Metrics.counter("tidegate", "events_in")
+        self.rejected = Metrics.counter("tidegate", "rejected_envelope")
+
+    def process(self, chunk: Chunk) -> Iterator[Any]:
+        items: list[tuple[RawMessage, Envelope]] = []
+        bad: list[Rejection] = []
+        for m in chunk.messages:
+            result = decode_stage(m, self.catalog)
+            if isinstance(result, Rejection):
+                bad.append(result)
+            else:
+                items.append((m, result))
+        self.decoded.inc(len(chunk.messages))
+        self.rejected.inc(len(bad))
+        yield Decoded(chunk.batch_id, items)
+        if bad:
+            yield beam.pvalue.TaggedOutput(INVALID, Rejected(chunk.batch_id, bad))
+
+
+class ValidateContractFn(_CatalogFn):
+    def setup(self) -> None:
+        super().setup()
+        self.rejected = Metrics.counter("tidegate", "rejected_contract")
+
+    def process(self, decoded: Decoded) -> Iterator[Any]:
+        good: list[ValidEvent] = []
+        bad: list[Rejection] = []
+        for m, env in decoded.items:
+            result = contract_stage(m, env, self.registry)
+            (bad if isinstance(result, Rejection) else good).append(result)  # type: ignore[arg-type]
+        self.rejected.inc(len(bad))
+        yield Typed(decoded.batch_id, good)
+        if bad:
+            yield beam.pvalue.TaggedOutput(INVALID, Rejected(decoded.batch_id, bad))
+
+
+class ValidateExpectationsFn(_CatalogFn):
+    def setup(self) -> None:
+        super().setup()
+        self.validator = _validator(self.config.catalog_path)  # GX context: once per worker
+        self.rejected = Metrics.counter("tidegate", "rejected_expectations")
+
+    def process(self, typed: Typed) -> Iterator[Any]:
+        valid, rejected, outcomes = expectations_stage(typed.events, self.validator)
+        self.rejected.inc(len(rejected))
+        yield Typed(typed.batch_id, valid)
+        if rejected:
+            yield beam.pvalue.TaggedOutput(INVALID, Rejected(typed.batch_id, rejected))
+        if outcomes:
+            yield beam.pvalue.TaggedOutput(QUALITY, (typed.batch_id, outcomes))
+
+
+def _typed(v: Validated, valid_type: type) -> Validated:
+    """Declare element types so Beam picks the chunk coders (cheap size sampling)."""
+    v.valid.element_type = valid_type
+    v.invalid.element_type = Rejected
+    return v
+
+
+class DecodeEnvelope(beam.PTransform):
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, chunks: PCollection) -> Validated:
+        out = chunks | beam.ParDo(DecodeEnvelopeFn(self.config)).with_outputs(INVALID, main="valid")
+        return _typed(Validated(out.valid, out[INVALID]), Decoded)
+
+
+class ValidateContract(beam.PTransform):
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, decoded: PCollection) -> Validated:
+        out = decoded | beam.ParDo(ValidateContractFn(self.config)).with_outputs(INVALID, main="valid")
+        return _typed(Validated(out.valid, out[INVALID]), Typed)
+
+
+class ValidateExpectations(beam.PTransform):
+    """GX suites per event type per chunk; the per-expectation outcomes go to `quality`."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, typed: PCollection) -> Validated:
+        out = typed | beam.ParDo(ValidateExpectationsFn(self.config)).with_outputs(
+            INVALID, QUALITY, main="valid"
+        )
+        self.quality = out[QUALITY]
+        return _typed(Validated(out.valid, out[INVALID]), Typed)
+
+
+@dataclass(frozen=True)
+class TableCommit:
+    """What a writer committed for one table in one bundle."""
+
+    kind: str  # raw | quarantine
+    event_type: str | None
+    table: str
+    batch_ids: tuple[str, ...]
+    received: int
+    offered: int
+    inserted: int
+    version: int | None
+
+
+class _WriterFn(_CatalogFn):
+    def setup(self) -> None:
+        super().setup()
+        from lake.pii import load_protector
+
+        self.protector, _warning = load_protector(self.config.production)
+
+    def _meta(self, batch_ids: list[str], messages: list[RawMessage], **extra: Any) -> dict[str, str]:
+        from lake.rows import lineage
+
+        return lineage(
+            run_id=self.config.run_id,
+            batch_ids=batch_ids,
+            code_version=self.config.code_version,
+            git_sha=self.config.git_sha,
+            subscriptions={m.subscription for m in messages},
+            message_ids=[m.message_id for m in messages],
+            pii_key_id=self.protector.key_id,
+            **extra,
+        )
+
+
+class WriteRawHistoryFn(_WriterFn):
+    """Buffers valid events per type; one insert-only MERGE per type per bundle."""
+
+    def setup(self) -> None:
+        super().setup()
+        from expectations.suites import suite_fingerprint
+        from lake.tables import raw_schema
+
+        self.schemas = {t: raw_schema(c) for t, c in self.registry.types.items()}
+        self.fingerprints = {
+            t: suite_fingerprint(c.suite_path) for t, c in self.registry.types.items() if c.suite_path
+        }
+        self.written = Metrics.counter("tidegate", "raw_written")
+        self.duplicates = Metrics.counter("tidegate", "duplicates_skipped")
+        self.commit_ms = Metrics.distribution("tidegate", "raw_commit_ms")
+
+    def start_bundle(self) -> None:
+        self.buffer: dict[str, list[ValidEvent]] = defaultdict(list)
+        self.batch_ids: dict[str, set[str]] = defaultdict(set)
+
+    def process(self, typed: Typed) -> None:
+        for e in typed.events:
+            self.buffer[e.contract.event_type].append(e)
+            self.batch_ids[e.contract.event_type].add(typed.batch_id)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        import time
+
+        from lake.rows import raw_rows
+        from lake.tables import raw_uri
+        from lake.writer import insert_new
+
+        now = datetime.now(UTC)
+        for event_type in sorted(self.buffer):
+            events = self.buffer[event_type]
+            batch_ids = sorted(self.batch_ids[event_type])
+            contracts = self.registry.types[event_type]
+            rows = raw_rows(
+                events,
+                self.schemas[event_type],
+                contracts.latest.pii_fields,
+                self.protector,
+                run_id=self.config.run_id,
+                batch_id=",".join(batch_ids),
+                ingest_time=now,
+            )
+            used = sorted({e.contract.version for e in events})
+            meta = self._meta(
+                batch_ids,
+                [e.message for e in events],
+                contracts={f"v{v}": contracts.versions[v].fingerprint for v in used},
+                suite_fingerprint=self.fingerprints.get(event_type),
+                extra={"tidegate_event_type": event_type, "tidegate_table": "raw"},
+            )
+            fault_point("before_commit")
+            started = time.perf_counter()
+            result = insert_new(
+                raw_uri(self.config.lake, event_type),
+                rows,
+                keys=["event_id"],
+                metadata=meta,
+                partition_by=["event_date"],
+                prune_on="event_date",
+                storage_options=self.config.storage,
+            )
+            self.commit_ms.update(int((time.perf_counter() - started) * 1000))
+            self.written.inc(result.inserted)
+            self.duplicates.inc(len(events) - result.inserted)
+            yield _global(
+                TableCommit(
+                    "raw",
+                    event_type,
+                    result.table,
+                    tuple(batch_ids),
+                    len(events),
+                    result.offered,
+                    result.inserted,
+                    result.version,
+                )
+            )
+
+
+class WriteQuarantineFn(_WriterFn):
+    """Buffers rejections; one insert-only MERGE (key: subscription + message id) per bundle."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.quarantined = Metrics.counter("tidegate", "quarantined")
+
+    def start_bundle(self) -> None:
+        self.buffer: list[Rejection] = []
+        self.batch_ids: set[str] = set()
+
+    def process(self, rejected: Rejected) -> None:
+        self.buffer += rejected.rejections
+        self.batch_ids.add(rejected.batch_id)
+        for r in rejected.rejections:
+            Metrics.counter("tidegate", f"quarantined_{r.stage}_{r.failures[0].rule}").inc()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        from lake.rows import quarantine_rows
+        from lake.tables import quarantine_uri
+        from lake.writer import insert_new
+
+        if not self.buffer:
+            return
+        batch_ids = sorted(self.batch_ids)
+        rows = quarantine_rows(
+            self.buffer,
+            self.registry,
+            self.protector,
+            run_id=self.config.run_id,
+            batch_id=",".join(batch_ids),
+            now=datetime.now(UTC),
+        )
+        meta = self._meta(batch_ids, [r.message for r in self.buffer], extra={"tidegate_table": "quarantine"})
+        result = insert_new(
+            quarantine_uri(self.config.lake),
+            rows,
+            keys=["subscription", "pubsub_message_id"],
+            metadata=meta,
+            partition_by=["quarantine_date"],
+            storage_options=self.config.storage,
+        )
+        self.quarantined.inc(result.inserted)
+        yield _global(
+            TableCommit(
+                "quarantine",
+                None,
+                result.table,
+                tuple(batch_ids),
+                len(self.buffer),
+                result.offered,
+                result.inserted,
+                result.version,
+            )
+        )
+
+
+class WriteRawHistory(beam.PTransform):
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, typed: PCollection) -> PCollection:
+        return typed | beam.ParDo(WriteRawHistoryFn(self.config))
+
+
+class WriteQuarantine(beam.PTransform):
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, rejected: PCollection) -> PCollection:
+        return rejected | beam.ParDo(WriteQuarantineFn(self.config))
+
+
+class Ingest(beam.PTransform):
+    """The whole chain from chunks to commits; returns the PCollection of TableCommits."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, chunks: PCollection) -> PCollection:
+        envelope = chunks | "DecodeEnvelope" >> DecodeEnvelope(self.config)
+        contract = envelope.valid | "ValidateContract" >> ValidateContract(self.config)
+        expectations = contract.valid | "ValidateExpectations" >> ValidateExpectations(self.config)
+        raw = expectations.valid | "WriteRawHistory" >> WriteRawHistory(self.config)
+        rejected = (
+            envelope.invalid,
+            contract.invalid,
+            expectations.invalid,
+        ) | "CollectRejections" >> beam.Flatten()
+        quarantine = rejected | "WriteQuarantine" >> WriteQuarantine(self.config)
+        return (raw, quarantine) | "Commits" >> beam.Flatten()
