@@ -1,0 +1,242 @@
+"""Ingestion against the real emulator and real Delta tables: exactly once across
+duplicates, redelivery, snapshot replay and SIGKILL at both crash points; quarantine reasons;
+PII; lineage; schema evolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from expectations.contracts import ContractRegistry
+from infra.pubsub import provision, subscriber, subscription_path
+from lake.tables import ledger_uri, quarantine_uri, raw_uri
+from lake.verify import verify
+from pipelines.local import LocalIngest, LocalOptions, new_run_id
+from tests.conftest import CONTRACTS_DIR
+from tidegate.catalog import Catalog, load_catalog
+from tidegate.producer import EXPECTED_RULE, FAULT_KINDS, ProduceConfig, generate, publish
+from transforms.ingest import IngestConfig
+
+pytestmark = pytest.mark.emulator
+
+
+def produce(emulator, catalog: Catalog, project: str, manifest: Path, **kw) -> None:  # type: ignore[no-untyped-def]
+    registry = ContractRegistry.from_catalog(catalog)
+    config = ProduceConfig(**{"types": tuple(catalog.event_types), "count": 2000, "seed": 21, **kw})
+    report = publish(
+        generate(config, catalog, registry), project, emulator.address, config.count, manifest=manifest
+    )
+    assert report.failed == 0
+
+
+def ingest(emulator, catalog: Catalog, project: str, lake: Path, **opts):  # type: ignore[no-untyped-def]
+    config = IngestConfig(str(lake), new_run_id(), str(catalog.path), "test", "test-sha")
+    options = LocalOptions(**{"max_batch": 20_000, "max_wait": 0.5, "until_idle": 0.5, **opts})
+    return LocalIngest(catalog, emulator.address, config, options, project=project).run()
+
+
+def test_messy_traffic_lands_exactly_once_with_reasons_and_lineage(
+    pubsub_emulator, catalog, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    provision(catalog, pubsub_emulator.address, project)
+    manifest = tmp_path / "manifest.jsonl"
+    produce(
+        pubsub_emulator,
+        catalog,
+        project,
+        manifest,
+        count=4000,
+        invalid_rate=0.08,
+        duplicate_rate=0.05,
+        structured_rate=0.1,
+    )
+    lake = tmp_path / "lake"
+    summary = ingest(pubsub_emulator, catalog, project, lake, max_batch=700)
+    assert summary.batches >= 5  # duplicates straddle batches, not only within one
+    assert summary.received == 4000
+
+    report = verify(str(lake), catalog.event_types, manifest)
+    assert report.ok, report.problems[:10]
+
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    q = pl.read_delta(quarantine_uri(str(lake)))
+    assert set(zip(q.get_column("stage"), q.get_column("rule"), strict=True)) == set(EXPECTED_RULE.values())
+    assert q.height == sum(r["expect"] == "quarantine" for r in rows)
+    assert {r["kind"] for r in rows} >= set(FAULT_KINDS)
+
+    orders = pl.read_delta(raw_uri(str(lake), "shop.order.placed"))
+    assert orders.get_column("customer_email").str.starts_with("pii_").all()
+    assert orders.get_column("amount").dtype == pl.Decimal(12, 2)
+    assert set(orders.get_column("schema_version").unique()) == {1, 2}
+    assert orders.get_column("subscription").unique().to_list() == ["shop-orders-tidegate"]
+    assert orders.get_column("trace_id").null_count() < orders.height  # W3C trace ids carried through
+
+    ledger = pl.read_delta(ledger_uri(str(lake)))
+    assert ledger.height == summary.batches
+    assert ledger.get_column("duplicates_skipped").sum() == sum(r["kind"] == "duplicate" for r in rows)
+
+    for event_type in catalog.event_types:
+        for h in DeltaTable(raw_uri(str(lake), event_type)).history():
+            assert h["tidegate_run_id"] == summary.run_id
+            assert h["tidegate_git_sha"] == "test-sha"
+            assert h["tidegate_gx_suite_fingerprint"]
+            assert h["tidegate_pii_key_id"]
+            assert json.loads(h["tidegate_subscriptions"])
+            assert int(h["tidegate_message_count"]) > 0
+            versions = json.loads(h["tidegate_contracts"])
+            assert all(len(fp) == 64 for fp in versions.values())
+
+
+def test_replaying_a_snapshot_changes_nothing(pubsub_emulator, catalog, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    provision(catalog, pubsub_emulator.address, project)
+    client = subscriber(pubsub_emulator.address)
+    snapshot = f"projects/{project}/snapshots/before-ingest"
+    sub = subscription_path(project, "shop-orders-tidegate")
+    client.create_snapshot(request={"name": snapshot, "subscription": sub})
+    manifest = tmp_path / "m.jsonl"
+    produce(
+        pubsub_emulator,
+        catalog,
+        project,
+        manifest,
+        types=("shop.order.placed",),
+        count=800,
+        invalid_rate=0.05,
+    )
+    lake = tmp_path / "lake"
+    first = ingest(pubsub_emulator, catalog, project, lake)
+    before = {t.name: DeltaTable(str(t)).version() for t in (lake / "raw").iterdir()}
+
+    client.seek(request={"subscription": sub, "snapshot": snapshot})  # Pub/Sub redelivers all of it
+    client.close()
+    second = ingest(pubsub_emulator, catalog, project, lake)
+    assert second.received == first.received == 800
+    assert (second.raw_written, second.quarantined) == (0, 0)
+    assert second.duplicates_skipped + second.quarantine_duplicates == 800
+    after = {t.name: DeltaTable(str(t)).version() for t in (lake / "raw").iterdir()}
+    assert after == before  # not even an empty commit
+    assert verify(str(lake), catalog.event_types, manifest).ok
+
+
+def _crash_catalog(tmp_path: Path, project: str, port: int) -> Path:
+    p = tmp_path / "catalog.yaml"
+    p.write_text(
+        f"""project: {project}
+emulator: {{host: 127.0.0.1, port: {port}}}
+contracts: {CONTRACTS_DIR}
+defaults:
+  ack_deadline_seconds: 10   # short, so the test sees redelivery after the crash quickly
+streams:
+  - {{event_type: shop.order.placed, topic: shop-orders, subscription: shop-orders-tidegate}}
+  - {{event_type: shop.page.viewed, topic: shop-pageviews, subscription: shop-pageviews-tidegate}}
+"""
+    )
+    return p
+
+
+def _cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tidegate.cli", *args], capture_output=True, text=True, timeout=240, env=env
+    )
+
+
+@pytest.mark.parametrize("crash_point", ["before_commit", "after_commit"])
+def test_sigkill_at_each_crash_point_loses_nothing_and_doubles_nothing(
+    pubsub_emulator, project, tmp_path: Path, crash_point: str
+) -> None:  # type: ignore[no-untyped-def]
+    cat_file = _crash_catalog(tmp_path, project, pubsub_emulator.port)
+    catalog = load_catalog(cat_file)
+    provision(catalog, pubsub_emulator.address)
+    manifest = tmp_path / "m.jsonl"
+    produce(pubsub_emulator, catalog, project, manifest, count=1500, invalid_rate=0.05, duplicate_rate=0.02)
+    lake = tmp_path / "lake"
+    args = ["ingest", "--catalog", str(cat_file), "--lake", str(lake), "--emulator", pubsub_emulator.address]
+
+    crashed = _cli([*args, "--until-idle", "1"], {"TIDEGATE_FAULT_INJECT": crash_point})
+    assert crashed.returncode == -9, crashed.stderr  # SIGKILL, mid-batch
+    raw_dir = lake / "raw"
+    if crash_point == "before_commit":
+        assert not raw_dir.exists() or not any(raw_dir.iterdir())  # nothing landed
+    else:
+        assert any(raw_dir.iterdir())  # landed, but never acked
+
+    # Restart: the unacked messages come back after the 10 s ack deadline.
+    restarted = _cli([*args, "--until-idle", "15"])
+    assert restarted.returncode == 0, restarted.stderr
+    report = verify(str(lake), catalog.event_types, manifest)
+    assert report.ok, report.problems[:10]
+    ledger = pl.read_delta(ledger_uri(str(lake)))
+    if crash_point == "after_commit":
+        last = ledger.sort("committed_at").tail(1).to_dicts()[0]
+        assert last["raw_written"] == 0 and last["quarantined"] == 0  # the redelivery was all duplicates
+
+
+def test_schema_evolves_when_v2_arrives(pubsub_emulator, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    only_v1 = tmp_path / "v1" / "contracts"
+    shutil.copytree(CONTRACTS_DIR, only_v1)
+    (only_v1 / "shop.order.placed" / "v2.avsc").unlink()
+    body = "project: {p}\ncontracts: {c}\nstreams:\n  - {{event_type: shop.order.placed, topic: shop-orders, subscription: shop-orders-tidegate}}\n"
+    (tmp_path / "v1.yaml").write_text(body.format(p=project, c=only_v1))
+    (tmp_path / "v2.yaml").write_text(body.format(p=project, c=CONTRACTS_DIR))
+    cat_v1, cat_v2 = load_catalog(tmp_path / "v1.yaml"), load_catalog(tmp_path / "v2.yaml")
+    provision(cat_v1, pubsub_emulator.address, project)
+    lake = tmp_path / "lake"
+
+    produce(
+        pubsub_emulator,
+        cat_v1,
+        project,
+        tmp_path / "a.jsonl",
+        types=("shop.order.placed",),
+        count=300,
+        seed=1,
+    )
+    ingest(pubsub_emulator, cat_v1, project, lake)
+    uri = raw_uri(str(lake), "shop.order.placed")
+    assert "coupon_code" not in DeltaTable(uri).schema().to_arrow().names
+
+    produce(
+        pubsub_emulator,
+        cat_v2,
+        project,
+        tmp_path / "b.jsonl",
+        types=("shop.order.placed",),
+        count=300,
+        seed=2,
+        v2_rate=1.0,
+    )
+    ingest(pubsub_emulator, cat_v2, project, lake)
+    df = pl.read_delta(uri)
+    assert df.height == 600
+    v1, v2 = df.filter(pl.col("schema_version") == 1), df.filter(pl.col("schema_version") == 2)
+    assert v1.height == 300 and v2.height == 300
+    assert v1.get_column("coupon_code").null_count() == 300  # old rows read as null
+    assert v2.get_column("coupon_code").drop_nulls().len() > 0
+
+
+def test_production_mode_refuses_the_development_key(
+    cli, pubsub_emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("TIDEGATE_PII_KEY", raising=False)
+    monkeypatch.delenv("TIDEGATE_PII_KEY_FILE", raising=False)
+    r = cli("ingest", "--production", "--lake", tmp_path / "lake", "--emulator", pubsub_emulator.address)
+    assert r.code == 2
+    assert "production mode needs a PII key" in r.text
+    assert not (tmp_path / "lake" / "raw").exists()
+
+
+def test_ingest_without_an_emulator_says_what_to_do(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from infra.emulator import free_port
+
+    r = cli("ingest", "--lake", tmp_path / "lake", "--emulator", f"127.0.0.1:{free_port()}")
+    assert r.code == 3
+    assert "tidegate up" in r.text
