@@ -106,7 +106,9 @@ def test_pii_tokens_are_keyed_deterministic_and_opaque() -> None:
     token = a.token("lena.weber@web.de")
     assert token == a.token("lena.weber@web.de")
     assert token != b.token("lena.weber@web.de")
-    assert token is not None and token.startswith("pii_") and "lena" not in token
+    assert token is not None
+    assert token.startswith("pii_")
+    assert "lena" not in token
     assert a.decrypt(a.encrypt(b"original bytes")) == b"original bytes"
     assert a.mask_text("mail me at lena.weber@web.de now") == f"mail me at {token} now"
 
@@ -116,7 +118,9 @@ def test_key_handling(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TIDEGATE_PII_KEY_FILE", raising=False)
     monkeypatch.delenv("TIDEGATE_ENV", raising=False)
     protector, warning = load_protector()
-    assert protector.key == DEV_KEY and protector.development and warning
+    assert protector.key == DEV_KEY
+    assert protector.development
+    assert warning
     with pytest.raises(ConfigError, match="production mode needs a PII key"):
         load_protector(production=True)
     monkeypatch.setenv("TIDEGATE_ENV", "production")
@@ -125,7 +129,8 @@ def test_key_handling(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "key").write_text("s" * 48 + "\n")
     monkeypatch.setenv("TIDEGATE_PII_KEY_FILE", str(tmp_path / "key"))
     protector, warning = load_protector()
-    assert protector.key == b"s" * 48 and warning is None
+    assert protector.key == b"s" * 48
+    assert warning is None
     monkeypatch.setenv("TIDEGATE_PII_KEY", "short")
     with pytest.raises(ConfigError, match="at least 32"):
         load_protector()
