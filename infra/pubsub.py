@@ -84,14 +84,18 @@ def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: f
 
     `return_immediately` is deprecated on GCP but without it an empty pull on the emulator
     blocks ~30 s (platform facts), so it is used here with its warning silenced.
+    Returns raw protobuf `ReceivedMessage`s: reading fields through proto-plus wrappers costs
+    ~80 us per message, more than decoding and validating it.
     """
+    from google.pubsub_v1.types import PullResponse
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The return_immediately flag is deprecated", DeprecationWarning)
         resp = client.pull(
             request={"subscription": subscription, "max_messages": max_messages, "return_immediately": True},
             timeout=timeout,
         )
-    return list(resp.received_messages)
+    return list(PullResponse.pb(resp).received_messages)
 
 
 def topic_path(project: str, topic: str) -> str:

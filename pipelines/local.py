@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import queue
 import signal
 import threading
 import time
@@ -113,15 +114,14 @@ def new_run_id() -> str:
 
 
 def _to_raw(received: Any, subscription: str) -> RawMessage:
+    """A raw protobuf ReceivedMessage (see infra.pubsub.pull_now) as a RawMessage."""
     m = received.message
-    publish_time = m.publish_time
-    if isinstance(publish_time, datetime) and publish_time.tzinfo is None:
-        publish_time = publish_time.replace(tzinfo=UTC)
+    pt = m.publish_time
     return RawMessage(
-        data=bytes(m.data),
+        data=m.data,
         attributes=dict(m.attributes),
         message_id=m.message_id,
-        publish_time=publish_time,
+        publish_time=datetime.fromtimestamp(pt.seconds + pt.nanos / 1e9, UTC) if pt.seconds else None,
         subscription=subscription,
     )
 
@@ -175,12 +175,17 @@ class LocalIngest:
 
     # -- pulling ---------------------------------------------------------------------------
 
+    _prefetch_halt: threading.Event | None = None
+
+    def _halted(self) -> bool:
+        return self._prefetch_halt is not None and self._prefetch_halt.is_set()
+
     def pull_batch(self) -> list[tuple[str, str, RawMessage]]:
         """Up to max_batch messages, or what arrived within max_wait; [] if all are empty."""
         batch: list[tuple[str, str, RawMessage]] = []
         started = time.monotonic()
         empty: set[str] = set()
-        while len(batch) < self.options.max_batch and not self.stop_requested:
+        while len(batch) < self.options.max_batch and not self.stop_requested and not self._halted():
             progressed = False
             for path, name in self.paths.items():
                 if path in empty:
@@ -345,10 +350,12 @@ class LocalIngest:
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
             signal.signal(signal.SIGINT, request_stop)
+        prefetch = _Prefetcher(self)
         try:
             with lake_lock(self.config.lake):
+                prefetch.start()
                 while not self.stop_requested:
-                    batch = self.pull_batch()
+                    batch = prefetch.next()
                     if not batch:
                         now = time.monotonic()
                         idle_since = idle_since or now
@@ -368,11 +375,97 @@ class LocalIngest:
                 if self.stop_requested and not summary.stopped_by:
                     summary.stopped_by = "interrupted (current batch finished)"
         finally:
+            self.stop_requested = True
+            leftover = prefetch.stop()
+            if leftover:
+                self.release(leftover)
             if in_main:
                 signal.signal(signal.SIGINT, previous)
             self.client.close()
         summary.seconds = time.perf_counter() - t0
         return summary
+
+    def release(self, batch: list[tuple[str, str, RawMessage]]) -> None:
+        """Hand pulled-but-unprocessed messages back to Pub/Sub now (not after the deadline)."""
+        by_path: dict[str, list[str]] = {}
+        for path, ack_id, _ in batch:
+            by_path.setdefault(path, []).append(ack_id)
+        for path, ids in by_path.items():
+            for i in range(0, len(ids), 2500):
+                with contextlib.suppress(Exception):
+                    self.client.modify_ack_deadline(
+                        request={
+                            "subscription": path,
+                            "ack_ids": ids[i : i + 2500],
+                            "ack_deadline_seconds": 0,
+                        },
+                        timeout=30,
+                    )
+
+
+class _Prefetcher:
+    """Pulls the next micro-batch while the current one is validated and committed.
+
+    Pulling is mostly waiting on gRPC (the GIL is released), so overlapping it with
+    processing is close to free throughput. At most one batch waits ahead; its messages are
+    leased (ack deadline) and released back to Pub/Sub if the run stops before using them.
+    """
+
+    def __init__(self, ingest: LocalIngest) -> None:
+        self.ingest = ingest
+        self.queue: queue.Queue[list[tuple[str, str, RawMessage]] | BaseException] = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._run, name="tidegate-prefetch", daemon=True)
+        self.halt = threading.Event()
+        ingest._prefetch_halt = self.halt
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                item: list[tuple[str, str, RawMessage]] | BaseException = self.ingest.pull_batch()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+                item = exc
+            while not self.halt.is_set():
+                try:
+                    self.queue.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                if isinstance(item, list) and item:
+                    self.ingest.release(item)
+            if isinstance(item, BaseException):
+                return
+
+    def next(self) -> list[tuple[str, str, RawMessage]]:
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    return []
+                if self.ingest.stop_requested:
+                    return []
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    def stop(self) -> list[tuple[str, str, RawMessage]]:
+        """Stop pulling; return whatever was pulled but never handed out."""
+        self.halt.set()
+        self.thread.join(timeout=60)
+        leftover: list[tuple[str, str, RawMessage]] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, list):
+                leftover += item
+        return leftover
 
 
 def _unwrap(exc: BaseException) -> BaseException:
