@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _BATCHES: dict[str, list[RawMessage]] = {}
 _COMMITS: dict[str, list[Any]] = {}
 _lock = threading.Lock()
+MIN_FILL_SECONDS = 0.25  # shortest fill of a micro-batch when the committer is waiting for work
 
 
 def _take_batch(batch_id: str) -> Any:
@@ -176,6 +177,10 @@ class LocalIngest:
     # -- pulling ---------------------------------------------------------------------------
 
     _prefetch_halt: threading.Event | None = None
+    _consumer_waiting: threading.Event | None = None
+
+    def _consumer_idle(self) -> bool:
+        return self._consumer_waiting is not None and self._consumer_waiting.is_set()
 
     def _halted(self) -> bool:
         return self._prefetch_halt is not None and self._prefetch_halt.is_set()
@@ -214,6 +219,11 @@ class LocalIngest:
             elif not progressed and time.monotonic() - started >= self.options.max_wait:
                 break
             if batch and time.monotonic() - started >= self.options.max_wait:
+                break
+            # Adaptive batching: if the committer is idle, hand over what we have after a short
+            # fill (low latency when traffic is light); when it is busy, keep filling up to
+            # max_batch / max_wait (throughput when there is a backlog).
+            if batch and self._consumer_idle() and time.monotonic() - started >= MIN_FILL_SECONDS:
                 break
         return batch
 
@@ -262,6 +272,7 @@ class LocalIngest:
                 _BATCHES.pop(batch_id, None)
                 _COMMITS.pop(batch_id, None)
             raise _unwrap(exc) from None
+        committed_at = time.time()
         with _lock:
             commits_done = _COMMITS.pop(batch_id, [])
         raw = [c for c in commits_done if c.kind == "raw"]
@@ -292,9 +303,9 @@ class LocalIngest:
         fault_point("after_commit")
         self.ack(batch)
         outcome.seconds = time.perf_counter() - t0
-        now = time.time()
+        # publish -> visible in Delta (the raw/quarantine commits are done at committed_at)
         outcome.publish_latencies = [
-            now - m.publish_time.timestamp() for m in messages if m.publish_time is not None
+            committed_at - m.publish_time.timestamp() for m in messages if m.publish_time is not None
         ]
         return outcome
 
@@ -416,7 +427,9 @@ class _Prefetcher:
         self.queue: queue.Queue[list[tuple[str, str, RawMessage]] | BaseException] = queue.Queue(maxsize=1)
         self.thread = threading.Thread(target=self._run, name="tidegate-prefetch", daemon=True)
         self.halt = threading.Event()
+        self.waiting = threading.Event()
         ingest._prefetch_halt = self.halt
+        ingest._consumer_waiting = self.waiting
 
     def start(self) -> None:
         self.thread.start()
@@ -427,22 +440,24 @@ class _Prefetcher:
                 item: list[tuple[str, str, RawMessage]] | BaseException = self.ingest.pull_batch()
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
                 item = exc
-            while not self.halt.is_set():
-                try:
-                    self.queue.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            else:
-                if isinstance(item, list) and item:
-                    self.ingest.release(item)
+            self.queue.put(item)
             if isinstance(item, BaseException):
                 return
+            # Exactly one batch ahead: pull the next only once this one is taken, or messages
+            # would wait through two commits (latency) while holding leases for nothing.
+            while not self.halt.is_set() and not self.queue.empty():
+                time.sleep(0.01)
 
     def next(self) -> list[tuple[str, str, RawMessage]]:
         while True:
             try:
-                item = self.queue.get(timeout=0.5)
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    self.waiting.set()
+                    item = self.queue.get(timeout=0.5)
+                finally:
+                    self.waiting.clear()
             except queue.Empty:
                 if not self.thread.is_alive():
                     return []

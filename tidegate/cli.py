@@ -758,6 +758,45 @@ def bench_produce(
     console.print(table)
 
 
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    events: Annotated[
+        int,
+        typer.Option("--events", "-n", min=1000, help="Backlog to ingest (and to measure the ceiling with)."),
+    ] = 200_000,
+    rate: Annotated[
+        float, typer.Option(help="Offered events/s for the latency run in --follow mode.")
+    ] = 2000.0,
+    latency_seconds: Annotated[float, typer.Option(help="Length of the latency run (0 skips it).")] = 30.0,
+    max_batch: Annotated[int, typer.Option(help="Micro-batch size limit.")] = 20_000,
+    max_wait: Annotated[float, typer.Option(help="Micro-batch time limit, seconds.")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Ingest on this machine: the emulator's pull+ack ceiling, end-to-end throughput of a realistic backlog, publish->Delta latency p50/p99 in --follow mode, files created, peak RSS."""
+    from tidegate.bench import bench_ingest
+
+    catalog = load_catalog(catalog_path)
+    figures = bench_ingest(
+        catalog,
+        events,
+        rate,
+        latency_seconds,
+        max_batch,
+        max_wait,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    table = Table(title=f"tidegate bench ingest --events {events} --rate {rate:g}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for k, v in figures.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point: user errors become messages, not tracebacks."""
     debug = bool(os.environ.get("TIDEGATE_DEBUG"))
