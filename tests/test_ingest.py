@@ -242,3 +242,53 @@ def test_ingest_without_an_emulator_says_what_to_do(cli, tmp_path: Path) -> None
     r = cli("ingest", "--lake", tmp_path / "lake", "--emulator", f"127.0.0.1:{free_port()}")
     assert r.code == 3
     assert "tidegate up" in r.text
+
+
+def test_lineage_leads_from_a_row_to_its_commit_and_maintain_compacts(
+    cli, pubsub_emulator, catalog, registry, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    provision(catalog, pubsub_emulator.address, project)
+    manifest = tmp_path / "m.jsonl"
+    produce(
+        pubsub_emulator,
+        catalog,
+        project,
+        manifest,
+        types=("shop.order.placed",),
+        count=1200,
+        invalid_rate=0.05,
+    )
+    lake = tmp_path / "lake"
+    summary = ingest(pubsub_emulator, catalog, project, lake, max_batch=250)
+    uri = raw_uri(str(lake), "shop.order.placed")
+
+    r = cli("lineage", "raw/shop.order.placed", "--lake", lake, "--json")
+    assert r.code == 0, r.text
+    history = json.loads(r.out)
+    assert len(history) >= 4
+    assert {h["tidegate_run_id"] for h in history} == {summary.run_id}
+
+    row = pl.read_delta(uri).filter(pl.col("schema_version") == 2).row(0, named=True)
+    r = cli("lineage", "raw/shop.order.placed", "--lake", lake, "--row", row["event_id"], "--json")
+    assert r.code == 0, r.text
+    info = json.loads(r.out)
+    assert info["copies"] == 1
+    assert info["row"]["pubsub_message_id"] == row["pubsub_message_id"]
+    assert info["commit"]["tidegate_batch_id"] == row["batch_id"]
+    assert info["contract_fingerprint"] == registry.get("shop.order.placed", 2).fingerprint
+
+    quarantined = pl.read_delta(quarantine_uri(str(lake))).row(0, named=True)
+    r = cli("lineage", "quarantine", "--lake", lake, "--row", quarantined["pubsub_message_id"], "--json")
+    assert json.loads(r.out)["row"]["rule"] == quarantined["rule"]
+
+    rows_before = pl.read_delta(uri).height
+    files_before = len(DeltaTable(uri).file_uris())
+    r = cli("maintain", "--lake", lake, "--retain-hours", "0")
+    assert r.code == 0, r.text
+    assert len(DeltaTable(uri).file_uris()) < files_before
+    assert pl.read_delta(uri).height == rows_before  # compaction never changes rows
+    assert verify(str(lake), catalog.event_types, manifest).ok
+
+    r = cli("lineage", "raw/shop.order.shipped", "--lake", lake)
+    assert r.code == 2
+    assert "unknown table" in r.text

@@ -504,6 +504,129 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def lineage(
+    table: Annotated[str, typer.Argument(help="raw/<event type>, quarantine or _ledger.")],
+    row: Annotated[
+        str | None,
+        typer.Option(
+            "--row",
+            help="An event id (or Pub/Sub message id): show where that row came from.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Commits to show, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Where a table's versions, or one row, came from: run, batch, messages, code version and git sha, contracts and GX suite."""
+    from lake.lineage import commits, resolve_table, row_lineage
+    from tidegate import settings
+
+    catalog = load_catalog(catalog_path)
+    uri = resolve_table(settings.lake_path(lake), table, catalog.event_types)
+    if row is not None:
+        info = row_lineage(uri, row)
+        if as_json:
+            console.print_json(json.dumps(info, default=str))
+            return
+        r, c = info["row"], info["commit"] or {}
+        t = Table(title=f"{table}: row {row}", show_header=False)
+        t.add_column("what")
+        t.add_column("value")
+        for k in (
+            "event_id",
+            "event_time",
+            "schema_version",
+            "event_source",
+            "trace_id",
+            "pubsub_message_id",
+            "pubsub_publish_time",
+            "subscription",
+            "ingest_time",
+            "quarantined_at",
+            "stage",
+            "rule",
+            "reason",
+            "run_id",
+            "batch_id",
+        ):
+            if k in r:
+                t.add_row(k, escape(str(r[k])))
+        t.add_row("copies in table", str(info["copies"]))
+        t.add_row("added by version", str(c.get("version", "?")))
+        for k in (
+            "tidegate_version",
+            "tidegate_git_sha",
+            "tidegate_gx_suite_fingerprint",
+            "tidegate_pii_key_id",
+            "tidegate_message_digest",
+        ):
+            if k in c:
+                t.add_row(k.removeprefix("tidegate_"), str(c[k]))
+        if info["contract_fingerprint"]:
+            t.add_row("contract fingerprint", info["contract_fingerprint"])
+        console.print(t)
+        return
+    history = commits(uri)[:limit]
+    if as_json:
+        console.print_json(json.dumps(history, default=str))
+        return
+    t = Table(title=f"{table}: commits, newest first")
+    for col in ("version", "when", "operation", "rows", "run", "batch", "messages", "git sha", "contracts"):
+        t.add_column(col)
+    for h in history:
+        contracts = ", ".join(
+            f"{k}:{v[:8]}" for k, v in json.loads(h.get("tidegate_contracts", "{}")).items()
+        )
+        t.add_row(
+            str(h["version"]),
+            str(h.get("timestamp", "")),
+            str(h.get("operation", "")),
+            str(h.get("rows_added", "")),
+            str(h.get("tidegate_run_id", "")),
+            str(h.get("tidegate_batch_id", "")).rsplit("-", 1)[-1],
+            str(h.get("tidegate_message_count", "")),
+            str(h.get("tidegate_git_sha", ""))[:12],
+            contracts,
+        )
+    console.print(t)
+
+
+@app.command()
+def maintain(
+    retain_hours: Annotated[
+        int, typer.Option(help="Keep files a reader or time travel may still need for this long.")
+    ] = 168,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Compact each table's small per-batch files into large ones and vacuum files older than --retain-hours (rows are never changed)."""
+    from lake.lineage import maintain as run_maintain
+    from lake.tables import ledger_uri, quarantine_uri, raw_uri
+    from tidegate import settings
+
+    catalog = load_catalog(catalog_path)
+    root = settings.lake_path(lake)
+    uris = [raw_uri(root, t) for t in catalog.event_types] + [quarantine_uri(root), ledger_uri(root)]
+    report = run_maintain(root, uris, retain_hours)
+    if not report:
+        raise TidegateError(f"no tables under {root}", hint="run `tidegate ingest` first")
+    t = Table(title=f"maintain {root}")
+    for col in ("table", "files before", "compacted", "vacuumed", "files after"):
+        t.add_column(col)
+    for r in report:
+        t.add_row(
+            r["table"].removeprefix(root).lstrip("/"),
+            str(r["files_before"]),
+            f"{r['compacted_from']} -> {r['compacted_into']}",
+            str(r["vacuumed"]),
+            str(r["files_after"]),
+        )
+    console.print(t)
+
+
 # --------------------------------------------------------------------------------------
 # contracts
 # --------------------------------------------------------------------------------------
