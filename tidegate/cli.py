@@ -445,14 +445,49 @@ def ingest(
             "--production", help="Refuse to run without a real PII key (also: TIDEGATE_ENV=production)."
         ),
     ] = False,
+    mode: Annotated[
+        str, typer.Option("--mode", help="local (micro-batches, this machine) or streaming (Dataflow).")
+    ] = "local",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="streaming: build the Dataflow job offline and print it; submit nothing."
+        ),
+    ] = False,
+    project: Annotated[
+        str | None, typer.Option(help="streaming: GCP project (default: the catalog's).", show_default=False)
+    ] = None,
+    region: Annotated[str, typer.Option(help="streaming: Dataflow region.")] = "europe-west1",
+    temp_location: Annotated[
+        str | None,
+        typer.Option(help="streaming: gs://bucket/path for Dataflow temp files.", show_default=False),
+    ] = None,
+    job_file: Annotated[
+        Path | None,
+        typer.Option(help="streaming --dry-run: also write the job spec (JSON) here.", show_default=False),
+    ] = None,
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
     emulator: EmulatorOpt = None,
 ) -> None:
-    """Land the catalog's subscriptions in the lake: valid events once in raw/<type>, the rest in quarantine, a ledger row per batch (local micro-batch mode)."""
+    """Land the catalog's subscriptions in the lake: valid events once in raw/<type>, the rest in quarantine, a ledger row per batch. --mode local runs micro-batches here; --mode streaming --dry-run builds the Dataflow job offline."""
     from tidegate import settings
 
     catalog = load_catalog(catalog_path)
+    if mode not in ("local", "streaming"):
+        raise typer.BadParameter("must be 'local' or 'streaming'", param_hint="--mode")
+    if mode == "streaming":
+        _streaming(
+            catalog,
+            settings.lake_path(lake),
+            production,
+            dry_run,
+            project or catalog.project,
+            region,
+            temp_location,
+            job_file,
+        )
+        return
     address = settings.emulator_address(catalog, emulator)
     _require_emulator(address)
     lake_root = settings.lake_path(lake)
@@ -472,6 +507,50 @@ def ingest(
         f"{summary.raw_written:,} raw, {summary.duplicates_skipped:,} duplicates skipped, "
         f"{summary.quarantined:,} quarantined in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
     )
+
+
+def _streaming(
+    catalog: Catalog,
+    lake: str,
+    production: bool,
+    dry_run: bool,
+    project: str,
+    region: str,
+    temp_location: str | None,
+    job_file: Path | None,
+) -> None:
+    from pipelines.streaming import dataflow_dry_run
+
+    if not dry_run:
+        raise TidegateError(
+            "launching on Dataflow is not available from this command yet",
+            hint="build and inspect the job offline with --dry-run; `tidegate deploy dataflow` (deployment issue) launches it",
+        )
+    if not lake.startswith("gs://"):
+        raise TidegateError(
+            f"--lake {lake!r} must be a gs:// URI for Dataflow", hint="e.g. --lake gs://my-lake-bucket/lake"
+        )
+    if temp_location is None:
+        raise TidegateError(
+            "--temp-location is required for Dataflow",
+            hint="e.g. --temp-location gs://my-dataflow-bucket/tmp",
+        )
+    job = dataflow_dry_run(
+        catalog,
+        _ingest_config(catalog, lake, production),
+        project=project,
+        region=region,
+        temp_location=temp_location,
+    )
+    if job_file is not None:
+        job_file.write_text(json.dumps(job, indent=2, default=str))
+    console.print(f"Dataflow job {job['name']} ({job['type']}), built offline, not submitted:")
+    for step in job["steps"]:
+        if step.count("/") <= 2 and not step.startswith("ref_"):
+            console.print(f"  {step}")
+    console.print("options: " + escape(json.dumps(job["options"], default=str)))
+    if job_file is not None:
+        console.print(f"full spec (portable pipeline graph): {job_file}")
 
 
 @app.command()
