@@ -79,6 +79,26 @@ def gapic_publisher(address: str | None) -> Any:
     return GapicPublisherClient()
 
 
+def retry_for(seconds: float) -> Any:
+    """Retry transient gRPC errors for at most `seconds` overall (the client's default is 60 s,
+    whatever per-call timeout is passed)."""
+    from google.api_core import retry as gretry
+
+    return gretry.Retry(
+        initial=0.1,
+        maximum=2.0,
+        multiplier=2.0,
+        timeout=seconds,
+        predicate=gretry.if_exception_type(
+            gexc.ServiceUnavailable,
+            gexc.DeadlineExceeded,
+            gexc.InternalServerError,
+            gexc.Aborted,
+            gexc.Unknown,
+        ),
+    )
+
+
 def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: float = 30) -> list[Any]:
     """One synchronous pull that returns at once when the subscription is empty.
 
@@ -94,6 +114,7 @@ def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: f
         resp = client.pull(
             request={"subscription": subscription, "max_messages": max_messages, "return_immediately": True},
             timeout=timeout,
+            retry=retry_for(timeout),
         )
     return list(PullResponse.pb(resp).received_messages)
 

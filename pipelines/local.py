@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 
 from expectations.envelope import RawMessage
-from infra.pubsub import pull_now, subscriber, subscription_path
+from infra.pubsub import pull_now, retry_for, subscriber, subscription_path
 from tidegate.catalog import Catalog
 from tidegate.errors import PlatformError, TidegateError, TransientError
 
@@ -73,6 +73,7 @@ class LocalOptions:
     max_wait: float = 2.0
     until_idle: float | None = 5.0
     follow: bool = False
+    rpc_timeout: float = 30.0  # per pull / ack call (the client retries transient errors within it)
 
 
 @dataclass
@@ -197,7 +198,10 @@ class LocalIngest:
                     continue
                 try:
                     received = pull_now(
-                        self.client, path, max_messages=min(1000, self.options.max_batch - len(batch))
+                        self.client,
+                        path,
+                        max_messages=min(1000, self.options.max_batch - len(batch)),
+                        timeout=self.options.rpc_timeout,
                     )
                 except Exception as exc:  # noqa: BLE001 - any transport failure means the same here
                     raise PlatformError(
@@ -233,9 +237,18 @@ class LocalIngest:
             by_path.setdefault(path, []).append(ack_id)
         for path, ids in by_path.items():
             for i in range(0, len(ids), 2500):
-                self.client.acknowledge(
-                    request={"subscription": path, "ack_ids": ids[i : i + 2500]}, timeout=60
-                )
+                try:
+                    self.client.acknowledge(
+                        request={"subscription": path, "ack_ids": ids[i : i + 2500]},
+                        timeout=self.options.rpc_timeout,
+                        retry=retry_for(self.options.rpc_timeout),
+                    )
+                except Exception as exc:  # noqa: BLE001 - the data is committed; only the ack failed
+                    raise PlatformError(
+                        f"acknowledging {len(ids)} committed messages on {self.paths[path]} failed: "
+                        f"{exc.__class__.__name__}; they will be redelivered and skipped as duplicates",
+                        hint="is the emulator still running? `tidegate up`, then run ingest again",
+                    ) from None
 
     # -- one micro-batch -------------------------------------------------------------------
 

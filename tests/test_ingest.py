@@ -292,3 +292,21 @@ def test_lineage_leads_from_a_row_to_its_commit_and_maintain_compacts(
     r = cli("lineage", "raw/shop.order.shipped", "--lake", lake)
     assert r.code == 2
     assert "unknown table" in r.text
+
+
+def test_emulator_gone_stops_the_run_clearly_and_quarantines_nothing(
+    catalog, registry, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from infra.emulator import private_emulator, stop_pid
+    from tidegate.errors import PlatformError
+
+    with private_emulator(tmp_path / "logs") as proc:
+        provision(catalog, proc.address)
+        produce(proc, catalog, catalog.project, tmp_path / "m.jsonl", count=300, invalid_rate=0.2)
+        stop_pid(proc.pid)  # the world goes away before ingestion starts
+        config = IngestConfig(str(tmp_path / "lake"), new_run_id(), str(catalog.path), "test", "sha")
+        ingest_run = LocalIngest(catalog, proc.address, config, LocalOptions(until_idle=0.5, rpc_timeout=3.0))
+        with pytest.raises(PlatformError, match="failed") as exc:
+            ingest_run.run()
+        assert "tidegate up" in str(exc.value.hint)
+    assert not (tmp_path / "lake" / "quarantine").exists()  # infrastructure errors never quarantine data

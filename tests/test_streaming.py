@@ -92,8 +92,20 @@ def test_local_streaming_smoke_lands_events(
 
 def test_cli_builds_the_streaming_job_offline(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     job_file = tmp_path / "job.json"
-    r = cli("ingest", "--mode", "streaming", "--dry-run", "--lake", "gs://acme-lake/lake",
-            "--temp-location", "gs://acme-dataflow/tmp", "--project", "acme-data", "--job-file", job_file)
+    r = cli(
+        "ingest",
+        "--mode",
+        "streaming",
+        "--dry-run",
+        "--lake",
+        "gs://acme-lake/lake",
+        "--temp-location",
+        "gs://acme-dataflow/tmp",
+        "--project",
+        "acme-data",
+        "--job-file",
+        job_file,
+    )
     assert r.code == 0, r.text
     assert "JOB_TYPE_STREAMING" in r.text
     assert "not submitted" in r.text
@@ -101,6 +113,15 @@ def test_cli_builds_the_streaming_job_offline(cli, tmp_path: Path) -> None:  # t
     r = cli("ingest", "--mode", "streaming", "--lake", "gs://acme-lake/lake")
     assert r.code == 2
     assert "--dry-run" in r.text
-    r = cli("ingest", "--mode", "streaming", "--dry-run", "--lake", str(tmp_path), "--temp-location", "gs://acme-dataflow/tmp")
+    r = cli(
+        "ingest",
+        "--mode",
+        "streaming",
+        "--dry-run",
+        "--lake",
+        str(tmp_path),
+        "--temp-location",
+        "gs://acme-dataflow/tmp",
+    )
     assert r.code == 2
     assert "must be a gs:// URI" in r.text
