@@ -232,23 +232,19 @@ class LocalIngest:
         return batch
 
     def ack(self, batch: list[tuple[str, str, RawMessage]]) -> None:
-        by_path: dict[str, list[str]] = {}
-        for path, ack_id, _ in batch:
-            by_path.setdefault(path, []).append(ack_id)
-        for path, ids in by_path.items():
-            for i in range(0, len(ids), 2500):
-                try:
-                    self.client.acknowledge(
-                        request={"subscription": path, "ack_ids": ids[i : i + 2500]},
-                        timeout=self.options.rpc_timeout,
-                        retry=retry_for(self.options.rpc_timeout),
-                    )
-                except Exception as exc:  # noqa: BLE001 - the data is committed; only the ack failed
-                    raise PlatformError(
-                        f"acknowledging {len(ids)} committed messages on {self.paths[path]} failed: "
-                        f"{exc.__class__.__name__}; they will be redelivered and skipped as duplicates",
-                        hint="is the emulator still running? `tidegate up`, then run ingest again",
-                    ) from None
+        for path, ids in _ack_groups(batch):
+            try:
+                self.client.acknowledge(
+                    request={"subscription": path, "ack_ids": ids},
+                    timeout=self.options.rpc_timeout,
+                    retry=retry_for(self.options.rpc_timeout),
+                )
+            except Exception as exc:  # noqa: BLE001 - the data is committed; only the ack failed
+                raise PlatformError(
+                    f"acknowledging {len(ids)} committed messages on {self.paths[path]} failed: "
+                    f"{exc.__class__.__name__}; they will be redelivered and skipped as duplicates",
+                    hint="is the emulator still running? `tidegate up`, then run ingest again",
+                ) from None
 
     # -- one micro-batch -------------------------------------------------------------------
 
@@ -425,6 +421,18 @@ class LocalIngest:
                         },
                         timeout=30,
                     )
+
+
+def _ack_groups(
+    batch: list[tuple[str, str, RawMessage]], size: int = 2500
+) -> Iterator[tuple[str, list[str]]]:
+    """Ack ids per subscription, in requests of at most `size` (Pub/Sub's request limit)."""
+    by_path: dict[str, list[str]] = {}
+    for path, ack_id, _ in batch:
+        by_path.setdefault(path, []).append(ack_id)
+    for path, ids in by_path.items():
+        for i in range(0, len(ids), size):
+            yield path, ids[i : i + size]
 
 
 class _Prefetcher:
