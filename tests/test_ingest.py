@@ -310,3 +310,51 @@ def test_emulator_gone_stops_the_run_clearly_and_quarantines_nothing(
             ingest_run.run()
         assert "tidegate up" in str(exc.value.hint)
     assert not (tmp_path / "lake" / "quarantine").exists()  # infrastructure errors never quarantine data
+
+
+def test_follow_runs_until_ctrl_c_and_finishes_the_batch_cleanly(
+    pubsub_emulator, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+
+    cat_file = _crash_catalog(tmp_path, project, pubsub_emulator.port)
+    catalog = load_catalog(cat_file)
+    provision(catalog, pubsub_emulator.address)
+    lake = tmp_path / "lake"
+    env = {**os.environ}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tidegate.cli",
+            "ingest",
+            "--follow",
+            "--catalog",
+            str(cat_file),
+            "--lake",
+            str(lake),
+            "--emulator",
+            pubsub_emulator.address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        manifest = tmp_path / "m.jsonl"
+        produce(pubsub_emulator, catalog, project, manifest, count=1000, invalid_rate=0.05)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if verify(str(lake), catalog.event_types, manifest).ok:
+                break
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "interrupted (current batch finished)" in " ".join(out.split())
+    assert verify(str(lake), catalog.event_types, manifest).ok
