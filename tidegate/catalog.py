@@ -167,6 +167,93 @@ class EmulatorSettings(_Strict):
         return f"{self.host}:{self.port}"
 
 
+class WindowSpec(_Strict):
+    """Event-time window: fixed (size), sliding (size + period) or session (gap)."""
+
+    type: str
+    size: str | None = None
+    period: str | None = None
+    gap: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> WindowSpec:
+        need = {"fixed": {"size"}, "sliding": {"size", "period"}, "session": {"gap"}}
+        if self.type not in need:
+            raise ValueError(f"window type {self.type!r} is not fixed, sliding or session")
+        given = {k for k in ("size", "period", "gap") if getattr(self, k) is not None}
+        if given != need[self.type]:
+            raise ValueError(
+                f"a {self.type} window takes exactly {sorted(need[self.type])}, got {sorted(given)}"
+            )
+        for k in given:
+            if parse_duration(getattr(self, k)) <= 0:
+                raise ValueError(f"window {k} must be positive")
+        if self.type == "sliding":
+            size, period = parse_duration(self.size or ""), parse_duration(self.period or "")
+            if size % period:
+                raise ValueError(
+                    f"sliding window size {self.size} must be a multiple of its period {self.period}"
+                )
+        return self
+
+    def seconds(self, key: str) -> int:
+        value = getattr(self, key)
+        return parse_duration(value) if value else 0
+
+
+class MetricSpec(_Strict):
+    fn: str
+    field: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _fn(self) -> MetricSpec:
+        if self.fn not in ("count", "sum", "min", "max", "mean"):
+            raise ValueError(f"metric fn {self.fn!r} is not one of count, sum, min, max, mean")
+        if self.fn != "count" and not self.field:
+            raise ValueError(f"metric {self.fn} needs a field")
+        return self
+
+    @property
+    def column(self) -> str:
+        return self.name or (self.fn if self.fn == "count" else f"{self.fn}_{self.field}")
+
+
+class AggregateSpec(_Strict):
+    """An aggregate declared in the catalog: a view of one raw table by event time."""
+
+    name: str
+    source: str
+    window: WindowSpec
+    keys: list[str] = Field(default_factory=list)
+    metrics: list[MetricSpec]
+    allowed_lateness: str = "10m"
+    out_of_orderness: str = "2m"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9_]{2,62}$", v):
+            raise ValueError(f"{v!r} is not a table name (lowercase letters, digits, underscores)")
+        return v
+
+    @field_validator("allowed_lateness", "out_of_orderness")
+    @classmethod
+    def _durations(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_columns(self) -> AggregateSpec:
+        cols = [m.column for m in self.metrics] + self.keys + ["window_start", "window_end"]
+        dupes = {c for c in cols if cols.count(c) > 1}
+        if dupes:
+            raise ValueError(f"aggregate {self.name}: column name(s) {sorted(dupes)} used twice")
+        if not self.metrics:
+            raise ValueError(f"aggregate {self.name} declares no metrics")
+        return self
+
+
 class Catalog(_Strict):
     """The parsed catalog. `path` is where it was read from (contracts resolve against it)."""
 
@@ -177,6 +264,7 @@ class Catalog(_Strict):
     defaults: StreamSettings = StreamSettings()
     dead_letter: DeadLetter = DeadLetter()
     streams: list[Stream]
+    aggregates: list[AggregateSpec] = Field(default_factory=list)
     path: Path = Field(exclude=True)
 
     @model_validator(mode="before")
@@ -224,7 +312,22 @@ class Catalog(_Strict):
             raise ValueError("the dead-letter topic must not also be a stream topic")
         if self.dead_letter.subscription in subs:
             raise ValueError("the dead-letter subscription must not also be a stream subscription")
+        types = {s.event_type for s in self.streams}
+        names: set[str] = set()
+        for a in self.aggregates:
+            if a.source not in types:
+                raise ValueError(f"aggregate {a.name}: source {a.source!r} is not a stream of the catalog")
+            if a.name in names:
+                raise ValueError(f"aggregate {a.name} is declared twice")
+            names.add(a.name)
         return self
+
+    def aggregate(self, name: str) -> AggregateSpec:
+        for a in self.aggregates:
+            if a.name == name:
+                return a
+        known = ", ".join(a.name for a in self.aggregates) or "none"
+        raise ConfigError(f"unknown aggregate {name!r}", hint=f"the catalog declares: {known}")
 
     @cached_property
     def contracts_dir(self) -> Path:

@@ -785,6 +785,9 @@ def contracts_check(catalog_path: CatalogOpt = None) -> None:
                 hint='value rules live in a GX suite; an empty one is {"name": ..., "expectations": []}',
             )
         load_suite(t.suite_path)
+    from lake.aggregates import check_aggregates
+
+    check_aggregates(catalog, registry)  # keys and metric fields exist in their source tables
     report = check_registry(registry, {s.event_type: s.compatibility for s in catalog.streams})
     broken = 0
     for s in catalog.streams:
