@@ -20,7 +20,7 @@ import polars as pl
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from lake.tables import join, ledger_uri, quarantine_uri, raw_uri
+from lake.tables import ledger_uri, quarantine_uri, raw_uri
 from tidegate.errors import TidegateError
 
 LINEAGE_KEYS = (
@@ -144,4 +144,4 @@ def maintain(
     return report
 
 
-__all__ = ["commits", "join", "maintain", "resolve_table", "row_lineage"]
+__all__ = ["commits", "maintain", "resolve_table", "row_lineage"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from expectations.contracts import EventTypeContracts, avro_to_arrow
+from expectations.contracts import EventTypeContracts
 from tidegate.errors import ConfigError
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -144,7 +144,6 @@ __all__ = [
     "ENVELOPE_COLUMNS",
     "LEDGER_SCHEMA",
     "QUARANTINE_SCHEMA",
-    "avro_to_arrow",
     "ledger_uri",
     "quarantine_uri",
     "raw_schema",
