@@ -185,8 +185,10 @@ def run_local_streaming(
     project: str,
     seconds: float,
     chunk_size: int = 100,
+    until: Any = None,
 ) -> None:
-    """Smoke run on Beam's local streaming runner against the emulator, for `seconds`.
+    """Smoke run on Beam's local streaming runner against the emulator, for at most `seconds`
+    (or until `until()` is true, checked every second).
 
     Only for checking the streaming graph end to end: that runner acks before processing
     (a crash loses data) and does not implement `id_label`, so production local ingestion is
@@ -216,7 +218,9 @@ def run_local_streaming(
 
     try:
         result = pipeline.run()  # the direct runner executes in background threads
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until is not None and until()):
+            time.sleep(1.0)
         result.cancel()
     finally:
         if previous is None:
