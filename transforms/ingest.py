@@ -168,46 +168,42 @@ class ValidateExpectationsFn(_CatalogFn):
             yield beam.pvalue.TaggedOutput(QUALITY, (typed.batch_id, outcomes))
 
 
-def _typed(v: Validated, valid_type: type) -> Validated:
-    """Declare element types so Beam picks the chunk coders (cheap size sampling)."""
-    v.valid.element_type = valid_type
-    v.invalid.element_type = Rejected
-    return v
+class _ValidationStage(beam.PTransform):
+    """One validation stage: a ParDo with a `valid` and an `invalid` output (+ extra tags)."""
 
-
-class DecodeEnvelope(beam.PTransform):
-    def __init__(self, config: IngestConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    def expand(self, chunks: PCollection) -> Validated:
-        out = chunks | beam.ParDo(DecodeEnvelopeFn(self.config)).with_outputs(INVALID, main="valid")
-        return _typed(Validated(out.valid, out[INVALID]), Decoded)
-
-
-class ValidateContract(beam.PTransform):
-    def __init__(self, config: IngestConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    def expand(self, decoded: PCollection) -> Validated:
-        out = decoded | beam.ParDo(ValidateContractFn(self.config)).with_outputs(INVALID, main="valid")
-        return _typed(Validated(out.valid, out[INVALID]), Typed)
-
-
-class ValidateExpectations(beam.PTransform):
-    """GX suites per event type per chunk; the per-expectation outcomes go to `quality`."""
+    fn: type[beam.DoFn]
+    valid_type: type
+    extra_tags: tuple[str, ...] = ()
 
     def __init__(self, config: IngestConfig) -> None:
         super().__init__()
         self.config = config
 
-    def expand(self, typed: PCollection) -> Validated:
-        out = typed | beam.ParDo(ValidateExpectationsFn(self.config)).with_outputs(
-            INVALID, QUALITY, main="valid"
-        )
-        self.quality = out[QUALITY]
-        return _typed(Validated(out.valid, out[INVALID]), Typed)
+    def expand(self, pcoll: PCollection) -> Validated:
+        out = pcoll | beam.ParDo(self.fn(self.config)).with_outputs(INVALID, *self.extra_tags, main="valid")
+        self.extra = {tag: out[tag] for tag in self.extra_tags}
+        # Declared element types make Beam pick the chunk coders (cheap size sampling).
+        out.valid.element_type = self.valid_type
+        out[INVALID].element_type = Rejected
+        return Validated(out.valid, out[INVALID])
+
+
+class DecodeEnvelope(_ValidationStage):
+    fn = DecodeEnvelopeFn
+    valid_type = Decoded
+
+
+class ValidateContract(_ValidationStage):
+    fn = ValidateContractFn
+    valid_type = Typed
+
+
+class ValidateExpectations(_ValidationStage):
+    """GX suites per event type per chunk; the per-expectation outcomes go to `extra[QUALITY]`."""
+
+    fn = ValidateExpectationsFn
+    valid_type = Typed
+    extra_tags = (QUALITY,)
 
 
 @dataclass(frozen=True)
