@@ -103,7 +103,7 @@ def _v(rule: str, field_name: str, message: str) -> Violation:
 
 def decode_stage(message: RawMessage, catalog: Catalog) -> Envelope | Rejection:
     """Stage 1: the CloudEvents envelope, with the payload limit of the event's stream."""
-    limit = max(s.max_payload_bytes for s in catalog.streams)
+    limit = catalog.max_payload_bytes
     try:
         envelope = decode_envelope(message, limit)
     except EnvelopeError as exc:
@@ -114,9 +114,7 @@ def decode_stage(message: RawMessage, catalog: Catalog) -> Envelope | Rejection:
             event_id=exc.event_id or message.attributes.get("ce-id"),
             event_type=message.attributes.get("ce-type"),
         )
-    stream_limit = next(
-        (s.max_payload_bytes for s in catalog.streams if s.event_type == envelope.type), limit
-    )
+    stream_limit = catalog.payload_limits.get(envelope.type, limit)
     if len(message.data) > stream_limit:
         return Rejection(
             message,

@@ -340,6 +340,16 @@ class Catalog(_Strict):
         known = ", ".join(self.event_types)
         raise ConfigError(f"unknown event type {event_type!r}", hint=f"the catalog declares: {known}")
 
+    @cached_property
+    def payload_limits(self) -> dict[str, int]:
+        """max_payload_bytes per event type (computed once, read for every message)."""
+        return {s.event_type: s.max_payload_bytes for s in self.streams}
+
+    @cached_property
+    def max_payload_bytes(self) -> int:
+        """The largest limit: what a message of unknown type is held to."""
+        return max(self.payload_limits.values())
+
     @property
     def event_types(self) -> list[str]:
         return [s.event_type for s in self.streams]

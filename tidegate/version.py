@@ -24,25 +24,22 @@ def git_sha() -> str:
     if not (root / ".git").exists():
         return "unknown"
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],  # noqa: S607
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
+        sha = _git(root, "rev-parse", "HEAD", check=True)
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def _git(root: Path, *args: str, check: bool) -> str:
+    return subprocess.run(  # noqa: S603
+        ["git", *args],  # noqa: S607
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=check,
+    ).stdout.strip()
 
 
 def code_version() -> str:

@@ -381,22 +381,25 @@ class WriteQuarantineFn(_WriterFn):
         )
 
 
-class WriteRawHistory(beam.PTransform):
+class _Writer(beam.PTransform):
+    """A writer: one ParDo whose output is the TableCommits of its bundles."""
+
+    fn: type[beam.DoFn]
+
     def __init__(self, config: IngestConfig) -> None:
         super().__init__()
         self.config = config
 
-    def expand(self, typed: PCollection) -> PCollection:
-        return typed | beam.ParDo(WriteRawHistoryFn(self.config))
+    def expand(self, pcoll: PCollection) -> PCollection:
+        return pcoll | beam.ParDo(self.fn(self.config))
 
 
-class WriteQuarantine(beam.PTransform):
-    def __init__(self, config: IngestConfig) -> None:
-        super().__init__()
-        self.config = config
+class WriteRawHistory(_Writer):
+    fn = WriteRawHistoryFn
 
-    def expand(self, rejected: PCollection) -> PCollection:
-        return rejected | beam.ParDo(WriteQuarantineFn(self.config))
+
+class WriteQuarantine(_Writer):
+    fn = WriteQuarantineFn
 
 
 class Ingest(beam.PTransform):
