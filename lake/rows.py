@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from expectations.checks import Rejection, ValidEvent
 from expectations.contracts import ContractRegistry
@@ -58,6 +59,7 @@ def raw_rows(
         "pubsub_publish_time": [m.publish_time for m in msgs],
         "subscription": [m.subscription for m in msgs],
         "ingest_time": [ingest_time] * n,
+        "seen_max_event_time": [None] * n,  # stamped at commit time: see stamp_seen_max_event_time
         "run_id": [run_id] * n,
         "batch_id": [batch_id] * n,
     }
@@ -71,6 +73,34 @@ def raw_rows(
                 values = [protector.token(v) for v in values]
         arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def table_max_event_time(table: Any) -> datetime | None:
+    """Latest event_time in a raw Delta table, from the log's file statistics (no data read).
+
+    Delta keeps timestamp statistics at millisecond precision and rounds the max up, so this can
+    be up to 1 ms above the true max; it is recorded on the rows it stamps, so every reader
+    agrees on it anyway."""
+    if table is None:
+        return None
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0 or "max.event_time" not in actions.column_names:
+        return None
+    value = pc.max(actions.column("max.event_time")).as_py()
+    return value if isinstance(value, datetime) else None
+
+
+def stamp_seen_max_event_time(table: Any, rows: pa.Table, now: datetime) -> pa.Table:
+    """Set `seen_max_event_time` on a batch about to be committed to `table` (None: new table).
+
+    The value is the table's latest event time *before* this batch, capped at the commit's
+    clock so one event from a producer with a broken clock cannot make everything late."""
+    seen = table_max_event_time(table)
+    if seen is not None:
+        seen = min(seen, now)
+    i = rows.schema.get_field_index("seen_max_event_time")
+    column = pa.array([seen] * rows.num_rows, type=rows.schema.field(i).type)
+    return rows.set_column(i, rows.schema.field(i), column)
 
 
 def _parsed_payload(r: Rejection) -> Any:

@@ -5,6 +5,9 @@
     <lake>/quarantine         every rejected message once (key: subscription + message id),
                               partitioned by quarantine_date
     <lake>/_ledger            one row per ingested micro-batch: received / written / skipped / quarantined
+    <lake>/aggregates/<name>  one table per catalog aggregate: window, keys, metrics, lineage
+    <lake>/aggregates/_late   the late ledger: every (event, window) excluded from an aggregate
+                              because it arrived after the watermark + allowed lateness
 
 The raw schema is derived from the contracts: the envelope and lineage columns first, then
 the payload fields of the latest version. A payload column is NOT NULL only if every version
@@ -36,6 +39,14 @@ ENVELOPE_COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
     ("pubsub_publish_time", UTC_TS, True, "when Pub/Sub accepted the message"),
     ("subscription", pa.string(), False, "subscription the message was read from"),
     ("ingest_time", UTC_TS, False, "when tidegate committed the row"),
+    (
+        "seen_max_event_time",
+        UTC_TS,
+        True,
+        "latest event_time of this type already in the table when the row was committed "
+        "(capped at the commit's clock): the row's watermark for an aggregate is this minus the "
+        "aggregate's out_of_orderness (see lake.aggregates)",
+    ),
     ("run_id", pa.string(), False, "ingest run (see the _ledger table and commit metadata)"),
     ("batch_id", pa.string(), False, "micro-batch within the run"),
 ]
@@ -115,6 +126,32 @@ def ledger_uri(lake: str) -> str:
     return join(lake, "_ledger")
 
 
+LATE_SCHEMA = pa.schema(
+    [
+        pa.field("aggregate", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_time", UTC_TS, nullable=False),
+        pa.field("window_start", UTC_TS, nullable=False),
+        pa.field("window_end", UTC_TS, nullable=False),
+        pa.field("watermark", UTC_TS, nullable=False),
+        pa.field("late_by_seconds", pa.float64(), nullable=False),
+        pa.field("raw_version", pa.int64(), nullable=False),
+        pa.field("recorded_at", UTC_TS, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+LATE_KEYS = ("aggregate", "event_id", "window_start")
+
+
+def aggregate_uri(lake: str, name: str) -> str:
+    return join(lake, "aggregates", name)
+
+
+def late_uri(lake: str) -> str:
+    return join(lake, "aggregates", "_late")
+
+
 def payload_fields(contracts: EventTypeContracts) -> list[pa.Field]:
     """Payload columns for a type across all its versions (latest version's order)."""
     latest = contracts.latest
@@ -142,8 +179,12 @@ def raw_schema(contracts: EventTypeContracts) -> pa.Schema:
 
 __all__ = [
     "ENVELOPE_COLUMNS",
+    "LATE_KEYS",
+    "LATE_SCHEMA",
     "LEDGER_SCHEMA",
     "QUARANTINE_SCHEMA",
+    "aggregate_uri",
+    "late_uri",
     "ledger_uri",
     "quarantine_uri",
     "raw_schema",

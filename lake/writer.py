@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -95,11 +95,14 @@ def insert_new(
     partition_by: Sequence[str] = (),
     prune_on: str | None = None,
     storage_options: dict[str, str] | None = None,
+    prepare: Callable[[DeltaTable | None, pa.Table], pa.Table] | None = None,
 ) -> CommitResult:
     """Insert the rows whose key is not in the table yet; one commit, lineage in its metadata.
 
     `prune_on` names a partition column; the MERGE only looks at target partitions holding
-    values the batch has (a key can only match within its own partition).
+    values the batch has (a key can only match within its own partition). `prepare(table, rows)`
+    runs on every attempt against the snapshot the commit is based on (raw history stamps its
+    watermark base there, so a retried commit re-reads it).
     """
     rows = dedupe(rows, keys)
     if rows.num_rows == 0:
@@ -108,12 +111,13 @@ def insert_new(
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         try:
             table = _open(uri, storage_options)
+            batch = prepare(table, rows) if prepare else rows
             if table is None:
                 # First write creates the table with this batch in one commit. Two writers racing
                 # here: the loser gets a conflict and retries as a MERGE.
                 write_deltalake(
                     uri,
-                    rows,
+                    batch,
                     mode="error",
                     partition_by=list(partition_by) or None,
                     commit_properties=CommitProperties(custom_metadata=meta),
@@ -127,7 +131,7 @@ def insert_new(
                 predicate = f"t.{prune_on} IN ({', '.join(_literal(v) for v in values)}) AND {predicate}"
             metrics = (
                 table.merge(
-                    rows,
+                    batch,
                     predicate=predicate,
                     source_alias="s",
                     target_alias="t",
@@ -169,3 +173,96 @@ def append(
         storage_options=storage_options,
     )
     return int(DeltaTable(uri, storage_options=storage_options).version())
+
+
+def _null_safe_eq(col: str) -> str:
+    return f"(t.{col} IS NOT DISTINCT FROM s.{col})"
+
+
+def replace_windows(
+    uri: str,
+    upserts: pa.Table,
+    deletes: pa.Table,
+    *,
+    keys: Sequence[str],
+    values: Sequence[str],
+    app_id: str,
+    app_version: int,
+    metadata: dict[str, Any] | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> CommitResult:
+    """One atomic commit to an aggregate table: upsert window rows, delete replaced ones, and
+    record `app_version` (the raw table version incorporated) as the Delta app transaction
+    `app_id`.
+
+    `upserts` is in the table's schema; `revision` is 1 for a new window and goes up by one
+    only when a metric value changes (rewriting a window with the same values changes nothing,
+    so a retried or repeated projection is a no-op on the data). `deletes` holds the key
+    columns of rows to remove (sessions that merged into a bigger one). Keys compare null-safe.
+    Conflicts are retried; an older `app_version` than the table already holds is refused
+    (delta-rs would accept it and move the marker backwards; platform facts).
+    """
+    from deltalake import Transaction
+
+    meta = _stringify(metadata or {})
+    txn = [Transaction(app_id, app_version)]
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        try:
+            table = _open(uri, storage_options)
+            props = CommitProperties(custom_metadata=meta, app_transactions=txn)
+            if table is None:
+                write_deltalake(
+                    uri, upserts, mode="error", commit_properties=props, storage_options=storage_options
+                )
+                created = DeltaTable(uri, storage_options=storage_options)
+                return CommitResult(uri, upserts.num_rows, upserts.num_rows, created.version())
+            done = table.transaction_version(app_id)
+            if done is not None and done > app_version:
+                raise TransientError(
+                    f"{uri} already incorporates version {done} of its source, newer than {app_version}"
+                )
+            if upserts.num_rows == 0 and deletes.num_rows == 0:
+                write_deltalake(table, upserts, mode="append", commit_properties=props)
+                return CommitResult(uri, 0, 0, table.version())
+            ops = [
+                pa.array(["upsert"] * upserts.num_rows, pa.string()),
+                pa.array(["delete"] * deletes.num_rows, pa.string()),
+            ]
+            loose = pa.schema([f.with_nullable(True) for f in upserts.schema.remove_metadata()])
+            filler = pa.table(
+                {
+                    f.name: deletes.column(f.name)
+                    if f.name in deletes.column_names
+                    else pa.nulls(deletes.num_rows, f.type)
+                    for f in upserts.schema
+                },
+                schema=loose,
+            )
+            source = pa.concat_tables([upserts.cast(loose), filler])
+            source = source.append_column("_op", pa.concat_arrays(ops))
+            match = " AND ".join(_null_safe_eq(k) for k in keys)
+            changed = " OR ".join(f"(t.{v} IS DISTINCT FROM s.{v})" for v in values)
+            cols = [f.name for f in upserts.schema]
+            metrics = (
+                table.merge(
+                    source, predicate=match, source_alias="s", target_alias="t", commit_properties=props
+                )
+                .when_matched_delete(predicate="s._op = 'delete'")
+                .when_matched_update(
+                    {c: ("t.revision + 1" if c == "revision" else f"s.{c}") for c in cols},
+                    predicate=f"s._op = 'upsert' AND ({changed})",
+                )
+                .when_not_matched_insert({c: f"s.{c}" for c in cols}, predicate="s._op = 'upsert'")
+                .execute()
+            )
+            written = int(metrics.get("num_target_rows_inserted", 0)) + int(
+                metrics.get("num_target_rows_updated", 0)
+            )
+            return CommitResult(uri, upserts.num_rows, written, table.version())
+        except (CommitFailedError, FileExistsError) as exc:
+            if attempt == MAX_COMMIT_ATTEMPTS:
+                raise TransientError(
+                    f"commit to {uri} kept conflicting after {attempt} attempts: {exc}"
+                ) from exc
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -406,8 +406,14 @@ def run_local_ingest(
         if not quiet:
             console.print(
                 f"  batch {b.batch_id.rsplit('-', 1)[-1]}: {b.received:,} received -> {b.raw_written:,} raw, "
-                f"{b.duplicates_skipped:,} duplicates skipped, {b.quarantined:,} quarantined "
-                f"({b.seconds:.2f}s, {b.received / b.seconds if b.seconds else 0:,.0f} msg/s)"
+                f"{b.duplicates_skipped:,} duplicates skipped, {b.quarantined:,} quarantined"
+                + (f", {b.late:,} late" if b.late else "")
+                + (
+                    f", {sum(p.windows_written for p in b.projections):,} windows updated"
+                    if b.projections
+                    else ""
+                )
+                + f" ({b.seconds:.2f}s, {b.received / b.seconds if b.seconds else 0:,.0f} msg/s)"
             )
 
     if not quiet:
@@ -505,7 +511,7 @@ def ingest(
     console.print(
         f"Done ({summary.stopped_by}): {summary.batches} batch(es), {summary.received:,} messages -> "
         f"{summary.raw_written:,} raw, {summary.duplicates_skipped:,} duplicates skipped, "
-        f"{summary.quarantined:,} quarantined in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
+        f"{summary.quarantined:,} quarantined, {summary.late:,} late for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
     )
 
 

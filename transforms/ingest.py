@@ -21,8 +21,6 @@ retries and never acks.
 from __future__ import annotations
 
 import functools
-import os
-import signal
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,12 +36,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from expectations.checks import Rejection, ValidEvent, contract_stage, decode_stage, expectations_stage
 from expectations.envelope import Envelope, RawMessage
+from tidegate.faults import fault_point
 from transforms import coders as _coders  # noqa: F401 - registers the chunk coders
 from transforms.ingest_types import Chunk, Decoded, Rejected, Typed
 
 INVALID = "invalid"
 QUALITY = "quality"
-FAULT_ENV = "TIDEGATE_FAULT_INJECT"
 
 
 class Validated(NamedTuple):
@@ -66,15 +64,6 @@ class IngestConfig:
     @property
     def storage(self) -> dict[str, str] | None:
         return dict(self.storage_options) or None
-
-
-def fault_point(name: str) -> None:
-    """Crash-test hook: `TIDEGATE_FAULT_INJECT=<name>` kills this process right here.
-
-    Used only by the tests that prove exactly-once across a SIGKILL at each crash point.
-    """
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _global(value: Any) -> WindowedValue:
@@ -270,7 +259,7 @@ class WriteRawHistoryFn(_WriterFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         import time
 
-        from lake.rows import raw_rows
+        from lake.rows import raw_rows, stamp_seen_max_event_time
         from lake.tables import raw_uri
         from lake.writer import insert_new
 
@@ -306,6 +295,7 @@ class WriteRawHistoryFn(_WriterFn):
                 partition_by=["event_date"],
                 prune_on="event_date",
                 storage_options=self.config.storage,
+                prepare=lambda table, batch: stamp_seen_max_event_time(table, batch, now),
             )
             self.commit_ms.update(int((time.perf_counter() - started) * 1000))
             self.written.inc(result.inserted)
