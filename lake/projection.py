@@ -268,21 +268,6 @@ class Projector:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _arrow(self, spec: AggregateSpec, frame: pl.DataFrame, raw_version: int) -> pa.Table:
-        schema = self.schemas[spec.name]
-        n = frame.height
-        now = datetime.now(UTC)
-        lineage = {
-            "revision": pa.array([1] * n, pa.int64()),
-            "raw_version": pa.array([raw_version] * n, pa.int64()),
-            "updated_at": pa.array([now] * n, TS),
-            "run_id": pa.array([self.run_id] * n, pa.string()),
-            "written_by": pa.array(["projection"] * n, pa.string()),
-        }
-        data = frame.to_arrow()
-        arrays = [lineage[f.name] if f.name in lineage else data.column(f.name).cast(f.type) for f in schema]
-        return pa.Table.from_arrays(arrays, schema=schema)
-
     def _commit(
         self, spec: AggregateSpec, upserts: pl.DataFrame, deletes: pl.DataFrame, raw_version: int
     ) -> Any:
@@ -315,7 +300,7 @@ class Projector:
         )
         return replace_windows(
             aggregate_uri(self.lake, spec.name),
-            self._arrow(spec, upserts, raw_version),
+            aggregate_rows(self.schemas[spec.name], upserts, raw_version, self.run_id, "projection"),
             del_table,
             keys=key_cols,
             values=["window_end", *agg.metric_columns(spec)],
@@ -326,29 +311,114 @@ class Projector:
         )
 
     def _write_late(self, spec: AggregateSpec, late: pl.DataFrame, raw_version: int) -> int:
-        from lake.writer import insert_new
-
         if late.is_empty():
             return 0
-        pairs = agg.late_pairs_of(late, spec)
-        n = pairs.height
-        data = pairs.with_columns(
-            pl.lit(spec.source).alias("event_type"),
-            pl.lit(raw_version, dtype=pl.Int64).alias("raw_version"),
-            pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias("recorded_at"),
-            pl.lit(self.run_id).alias("run_id"),
-        ).to_arrow()
-        table = pa.Table.from_arrays(
-            [data.column(f.name).cast(f.type) for f in LATE_SCHEMA], schema=LATE_SCHEMA
+        return write_late(
+            self.lake, spec, agg.late_pairs_of(late, spec), raw_version, self.run_id, self.storage
         )
-        result = insert_new(
-            late_uri(self.lake),
-            table,
-            keys=list(LATE_KEYS),
-            partition_by=["aggregate"],
-            prune_on="aggregate",
-            metadata={"tidegate_run_id": self.run_id, "tidegate_table": "aggregates/_late"},
-            storage_options=self.storage,
-        )
-        log.info("%s: %d late (event, window) pairs, %d new in the ledger", spec.name, n, result.inserted)
-        return n
+
+
+def aggregate_rows(
+    schema: pa.Schema, frame: pl.DataFrame, raw_version: int, run_id: str, written_by: str
+) -> pa.Table:
+    """Window rows (window, keys, metrics) in the aggregate table's schema, lineage filled in."""
+    n = frame.height
+    now = datetime.now(UTC)
+    lineage = {
+        "revision": pa.array([1] * n, pa.int64()),
+        "raw_version": pa.array([raw_version] * n, pa.int64()),
+        "updated_at": pa.array([now] * n, TS),
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "written_by": pa.array([written_by] * n, pa.string()),
+    }
+    data = frame.to_arrow()
+    arrays = [lineage[f.name] if f.name in lineage else data.column(f.name).cast(f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_late(
+    lake: str,
+    spec: AggregateSpec,
+    pairs: pl.DataFrame,
+    raw_version: int,
+    run_id: str,
+    storage: dict[str, str] | None,
+) -> int:
+    """Record late (event, window) pairs in the late ledger (insert-only: idempotent)."""
+    from lake.writer import insert_new
+
+    if pairs.is_empty():
+        return 0
+    data = pairs.with_columns(
+        pl.lit(spec.source).alias("event_type"),
+        pl.lit(raw_version, dtype=pl.Int64).alias("raw_version"),
+        pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias("recorded_at"),
+        pl.lit(run_id).alias("run_id"),
+    ).to_arrow()
+    table = pa.Table.from_arrays([data.column(f.name).cast(f.type) for f in LATE_SCHEMA], schema=LATE_SCHEMA)
+    result = insert_new(
+        late_uri(lake),
+        table,
+        keys=list(LATE_KEYS),
+        partition_by=["aggregate"],
+        prune_on="aggregate",
+        metadata={"tidegate_run_id": run_id, "tidegate_table": "aggregates/_late"},
+        storage_options=storage,
+    )
+    log.info(
+        "%s: %d late (event, window) pairs, %d new in the ledger", spec.name, pairs.height, result.inserted
+    )
+    return pairs.height
+
+
+def replace_all(
+    lake: str,
+    spec: AggregateSpec,
+    rows: pa.Table,
+    *,
+    raw_version: int,
+    since: datetime | None,
+    until: datetime | None,
+    metadata: dict[str, str],
+    storage: dict[str, str] | None,
+) -> int:
+    """A replay's write: replace the aggregate's windows starting in [since, until) (all of them
+    when neither is given) in one commit. A full replay records `raw_version` as the app
+    transaction (the table now incorporates exactly that version); a ranged one leaves the marker
+    alone, so the next projection still recomputes whatever is newer. Returns the version."""
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    uri = aggregate_uri(lake, spec.name)
+    full = since is None and until is None
+    txns = [Transaction(app_id(spec), raw_version)] if full else None
+    existing = _open(uri, storage)
+    if existing is not None and full:
+        done = existing.transaction_version(app_id(spec))
+        if done is not None and done > raw_version:
+            from tidegate.errors import TransientError
+
+            raise TransientError(
+                f"{uri} already incorporates raw version {done}, newer than this replay's {raw_version}"
+            )
+    predicate = None
+    if not full:
+        parts = []
+        if since is not None:
+            parts.append(f"window_start >= '{since.isoformat()}'")
+        if until is not None:
+            parts.append(f"window_start < '{until.isoformat()}'")
+        predicate = " AND ".join(parts)
+        if existing is None:
+            predicate = None
+    write_deltalake(
+        uri,
+        rows,
+        mode="overwrite",
+        predicate=predicate,
+        schema_mode=None if predicate else "overwrite",
+        commit_properties=CommitProperties(custom_metadata=metadata, app_transactions=txns),
+        storage_options=storage,
+    )
+    table = _open(uri, storage)
+    assert table is not None
+    return int(table.version())

@@ -4,9 +4,14 @@ Checks, each with a readable list of what is wrong:
 - every raw table holds each event id once, the quarantine each (subscription, message id) once;
 - every ledger row balances: received = written + duplicates skipped + quarantined
   + quarantine duplicates;
+- parity: every aggregate table equals a recompute from the raw version it says it
+  incorporates (its Delta app transaction), exactly (count, sum, min, max, mean), and the late
+  ledger holds exactly the late pairs of that raw history; the differing windows are listed;
 - with a manifest: every message sent landed where it must, exactly once: a valid event
   (or its duplicate) by ce-id in `raw/<type>`, a faulty one by Pub/Sub message id in the
-  quarantine with the stage and rule the fault must produce.
+  quarantine with the stage and rule the fault must produce; every event the producer sent
+  late is in the late ledger of each aggregate over its type (unless no watermark existed
+  yet when it landed), and no other event is.
 
     tidegate verify --manifest .tidegate/demo/manifest.jsonl
 """
@@ -15,14 +20,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from lake.tables import ledger_uri, quarantine_uri, raw_uri
+from lake import aggregates as agg
+from lake.tables import aggregate_uri, late_uri, ledger_uri, quarantine_uri, raw_uri
+from tidegate.catalog import AggregateSpec
 
 
 @dataclass
@@ -53,6 +62,7 @@ def verify(
     event_types: list[str],
     manifest: Path | None = None,
     storage_options: dict[str, str] | None = None,
+    aggregates: Sequence[AggregateSpec] = (),
 ) -> Report:
     report = Report()
     raw: dict[str, pl.DataFrame] = {}
@@ -106,8 +116,13 @@ def verify(
             f"{totals['quarantine_duplicates']:,} re-quarantined",
             [f"ledger: batch {r['batch_id']} does not balance: {r}" for r in off.head(20).to_dicts()],
         )
+    for spec in aggregates:
+        if spec.source in raw:
+            _parity(report, lake, spec, storage_options)
     if manifest is not None:
         _reconcile(report, manifest, raw, quarantine)
+        if aggregates:
+            _late_vs_manifest(report, lake, manifest, aggregates, storage_options)
     if not report.checks:
         report.check(
             "lake has tables",
@@ -176,4 +191,189 @@ def _reconcile(
     )
 
 
-__all__ = ["Report", "verify"]
+def _open(uri: str, storage: dict[str, str] | None, version: int | None = None) -> DeltaTable | None:
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage)
+    except TableNotFoundError:
+        return None
+
+
+def _fmt(row: dict[str, object], cols: Sequence[str]) -> str:
+    return ", ".join(f"{c}={row.get(c)}" for c in cols)
+
+
+def window_diff(expected: pl.DataFrame, got: pl.DataFrame, spec: AggregateSpec) -> list[str]:
+    """Readable differences between two aggregate frames (window, keys, metrics)."""
+    key = [*agg.WINDOW, *spec.keys]
+    metrics = agg.metric_columns(spec)
+    got = got.select(agg.value_columns(spec)).cast(dict(expected.schema))  # type: ignore[arg-type]
+    joined = expected.join(got, on=key, how="full", suffix="_table", nulls_equal=True, coalesce=True)
+    out: list[str] = []
+    for r in joined.to_dicts():
+        exp_missing = all(r.get(m) is None for m in metrics) and r.get(metrics[0]) is None
+        tab_missing = r.get(f"{metrics[0]}_table") is None and all(
+            r.get(f"{m}_table") is None for m in metrics
+        )
+        where = _fmt(r, key)
+        if tab_missing and not exp_missing:
+            out.append(
+                f"{spec.name}: window {where} is missing from the table (raw gives {_fmt(r, metrics)})"
+            )
+        elif exp_missing and not tab_missing:
+            out.append(f"{spec.name}: window {where} is in the table but not in a recompute from raw")
+        else:
+            diffs = [
+                f"{m}: table {r[f'{m}_table']} != raw {r[m]}" for m in metrics if r[m] != r[f"{m}_table"]
+            ]
+            if diffs:
+                out.append(f"{spec.name}: window {where}: " + "; ".join(diffs))
+    return out
+
+
+def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, str] | None) -> None:
+    from lake.projection import app_id
+
+    name = f"aggregates/{spec.name}: equals a recompute from raw"
+    table = _open(aggregate_uri(lake, spec.name), storage)
+    current = _open(raw_uri(lake, spec.source), storage)
+    assert current is not None
+    if table is None:
+        report.check(
+            name,
+            False,
+            "table missing",
+            [
+                f"aggregates/{spec.name} does not exist: `tidegate ingest` builds it, `tidegate replay {spec.name}` rebuilds it"
+            ],
+        )
+        return
+    version = table.transaction_version(app_id(spec))
+    raw_at = _open(raw_uri(lake, spec.source), storage, version=version) if version is not None else None
+    cols = [
+        c
+        for c in [
+            "event_id",
+            "event_time",
+            "seen_max_event_time",
+            *spec.keys,
+            *(m.field for m in spec.metrics if m.field),
+        ]
+        if c
+    ]
+    if raw_at is None:
+        rows = pl.DataFrame()
+        expected = pl.DataFrame(schema=dict.fromkeys(agg.value_columns(spec), pl.Null))
+    else:
+        names = set(pa.schema(raw_at.schema().to_arrow()).names)
+        rows = pl.from_arrow(raw_at.to_pyarrow_table(columns=[c for c in dict.fromkeys(cols) if c in names]))  # type: ignore[assignment]
+        if "seen_max_event_time" not in rows.columns:
+            rows = rows.with_columns(
+                pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("seen_max_event_time")
+            )
+        expected = agg.compute(rows, spec)
+    got = pl.from_arrow(table.to_pyarrow_table(columns=agg.value_columns(spec)))
+    assert isinstance(got, pl.DataFrame)
+    problems = (
+        window_diff(expected, got, spec)
+        if raw_at is not None
+        else [f"{spec.name}: table has no raw version marker"]
+    )
+    behind = current.version() - (version if version is not None else -1)
+    report.check(
+        name,
+        not problems,
+        f"{got.height:,} windows, raw version {version}"
+        + (f" ({behind} raw version(s) not projected yet: the next ingest catches up)" if behind > 0 else ""),
+        problems[:50],
+    )
+    if raw_at is None:
+        return
+    expected_late = agg.late_pairs(rows, spec).select("event_id", "window_start")
+    ledger_table = _open(late_uri(lake), storage)
+    ledger = (
+        pl.from_arrow(ledger_table.to_pyarrow_table(columns=["aggregate", "event_id", "window_start"]))
+        if ledger_table is not None
+        else pl.DataFrame(
+            schema={"aggregate": pl.String, "event_id": pl.String, "window_start": pl.Datetime("us", "UTC")}
+        )
+    )
+    assert isinstance(ledger, pl.DataFrame)
+    ledger = ledger.filter(pl.col("aggregate") == spec.name).select("event_id", "window_start")
+    missing = expected_late.join(ledger, on=["event_id", "window_start"], how="anti")
+    extra = (
+        ledger.join(expected_late, on=["event_id", "window_start"], how="anti")
+        if behind <= 0
+        else ledger.head(0)
+    )
+    report.check(
+        f"aggregates/_late: {spec.name} late pairs match raw history",
+        missing.height == 0 and extra.height == 0,
+        f"{expected_late.height:,} late (event, window) pairs",
+        [f"{spec.name}: late pair {r} missing from the ledger" for r in missing.head(20).to_dicts()]
+        + [
+            f"{spec.name}: ledger holds {r}, which raw history does not make late"
+            for r in extra.head(20).to_dicts()
+        ],
+    )
+
+
+def _late_vs_manifest(
+    report: Report,
+    lake: str,
+    manifest: Path,
+    aggregates: Sequence[AggregateSpec],
+    storage: dict[str, str] | None,
+) -> None:
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    sent_late = {(r["type"], r["ce_id"]) for r in rows if r["kind"] == "late"}
+    table = _open(late_uri(lake), storage)
+    ledger = (
+        pl.from_arrow(table.to_pyarrow_table(columns=["aggregate", "event_type", "event_id"])).unique()
+        if table is not None
+        else pl.DataFrame(schema={"aggregate": pl.String, "event_type": pl.String, "event_id": pl.String})
+    )
+    assert isinstance(ledger, pl.DataFrame)
+    in_ledger = {(r["aggregate"], r["event_id"]) for r in ledger.to_dicts()}
+    no_watermark: set[tuple[str, str]] = set()
+    anonymous: dict[str, set[str]] = {}  # per session aggregate: events without a session key
+    for t in {t for t, _ in sent_late}:
+        raw = _open(raw_uri(lake, t), storage)
+        if raw is None:
+            continue
+        keys = sorted({k for s in aggregates if s.source == t and s.window.type == "session" for k in s.keys})
+        df = pl.from_arrow(raw.to_pyarrow_table(columns=["event_id", "seen_max_event_time", *keys]))
+        assert isinstance(df, pl.DataFrame)
+        no_watermark |= {
+            (t, e) for e in df.filter(pl.col("seen_max_event_time").is_null()).get_column("event_id")
+        }
+        for s in aggregates:
+            if s.source == t and s.window.type == "session" and s.keys:
+                nulls = df.filter(pl.any_horizontal([pl.col(k).is_null() for k in s.keys]))
+                anonymous[s.name] = set(nulls.get_column("event_id"))
+    problems = []
+    for spec in aggregates:
+        for t, eid in sorted(sent_late):
+            if (
+                t == spec.source
+                and (spec.name, eid) not in in_ledger
+                and (t, eid) not in no_watermark
+                and eid not in anonymous.get(spec.name, set())  # never sessionized: not late either
+            ):
+                problems.append(f"{spec.name}: event {eid} was sent late but is not in the late ledger")
+    on_time = {
+        (r["type"], r["ce_id"]) for r in rows if r["expect"] == "raw"
+    } - sent_late  # duplicates of late ones are late
+    for r in ledger.to_dicts():
+        if (r["event_type"], r["event_id"]) in on_time:
+            problems.append(
+                f"{r['aggregate']}: event {r['event_id']} was not sent late but is in the late ledger"
+            )
+    report.check(
+        "manifest: late events are in the late ledger, and only they",
+        not problems,
+        f"{len(sent_late):,} events sent late, {ledger.height:,} ledger entries",
+        problems,
+    )
+
+
+__all__ = ["Report", "verify", "window_diff"]
