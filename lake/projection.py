@@ -422,3 +422,99 @@ def replace_all(
     table = _open(uri, storage)
     assert table is not None
     return int(table.version())
+
+
+def apply_panes(
+    lake: str,
+    spec: AggregateSpec,
+    schema: pa.Schema,
+    panes: list[dict[str, Any]],
+    *,
+    run_id: str,
+    metadata: dict[str, str],
+    storage: dict[str, str] | None = None,
+) -> int:
+    """Streaming mode's sink: upsert window panes (accumulating: each pane is the whole window
+    so far) with a guard, in one commit. Returns the rows written.
+
+    - per (window, keys) the pane with the highest index wins: an older pane never overwrites a
+      newer one, and a retried bundle (same panes again) changes nothing;
+    - sessions: a pane of a merged session replaces the stored sessions of its key that it
+      contains; a pane contained in a stored, larger session of its key (it merged since) is
+      dropped."""
+    from lake.writer import replace_windows
+
+    if not panes:
+        return 0
+    keys = list(spec.keys)
+    incoming = pl.DataFrame(panes).select([*agg.value_columns(spec), "revision"])
+    # newest pane per window within the bundle
+    incoming = incoming.sort("revision").unique([*agg.WINDOW, *keys], keep="last")
+    uri = aggregate_uri(lake, spec.name)
+    table = _open(uri, storage)
+    stored = (
+        pl.from_arrow(table.to_pyarrow_table(columns=[*agg.WINDOW, *keys, "revision"]))
+        if table is not None
+        else pl.DataFrame(schema={**incoming.select([*agg.WINDOW, *keys, "revision"]).schema})
+    )
+    assert isinstance(stored, pl.DataFrame)
+    stored = stored.cast(dict(incoming.select([*agg.WINDOW, *keys, "revision"]).schema))  # type: ignore[arg-type]
+    deletes = pl.DataFrame(schema={**incoming.select(["window_start", *keys]).schema})
+    if spec.window.type == "session":
+        both = pl.concat(
+            [incoming.select([*agg.WINDOW, *keys]), stored.select([*agg.WINDOW, *keys])]
+        ).unique()
+        pairs = incoming.select([*agg.WINDOW, *keys]).join(
+            both, on=keys, how="inner", suffix="_o", nulls_equal=True
+        )
+        inside = (pl.col("window_start_o") <= pl.col("window_start")) & (
+            pl.col("window_end") <= pl.col("window_end_o")
+        )
+        same = (pl.col("window_start_o") == pl.col("window_start")) & (
+            pl.col("window_end_o") == pl.col("window_end")
+        )
+        swallowed = pairs.filter(inside & ~same).select([*agg.WINDOW, *keys])
+        incoming = incoming.join(swallowed, on=[*agg.WINDOW, *keys], how="anti", nulls_equal=True)
+        contains = (pl.col("window_start") <= pl.col("window_start_o")) & (
+            pl.col("window_end_o") <= pl.col("window_end")
+        )
+        replaced = (
+            incoming.select([*agg.WINDOW, *keys])
+            .join(stored.select([*agg.WINDOW, *keys]), on=keys, how="inner", suffix="_o", nulls_equal=True)
+            .filter(contains & ~same)
+        )
+        deletes = replaced.select(pl.col("window_start_o").alias("window_start"), *keys).join(
+            incoming.select(["window_start", *keys]), on=["window_start", *keys], how="anti", nulls_equal=True
+        )  # same start: the upsert rewrites that row in place
+    # the guard: only panes newer than what is stored
+    newer = incoming.join(
+        stored.select([*agg.WINDOW, *keys, pl.col("revision").alias("_stored")]),
+        on=[*agg.WINDOW, *keys],
+        how="left",
+        nulls_equal=True,
+    ).filter(pl.col("_stored").is_null() | (pl.col("revision") > pl.col("_stored")))
+    rows = aggregate_rows(schema, newer.drop("revision", "_stored"), -1, run_id, "stream")
+    rows = rows.set_column(
+        schema.get_field_index("revision"),
+        schema.field("revision"),
+        pa.array(newer.get_column("revision").to_list(), pa.int64()),
+    )
+    if rows.num_rows == 0 and deletes.height == 0:
+        return 0
+    key_cols = ["window_start", *keys]
+    del_table = pa.Table.from_arrays(
+        [pa.array(deletes.get_column(k).to_list(), schema.field(k).type) for k in key_cols], names=key_cols
+    )
+    result = replace_windows(
+        uri,
+        rows,
+        del_table,
+        keys=key_cols,
+        values=["window_end", *agg.metric_columns(spec), "revision"],
+        app_id="tidegate.stream",
+        app_version=0,
+        metadata=metadata,
+        storage_options=storage,
+        revision_from_source=True,
+    )
+    return int(result.inserted)

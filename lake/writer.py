@@ -190,6 +190,7 @@ def replace_windows(
     app_version: int,
     metadata: dict[str, Any] | None = None,
     storage_options: dict[str, str] | None = None,
+    revision_from_source: bool = False,
 ) -> CommitResult:
     """One atomic commit to an aggregate table: upsert window rows, delete replaced ones, and
     record `app_version` (the raw table version incorporated) as the Delta app transaction
@@ -249,7 +250,10 @@ def replace_windows(
                 )
                 .when_matched_delete(predicate="s._op = 'delete'")
                 .when_matched_update(
-                    {c: ("t.revision + 1" if c == "revision" else f"s.{c}") for c in cols},
+                    {
+                        c: ("t.revision + 1" if c == "revision" and not revision_from_source else f"s.{c}")
+                        for c in cols
+                    },
                     predicate=f"s._op = 'upsert' AND ({changed})",
                 )
                 .when_not_matched_insert({c: f"s.{c}" for c in cols}, predicate="s._op = 'upsert'")

@@ -42,7 +42,8 @@ def test_out_of_order_and_late_traffic_keeps_parity_and_fills_the_late_ledger(
         invalid_rate=0.03,
     )
     summary = ingest(pubsub_emulator, catalog, project, lake, max_batch=400)
-    assert summary.batches >= 5 and summary.late > 0
+    assert summary.batches >= 5
+    assert summary.late > 0
 
     report = verify(str(lake), catalog.event_types, manifest, aggregates=catalog.aggregates)
     assert report.ok, report.problems[:10]
@@ -56,9 +57,11 @@ def test_out_of_order_and_late_traffic_keeps_parity_and_fills_the_late_ledger(
     revenue = pl.read_delta(aggregate_uri(str(lake), "revenue_per_currency_1m"))
     assert revenue.get_column("revision").max() > 1  # out-of-order events restated their windows
     orders = pl.read_delta(raw_uri(str(lake), "shop.order.placed"))
-    assert revenue.get_column("orders").sum() + late.filter(
-        pl.col("aggregate") == "revenue_per_currency_1m"
-    ).height == orders.height  # every order is in exactly one window or in the late ledger
+    assert (
+        revenue.get_column("orders").sum()
+        + late.filter(pl.col("aggregate") == "revenue_per_currency_1m").height
+        == orders.height
+    )  # every order is in exactly one window or in the late ledger
 
 
 def _catalog_with_aggregates(tmp_path: Path, project: str, port: int) -> Path:
@@ -69,8 +72,16 @@ def _catalog_with_aggregates(tmp_path: Path, project: str, port: int) -> Path:
         "contracts": str(CONTRACTS_DIR),
         "defaults": {"ack_deadline_seconds": 10},
         "streams": [
-            {"event_type": "shop.order.placed", "topic": "shop-orders", "subscription": "shop-orders-tidegate"},
-            {"event_type": "shop.page.viewed", "topic": "shop-pageviews", "subscription": "shop-pageviews-tidegate"},
+            {
+                "event_type": "shop.order.placed",
+                "topic": "shop-orders",
+                "subscription": "shop-orders-tidegate",
+            },
+            {
+                "event_type": "shop.page.viewed",
+                "topic": "shop-pageviews",
+                "subscription": "shop-pageviews-tidegate",
+            },
         ],
         "aggregates": shipped["aggregates"],
     }
@@ -90,7 +101,10 @@ def test_sigkill_between_the_raw_and_the_aggregate_commit_heals_on_restart(
     lake = tmp_path / "lake"
     args = ["ingest", "--catalog", str(cat_file), "--lake", str(lake), "--emulator", pubsub_emulator.address]
 
-    crashed = _cli([*args, "--until-idle", "1", "--max-batch", "300"], {"TIDEGATE_FAULT_INJECT": "before_aggregates_commit"})
+    crashed = _cli(
+        [*args, "--until-idle", "1", "--max-batch", "300"],
+        {"TIDEGATE_FAULT_INJECT": "before_aggregates_commit"},
+    )
     assert crashed.returncode == -9, crashed.stderr  # killed after raw committed and acked
     assert (lake / "raw").exists()
     before = verify(str(lake), catalog.event_types, aggregates=catalog.aggregates)

@@ -253,3 +253,221 @@ class WriteReplayed(beam.PTransform):
             WriteReplayedWindowsFn(self.config)
         )
         _gather(replayed.late, "Late") | "WriteLateLedger" >> beam.ParDo(WriteLateLedgerFn(self.config))
+
+
+# -- streaming: Beam windows, triggers and accumulating panes ----------------------------------
+
+
+def window_fn(spec: AggregateSpec) -> Any:
+    """The Beam WindowFn of an aggregate: fixed and sliding windows come assigned per element
+    (see SplitLateFn); sessions are Beam's merging Sessions over the same proto-windows."""
+    from apache_beam.transforms import window
+
+    if spec.window.type == "session":
+        return window.Sessions(spec.window.seconds("gap"))
+    return AssignedWindows()
+
+
+class AggregateCombineFn(beam.CombineFn):
+    """count / sum / min / max / mean of one (window, keys) group, mergeable (sessions merge).
+
+    The accumulator is the same partial lake.aggregates uses (`_n`, `_sum__f`, `_min__f`,
+    `_max__f`); `extract_output` computes mean as exact sum / count, as `finalize` does."""
+
+    def __init__(self, spec_json: str) -> None:
+        self.spec_json = spec_json
+        spec = AggregateSpec.model_validate_json(spec_json)
+        self.sums = agg._fields(spec, "sum", "mean")
+        self.mins = agg._fields(spec, "min")
+        self.maxs = agg._fields(spec, "max")
+        self.metrics = [(m.fn, m.field, m.column) for m in spec.metrics]
+
+    def create_accumulator(self) -> dict[str, Any]:
+        return {"_n": 0}
+
+    def add_input(self, acc: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        acc["_n"] += 1
+        for f in self.sums:
+            if row.get(f) is not None:
+                acc[f"_sum__{f}"] = acc.get(f"_sum__{f}", 0) + row[f]
+        for f in self.mins:
+            v = row.get(f)
+            if v is not None and (acc.get(f"_min__{f}") is None or v < acc[f"_min__{f}"]):
+                acc[f"_min__{f}"] = v
+        for f in self.maxs:
+            v = row.get(f)
+            if v is not None and (acc.get(f"_max__{f}") is None or v > acc[f"_max__{f}"]):
+                acc[f"_max__{f}"] = v
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"_n": 0}
+        for a in accs:
+            out["_n"] += a["_n"]
+            for f in self.sums:
+                if f"_sum__{f}" in a:
+                    out[f"_sum__{f}"] = out.get(f"_sum__{f}", 0) + a[f"_sum__{f}"]
+            for f in self.mins:
+                v = a.get(f"_min__{f}")
+                if v is not None and (out.get(f"_min__{f}") is None or v < out[f"_min__{f}"]):
+                    out[f"_min__{f}"] = v
+            for f in self.maxs:
+                v = a.get(f"_max__{f}")
+                if v is not None and (out.get(f"_max__{f}") is None or v > out[f"_max__{f}"]):
+                    out[f"_max__{f}"] = v
+        return out
+
+    def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for fn, field, column in self.metrics:
+            if fn == "count":
+                out[column] = acc["_n"]
+            elif fn == "mean":
+                out[column] = float(acc.get(f"_sum__{field}", 0)) / acc["_n"] if acc["_n"] else None
+            elif fn == "sum":
+                out[column] = acc.get(f"_sum__{field}", 0)
+            else:
+                out[column] = acc.get(f"_{fn}__{field}")
+        return out
+
+
+@dataclass(frozen=True)
+class StreamingAggregateConfig:
+    spec_json: str
+    early_firing_seconds: float = 30.0  # speculative panes while a window is open
+    # Beam's own allowed lateness: the catalog's lateness plus the out-of-orderness bound plus a
+    # margin. The decision what is late is taken before windowing by lake.aggregates' rule on the
+    # watermark base recorded at commit (the same rule as local mode and replay); Beam's
+    # watermark is only a safety net and should never drop what that rule kept.
+    beam_lateness_margin_seconds: int = 3600
+
+    @property
+    def spec(self) -> AggregateSpec:
+        return AggregateSpec.model_validate_json(self.spec_json)
+
+
+class SplitLateFn(beam.DoFn):
+    """Committed raw rows (dicts) -> on-time rows timestamped by event time; late pairs tagged."""
+
+    def __init__(self, spec_json: str) -> None:
+        self.spec_json = spec_json
+
+    def setup(self) -> None:
+        self.spec = AggregateSpec.model_validate_json(self.spec_json)
+        self.late_counter = Metrics.counter("tidegate", f"late_{self.spec.name}")
+
+    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+        from apache_beam.transforms.window import TimestampedValue
+
+        # rows without a session key are never sessionized (lake.aggregates.assign): nothing to do
+        anonymous = self.spec.window.type == "session" and any(row.get(k) is None for k in self.spec.keys)
+        frame = pl.DataFrame(
+            {
+                "event_id": [row["event_id"]],
+                "event_time": [row["event_time"]],
+                "seen_max_event_time": [row.get("seen_max_event_time")],
+                **{k: [row.get(k)] for k in self.spec.keys},
+            },
+            schema_overrides={
+                "event_time": pl.Datetime("us", "UTC"),
+                "seen_max_event_time": pl.Datetime("us", "UTC"),
+            },
+        )
+        parts = agg.split(frame.head(0) if anonymous else frame, self.spec)
+        if parts.late.height:
+            self.late_counter.inc(parts.late.height)
+            yield TaggedOutput(LATE, agg.late_pairs_of(parts.late, self.spec))
+        for ws, we in parts.on_time.select("window_start", "window_end").iter_rows():
+            yield TimestampedValue(
+                {**row, "_window": (ws.timestamp(), we.timestamp())}, row["event_time"].timestamp()
+            )
+
+
+class AssignedWindows(beam.transforms.window.NonMergingWindowFn):  # type: ignore[misc]
+    """Windows already assigned by lake.aggregates.assign (one element per on-time pair), so
+    Beam windows exactly the pairs the lateness rule kept, never one it sent to the ledger."""
+
+    def assign(self, context: Any) -> list[Any]:
+        from apache_beam.transforms.window import IntervalWindow
+
+        start, end = context.element["_window"]
+        return [IntervalWindow(start, end)]
+
+    def get_window_coder(self) -> Any:
+        from apache_beam.coders import coders
+
+        return coders.IntervalWindowCoder()
+
+
+class PaneRowFn(beam.DoFn):
+    """(keys, metrics) in a window pane -> an aggregate row with the pane as its revision."""
+
+    def __init__(self, spec_json: str) -> None:
+        self.spec_json = spec_json
+
+    def setup(self) -> None:
+        self.spec = AggregateSpec.model_validate_json(self.spec_json)
+
+    def process(
+        self,
+        item: tuple[tuple[Any, ...], dict[str, Any]],
+        window: Any = beam.DoFn.WindowParam,
+        pane: Any = beam.DoFn.PaneInfoParam,
+    ) -> Iterator[dict[str, Any]]:
+        from datetime import UTC
+
+        keys, metrics = item
+        row = {
+            "window_start": datetime.fromtimestamp(float(window.start), UTC),
+            "window_end": datetime.fromtimestamp(float(window.end), UTC),
+            **dict(zip(self.spec.keys, keys, strict=True)),
+            **metrics,
+            "revision": pane.index + 1,
+            "pane_timing": {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}.get(pane.timing, "UNKNOWN"),
+        }
+        yield row
+
+
+class WindowedAggregates(NamedTuple):
+    panes: PCollection  # dict rows: window, keys, metrics, revision (pane index + 1), pane_timing
+    late: PCollection  # polars frames of late (event, window) pairs
+
+
+class ComputeWindowedAggregates(beam.PTransform):
+    """Streaming: committed raw rows -> one row per (window, keys) pane.
+
+    Windows by event time (element timestamps = ce-time); trigger: at the watermark, with early
+    firings every `early_firing_seconds` of processing time and a late firing for every late
+    element; ACCUMULATING panes, so every pane carries the full window so far and the sink can
+    simply keep the newest pane (highest index) per (window, keys)."""
+
+    def __init__(self, config: StreamingAggregateConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, rows: PCollection) -> WindowedAggregates:
+        from apache_beam.transforms import trigger
+
+        spec = self.config.spec
+        split = rows | "SplitLate" >> beam.ParDo(SplitLateFn(self.config.spec_json)).with_outputs(
+            LATE, main="on_time"
+        )
+        lateness = agg._seconds(spec.allowed_lateness) + agg._seconds(spec.out_of_orderness)
+        keys = list(spec.keys)
+        panes = (
+            split.on_time
+            | "Window"
+            >> beam.WindowInto(
+                window_fn(spec),
+                trigger=trigger.AfterWatermark(
+                    early=trigger.AfterProcessingTime(self.config.early_firing_seconds),
+                    late=trigger.AfterCount(1),
+                ),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                allowed_lateness=int(lateness.total_seconds()) + self.config.beam_lateness_margin_seconds,
+            )
+            | "KeyByGroup" >> beam.Map(lambda r: (tuple(r.get(k) for k in keys), r))
+            | "Combine" >> beam.CombinePerKey(AggregateCombineFn(self.config.spec_json))
+            | "ToPaneRows" >> beam.ParDo(PaneRowFn(self.config.spec_json))
+        )
+        return WindowedAggregates(panes, split[LATE])
