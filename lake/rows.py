@@ -103,6 +103,37 @@ def stamp_seen_max_event_time(table: Any, rows: pa.Table, now: datetime) -> pa.T
     return rows.set_column(i, rows.schema.field(i), column)
 
 
+def committed_rows(
+    uri: str,
+    *,
+    batch_id: str,
+    dates: Sequence[Any],
+    columns: Sequence[str],
+    storage_options: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of `uri` that the commit of `batch_id` inserted (streaming mode hands them to the
+    windowed aggregates). Duplicates skipped by the MERGE carry an earlier batch id and are not
+    returned; a retried bundle returns the same rows again, which is what the runner expects
+    of a retry. File statistics on batch_id and the event_date partitions prune the read to the
+    files that commit wrote."""
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    dataset = DeltaTable(uri, storage_options=storage_options).to_pyarrow_dataset()
+    when = None
+    for d in dates:
+        part = ds.field("event_date") == d
+        when = part if when is None else when | part
+    filt = ds.field("batch_id") == batch_id
+    if when is not None:
+        filt = filt & when
+    names = set(dataset.schema.names)
+    rows: list[dict[str, Any]] = dataset.to_table(
+        columns=[c for c in columns if c in names], filter=filt
+    ).to_pylist()
+    return rows
+
+
 def _parsed_payload(r: Rejection) -> Any:
     return r.envelope.data if r.envelope is not None else None
 

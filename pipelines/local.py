@@ -302,7 +302,7 @@ class LocalIngest:
                     | "ReadEvents" >> beam.Create([batch_id], reshuffle=False)
                     | "TakeBatch" >> beam.Map(_take_batch).with_output_types(Chunk)
                     | "Ingest" >> Ingest(self.config)
-                )
+                ).commits
                 commits | "CollectCommits" >> beam.Map(_collect, batch_id)
         except TransientError:
             raise

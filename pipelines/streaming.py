@@ -7,6 +7,10 @@
       -> ToChunks (GroupIntoBatches per shard: up to N messages or S seconds)
       -> Ingest (DecodeEnvelope -> ValidateContract -> ValidateExpectations
                  -> WriteRawHistory / WriteQuarantine)
+      -> per aggregate: ComputeWindowedAggregates/<name> (the committed raw rows, split by the
+         same lateness rule as local mode, then Beam windows: watermark trigger, early firings,
+         a late firing per late element, accumulating panes)
+         -> WriteAggregates/<name> (guarded upsert: the newest pane wins; late pairs to the ledger)
 
 On Dataflow, `ReadFromPubSub` acks a message only once the step that read it is durably
 checkpointed, so a crash replays unacked messages; the insert-only MERGE on event id makes the
@@ -111,10 +115,47 @@ def build(
     shards: int = 4,
     id_label: str | None = "ce-id",
     timestamp_attribute: str | None = "ce-time",
+    early_firing_seconds: int = 30,
 ) -> PCollection:
+    from dataclasses import replace
+
+    from transforms.aggregate import (
+        ComputeWindowedAggregates,
+        StreamingAggregateConfig,
+        StreamSinkConfig,
+        WriteAggregatePanes,
+        raw_columns,
+    )
+
+    specs = [a for a in catalog.aggregates if a.source in catalog.event_types]
+    columns: dict[str, list[str]] = {}
+    for spec in specs:
+        columns.setdefault(spec.source, []).extend(raw_columns(spec))
+    config = replace(
+        config, emit_rows=tuple((t, tuple(dict.fromkeys(c))) for t, c in sorted(columns.items()))
+    )
     messages = pipeline | "ReadEvents" >> ReadEvents(catalog, project, id_label, timestamp_attribute)
     chunks = messages | "ToChunks" >> ToChunks(chunk_size, chunk_seconds, shards)
-    return chunks | "Ingest" >> Ingest(config)
+    ingested = chunks | "Ingest" >> Ingest(config)
+    for spec in specs:
+        rows = ingested.rows | f"Rows/{spec.name}" >> beam.Filter(
+            lambda r, t=spec.source: r["event_type"] == t
+        )
+        windowed = rows | f"ComputeWindowedAggregates/{spec.name}" >> ComputeWindowedAggregates(
+            StreamingAggregateConfig(spec.model_dump_json(), early_firing_seconds)
+        )
+        _ = windowed | f"WriteAggregates/{spec.name}" >> WriteAggregatePanes(
+            StreamSinkConfig(
+                lake=config.lake,
+                catalog_path=config.catalog_path,
+                spec_json=spec.model_dump_json(),
+                run_id=config.run_id,
+                code_version=config.code_version,
+                git_sha=config.git_sha,
+                storage_options=config.storage_options,
+            )
+        )
+    return ingested.commits
 
 
 def dataflow_dry_run(

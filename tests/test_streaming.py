@@ -42,6 +42,11 @@ def test_dataflow_job_builds_offline_with_stable_step_names(catalog) -> None:  #
         "Ingest/WriteQuarantine",
     ):
         assert step in steps
+    for a in catalog.aggregates:  # windowed aggregates, then their guarded sink, one per aggregate
+        assert f"ComputeWindowedAggregates/{a.name}/Window" in steps
+        assert f"ComputeWindowedAggregates/{a.name}/Combine" in steps
+        assert f"WriteAggregates/{a.name}/Upsert" in steps
+        assert f"WriteAggregates/{a.name}/LateLedger" in steps
     assert job["options"]["streaming"] is True
     import base64
 

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
-from apache_beam.pvalue import PCollection
+from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
@@ -42,6 +42,7 @@ from transforms.ingest_types import Chunk, Decoded, Rejected, Typed
 
 INVALID = "invalid"
 QUALITY = "quality"
+ROWS = "rows"
 
 
 class Validated(NamedTuple):
@@ -60,6 +61,9 @@ class IngestConfig:
     git_sha: str
     production: bool = False
     storage_options: tuple[tuple[str, str], ...] = ()
+    # streaming mode: per event type, the columns of committed raw rows to emit downstream
+    # (to the windowed aggregates); empty in local mode, where aggregates project from Delta
+    emit_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def storage(self) -> dict[str, str] | None:
@@ -256,7 +260,7 @@ class WriteRawHistoryFn(_WriterFn):
             self.buffer[e.contract.event_type].append(e)
             self.batch_ids[e.contract.event_type].add(typed.batch_id)
 
-    def finish_bundle(self) -> Iterator[WindowedValue]:
+    def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput]:
         import time
 
         from lake.rows import raw_rows, stamp_seen_max_event_time
@@ -300,6 +304,18 @@ class WriteRawHistoryFn(_WriterFn):
             self.commit_ms.update(int((time.perf_counter() - started) * 1000))
             self.written.inc(result.inserted)
             self.duplicates.inc(len(events) - result.inserted)
+            emit = dict(self.config.emit_rows).get(event_type)
+            if emit:
+                from lake.rows import committed_rows
+
+                for row in committed_rows(
+                    raw_uri(self.config.lake, event_type),
+                    batch_id=",".join(batch_ids),
+                    dates=sorted({e.envelope.time.date() for e in events}),
+                    columns=emit,
+                    storage_options=self.config.storage,
+                ):
+                    yield TaggedOutput(ROWS, _global({**row, "event_type": event_type}))
             yield _global(
                 TableCommit(
                     "raw",
@@ -384,8 +400,16 @@ class _Writer(beam.PTransform):
         return pcoll | beam.ParDo(self.fn(self.config))
 
 
+class Ingested(NamedTuple):
+    commits: PCollection  # TableCommit per table per bundle
+    rows: PCollection  # committed raw rows (dicts; streaming mode only, see IngestConfig.emit_rows)
+
+
 class WriteRawHistory(_Writer):
     fn = WriteRawHistoryFn
+
+    def expand(self, pcoll: PCollection) -> Any:
+        return pcoll | beam.ParDo(self.fn(self.config)).with_outputs(ROWS, main="commits")
 
 
 class WriteQuarantine(_Writer):
@@ -393,21 +417,22 @@ class WriteQuarantine(_Writer):
 
 
 class Ingest(beam.PTransform):
-    """The whole chain from chunks to commits; returns the PCollection of TableCommits."""
+    """The whole chain from chunks to commits: Ingested(commits, rows)."""
 
     def __init__(self, config: IngestConfig) -> None:
         super().__init__()
         self.config = config
 
-    def expand(self, chunks: PCollection) -> PCollection:
+    def expand(self, chunks: PCollection) -> Ingested:  # type: ignore[override]
         envelope = chunks | "DecodeEnvelope" >> DecodeEnvelope(self.config)
         contract = envelope.valid | "ValidateContract" >> ValidateContract(self.config)
         expectations = contract.valid | "ValidateExpectations" >> ValidateExpectations(self.config)
-        raw = expectations.valid | "WriteRawHistory" >> WriteRawHistory(self.config)
+        written = expectations.valid | "WriteRawHistory" >> WriteRawHistory(self.config)
+        raw = written.commits
         rejected = (
             envelope.invalid,
             contract.invalid,
             expectations.invalid,
         ) | "CollectRejections" >> beam.Flatten()
         quarantine = rejected | "WriteQuarantine" >> WriteQuarantine(self.config)
-        return (raw, quarantine) | "Commits" >> beam.Flatten()
+        return Ingested((raw, quarantine) | "Commits" >> beam.Flatten(), written[ROWS])
