@@ -138,14 +138,15 @@ def replay(
     if lo is not None and hi is not None and lo >= hi:
         raise TidegateError(f"--since {since} is not before --until {until}", hint="swap them")
     t0 = time.perf_counter()
+    try:
+        DeltaTable(raw_uri(lake, spec.source), storage_options=storage)
+    except TableNotFoundError:
+        raise TidegateError(
+            f"no raw history for {spec.source} in {lake}: nothing to replay {name} from",
+            hint="ingest some events first (`tidegate ingest`), or check --lake",
+        ) from None
     with lake_lock(lake):
-        try:
-            raw = DeltaTable(raw_uri(lake, spec.source), storage_options=storage)
-        except TableNotFoundError:
-            raise TidegateError(
-                f"no raw history for {spec.source} in {lake}: nothing to replay {name} from",
-                hint="ingest some events first (`tidegate ingest`), or check --lake",
-            ) from None
+        raw = DeltaTable(raw_uri(lake, spec.source), storage_options=storage)  # pinned from here on
         version = raw.version()
         groups = file_groups(raw, group_rows)
         read_lo, read_hi = read_bounds(spec, lo, hi)

@@ -16,6 +16,10 @@ COMMANDS = [
     ["contracts", "list"],
     ["contracts", "check"],
     ["contracts", "show"],
+    ["replay"],
+    ["verify"],
+    ["lineage"],
+    ["bench", "replay"],
 ]
 
 
@@ -38,6 +42,24 @@ def test_every_command_has_help(cli, cmd: list[str]) -> None:  # type: ignore[no
         (["contracts", "show", "shop.order.placed", "--version", "9"], "has no version 9"),
         (["contracts", "list", "--catalog", "/nonexistent.yaml"], "does not exist"),
         (["frobnicate"], "No such command"),
+        (["replay", "revenue_per_hour"], "unknown aggregate 'revenue_per_hour'"),
+        (
+            ["replay", "revenue_per_currency_1m", "--lake", "/nonexistent/lake"],
+            "no raw history for shop.order.placed",
+        ),
+        (["replay", "revenue_per_currency_1m", "--since", "yesterday"], "is not an RFC 3339 time"),
+        (
+            [
+                "replay",
+                "revenue_per_currency_1m",
+                "--since",
+                "2026-11-27T00:00:00Z",
+                "--until",
+                "2026-11-26T00:00:00Z",
+            ],
+            "is not before --until",
+        ),
+        (["lineage", "aggregates/nope"], "aggregates/revenue_per_currency_1m"),
     ],
 )
 def test_mistakes_say_what_to_do(cli, args: list[str], expected: str) -> None:  # type: ignore[no-untyped-def]

@@ -230,3 +230,7 @@ def test_demo_runs_end_to_end(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     lake = tmp_path / "home" / "demo" / "lake"
     assert (lake / "raw" / "shop.order.placed" / "_delta_log").is_dir()
     assert (lake / "quarantine" / "_delta_log").is_dir()
+    for name in ("revenue_per_currency_1m", "page_views_per_url_5m", "sessions_per_user"):
+        assert f"✓ aggregates/{name}: equals a recompute from raw" in r.text
+        assert (lake / "aggregates" / name / "_delta_log").is_dir()
+    assert "✓ manifest: late events are in the late ledger, and only they" in r.text
