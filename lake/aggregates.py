@@ -106,8 +106,47 @@ def output_schema(spec: AggregateSpec, source: pa.Schema) -> pa.Schema:
                 else:
                     t = pa.float64()
         fields.append(pa.field(m.column, t))
+    for partial in extra_state(spec):
+        kind, _, field = partial.removeprefix("_").partition("__")
+        t = pa.int64() if kind == "n" else source.field(field).type
+        if kind == "sum":
+            t = (
+                pa.decimal128(38, t.scale)
+                if pa.types.is_decimal(t)
+                else pa.int64()
+                if pa.types.is_integer(t)
+                else pa.float64()
+            )
+        fields.append(pa.field(partial, t, metadata={"doc": "merge state (no declared metric holds it)"}))
     fields += [pa.field(n, t, metadata={"doc": d}) for n, t, d in LINEAGE_COLUMNS]
     return pa.schema(fields)
+
+
+def state_columns(spec: AggregateSpec) -> dict[str, str]:
+    """Partial (merge state) column -> the aggregate table column that holds it.
+
+    count holds `_n`, sum holds `_sum__f`, min / max hold `_min__f` / `_max__f`; a state no
+    declared metric holds (e.g. the count behind a mean declared without a count) is stored in a
+    column of its own, named like the partial. Stored rows can then be merged with new partial
+    rows exactly, without re-reading the raw rows behind them."""
+    out: dict[str, str] = {}
+    for m in spec.metrics:
+        if m.fn == "count":
+            out.setdefault("_n", m.column)
+        elif m.fn in ("sum", "min", "max"):
+            out.setdefault(f"_{m.fn}__{m.field}", m.column)
+    for partial in partial_columns(spec)[len(WINDOW) + len(spec.keys) :]:
+        out.setdefault(partial, partial)
+    return out
+
+
+def extra_state(spec: AggregateSpec) -> list[str]:
+    return [p for p, col in state_columns(spec).items() if p == col]
+
+
+def stored_partials(stored: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
+    """Aggregate table rows back into mergeable partial rows."""
+    return stored.select([*WINDOW, *spec.keys, *(pl.col(c).alias(p) for p, c in state_columns(spec).items())])
 
 
 def metric_columns(spec: AggregateSpec) -> list[str]:
@@ -249,6 +288,7 @@ def finalize(merged: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
         else:
             e = pl.col(f"_{m.fn}__{m.field}")
         exprs.append(e.alias(m.column))
+    exprs += [pl.col(p) for p in extra_state(spec)]
     out = merged.select([*WINDOW, *spec.keys, *exprs])
     return out.sort([*WINDOW, *spec.keys], nulls_last=True)
 

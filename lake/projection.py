@@ -102,6 +102,18 @@ def new_fragments(current: ds.FileSystemDataset, previous: ds.FileSystemDataset 
     return ds.FileSystemDataset(fresh, current.schema, current.format, current.filesystem)
 
 
+def _only_appends(raw: DeltaTable, done: int, target: int) -> bool:
+    """Did every raw commit after `done` only add rows (ingestion's WRITE / MERGE)? Compaction
+    (OPTIMIZE) rewrites files: their rows would look new, so the projection rebuilds instead."""
+    for commit in raw.history(limit=target - done):
+        if done < int(commit.get("version", -1)) <= target and commit.get("operation") not in _APPENDS:
+            return False
+    return True
+
+
+_APPENDS = {"WRITE", "MERGE", "CREATE TABLE"}
+
+
 def _ts(value: datetime) -> pa.Scalar:
     return pa.scalar(value, type=TS)
 
@@ -152,43 +164,104 @@ class Projector:
             spec.name: agg.output_schema(spec, raw_schema(registry.types[spec.source]))
             for spec in catalog.aggregates
         }
+        self._files: dict[tuple[str, int], frozenset[str]] = {}  # (source, version) -> data files
+        self._source_columns: dict[str, list[str]] = {}
+        for spec in catalog.aggregates:
+            cols = self._source_columns.setdefault(spec.source, [])
+            cols += [c for c in _columns(spec, raw_schema(registry.types[spec.source])) if c not in cols]
 
     def project_all(self, sources: set[str] | None = None) -> list[ProjectionResult]:
-        """Bring every aggregate (of the given source types) up to its raw table's version."""
+        """Bring every aggregate (of the given source types) up to its raw table's version.
+
+        Per source, the raw table is opened once and the new rows are read once for all the
+        aggregates over it (grouped by the raw version each incorporates)."""
         out = []
+        by_source: dict[str, list[AggregateSpec]] = {}
         for spec in self.catalog.aggregates:
             if sources is None or spec.source in sources:
-                result = self.project(spec)
+                by_source.setdefault(spec.source, []).append(spec)
+        for source, specs in by_source.items():
+            raw = _open(raw_uri(self.lake, source), self.storage)
+            if raw is None:
+                continue
+            target = raw.version()
+            files = frozenset(raw.file_uris())
+            self._files[(source, target)] = files
+            fresh_cache: dict[int | None, pl.DataFrame] = {}
+            for spec in specs:
+                result = self._project(spec, raw, target, files, fresh_cache)
                 if result is not None:
                     out.append(result)
         return out
+
+    def project(self, spec: AggregateSpec) -> ProjectionResult | None:
+        results = [r for r in self.project_all({spec.source}) if r.aggregate == spec.name]
+        return results[0] if results else None
 
     def incorporated(self, spec: AggregateSpec) -> int | None:
         table = _open(aggregate_uri(self.lake, spec.name), self.storage)
         return None if table is None else table.transaction_version(app_id(spec))
 
-    def project(self, spec: AggregateSpec) -> ProjectionResult | None:
+    def _new_rows(
+        self, spec: AggregateSpec, raw: DeltaTable, done: int, files: frozenset[str]
+    ) -> pl.DataFrame:
+        """Rows of the raw files added after version `done` (file sets are remembered per run,
+        so only the first round after a restart loads the old snapshot)."""
+        before = self._files.get((spec.source, done))
+        if before is None:
+            old = _open(raw_uri(self.lake, spec.source), self.storage, version=done)
+            assert old is not None
+            before = frozenset(old.file_uris())
+        fresh = sorted(files - before)
+        arrow_schema = pa.schema(raw.schema().to_arrow())
+        names = set(arrow_schema.names)
+        wanted = [c for c in self._source_columns[spec.source] if c in names]
+        schema = pl.from_arrow(arrow_schema.empty_table().select(wanted)).schema  # type: ignore[union-attr]
+        if not fresh:
+            return _frame(arrow_schema.empty_table().select(wanted))
+        frame = pl.scan_parquet(
+            fresh,
+            schema=schema,
+            missing_columns="insert",
+            extra_columns="ignore",
+            storage_options=self.storage,
+        ).collect()
+        return _frame(frame.to_arrow())
+
+    def _project(
+        self,
+        spec: AggregateSpec,
+        raw: DeltaTable,
+        target: int,
+        files: frozenset[str],
+        fresh_cache: dict[int | None, pl.DataFrame],
+    ) -> ProjectionResult | None:
         t0 = time.perf_counter()
-        raw = _open(raw_uri(self.lake, spec.source), self.storage)
-        if raw is None:
-            return None
-        target = raw.version()
-        done = self.incorporated(spec)
+        table = _open(aggregate_uri(self.lake, spec.name), self.storage)
+        done = None if table is None else table.transaction_version(app_id(spec))
         if done is not None and done >= target:
             return None
-        current = raw_dataset(raw)
-        previous = None
-        if done is not None:
-            old = _open(raw_uri(self.lake, spec.source), self.storage, version=done)
-            previous = raw_dataset(old) if old is not None else None
-        columns = _columns(spec, current.schema)
-        fresh = _frame(new_fragments(current, previous).to_table(columns=columns))
+        rebuild = done is None or not _only_appends(raw, done, target)
+        key = None if rebuild else done
+        if key not in fresh_cache:
+            if rebuild:
+                # first projection, or raw files were rewritten (compaction): all of raw history
+                dataset = raw_dataset(raw)
+                names = set(dataset.schema.names)
+                columns = [c for c in self._source_columns[spec.source] if c in names]
+                fresh_cache[key] = _frame(dataset.to_table(columns=columns))
+            else:
+                assert done is not None
+                fresh_cache[key] = self._new_rows(spec, raw, done, files)
+        fresh = fresh_cache[key]
         parts = agg.split(fresh, spec)
         late = self._write_late(spec, parts.late, target)
-        if spec.window.type == "session":
-            upserts, deletes = self._sessions(spec, current, columns, parts.on_time)
+        if rebuild:
+            upserts, deletes = self._rebuild(spec, table, parts.on_time)
+        elif spec.window.type == "session":
+            upserts, deletes = self._sessions(spec, table, parts.on_time)
         else:
-            upserts, deletes = self._windows(spec, current, columns, parts.on_time)
+            upserts, deletes = self._windows(spec, table, parts.on_time)
         fault_point("before_aggregates_commit")
         result = self._commit(spec, upserts, deletes, target)
         return ProjectionResult(
@@ -205,66 +278,76 @@ class Projector:
 
     # -- what to rewrite -------------------------------------------------------------------
 
-    def _windows(
-        self, spec: AggregateSpec, current: ds.Dataset, columns: list[str], on_time: pl.DataFrame
+    def _stored(self, spec: AggregateSpec, table: DeltaTable | None, filt: pl.Expr) -> pl.DataFrame:
+        """Stored aggregate rows matching `filt`, with every column partials need."""
+        cols = [*agg.WINDOW, *spec.keys, *dict.fromkeys(agg.state_columns(spec).values())]
+        if table is None:
+            return pl.DataFrame()
+        return pl.scan_delta(table).filter(filt).select(cols).collect()
+
+    def _rebuild(
+        self, spec: AggregateSpec, table: DeltaTable | None, on_time: pl.DataFrame
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
-        touched = on_time.select(agg.WINDOW).unique()
-        if touched.is_empty():
-            return agg.finalize(on_time.head(0).pipe(agg.partials, spec), spec), pl.DataFrame()
-        ranges = _ranges(
-            touched.get_column("window_start").to_list(), touched.get_column("window_end").to_list()
+        """Every window from all of raw history; stored windows that no longer exist go."""
+        upserts = agg.finalize(agg.merge(agg.partials(on_time, spec), spec), spec)
+        stored = self._stored(spec, table, pl.lit(True))
+        if stored.is_empty():
+            return upserts, pl.DataFrame()
+        deletes = stored.select(["window_start", *spec.keys]).join(
+            upserts.select(["window_start", *spec.keys]),
+            on=["window_start", *spec.keys],
+            how="anti",
+            nulls_equal=True,
         )
-        rows = _frame(current.to_table(columns=columns, filter=_time_filter(ranges)))
-        out = agg.compute(rows, spec).join(touched, on=agg.WINDOW, how="semi")
-        return out, pl.DataFrame()
+        return upserts, deletes
+
+    def _windows(
+        self, spec: AggregateSpec, table: DeltaTable | None, on_time: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Fixed / sliding: the new pairs' partials merged with the stored rows of the same windows."""
+        new = agg.partials(on_time, spec)
+        if new.is_empty():
+            return agg.finalize(new, spec), pl.DataFrame()
+        starts = new.get_column("window_start").unique()
+        stored = self._stored(spec, table, pl.col("window_start").is_in(starts.implode()))
+        if not stored.is_empty():
+            stored = stored.join(
+                new.select([*agg.WINDOW, *spec.keys]).unique(),
+                on=[*agg.WINDOW, *spec.keys],
+                how="semi",
+                nulls_equal=True,
+            )
+            new = pl.concat([agg.stored_partials(stored, spec), new], how="vertical_relaxed")
+        return agg.finalize(agg.merge(new, spec), spec), pl.DataFrame()
 
     def _sessions(
-        self, spec: AggregateSpec, current: ds.Dataset, columns: list[str], on_time: pl.DataFrame
+        self, spec: AggregateSpec, table: DeltaTable | None, on_time: pl.DataFrame
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
-        empty = agg.finalize(agg.partials(on_time.head(0), spec), spec)
-        if on_time.is_empty():
-            return empty, pl.DataFrame()
+        """Sessions: new events' proto-windows merged with the stored sessions of their keys that
+        they overlap (stored sessions are maximal and disjoint, so no others can join); the
+        stored sessions absorbed into a merged one are deleted."""
         keys = spec.keys
-        new = on_time.select([*keys, *agg.WINDOW]).with_columns(pl.lit(True).alias("_new"))
-        existing = pl.DataFrame(schema={**new.drop("_new").schema})
-        target = _open(aggregate_uri(self.lake, spec.name), self.storage)
-        if target is not None:
-            lo = new.get_column("window_start").min()
-            existing = (
-                pl.scan_delta(target)
-                .filter(pl.col("window_end") > lo)
-                .join(new.lazy().select(keys).unique(), on=keys, how="semi")
-                .select([*keys, *agg.WINDOW])
-                .collect()
-            )
-        union = pl.concat([new, existing.with_columns(pl.lit(False).alias("_new"))]).sort(
-            [*keys, "window_start"]
+        new = agg.partials(on_time, spec)
+        if new.is_empty():
+            return agg.finalize(new, spec), pl.DataFrame()
+        lo, hi = new.get_column("window_start").min(), new.get_column("window_end").max()
+        stored = self._stored(spec, table, (pl.col("window_end") > lo) & (pl.col("window_start") < hi))
+        if stored.is_empty():
+            return agg.finalize(new, spec), pl.DataFrame()
+        candidates = agg.stored_partials(stored, spec)
+        overlap = candidates.join(
+            new.select([*keys, *agg.WINDOW]), on=keys, how="inner", suffix="_new", nulls_equal=True
+        ).filter(
+            (pl.col("window_start") < pl.col("window_end_new"))
+            & (pl.col("window_start_new") < pl.col("window_end"))
         )
-        prev_end = pl.col("window_end").cum_max().shift(1)
-        prev_end = prev_end.over(keys) if keys else prev_end
-        grouped = union.with_columns(
-            (prev_end.is_null() | (pl.col("window_start") >= prev_end)).cum_sum().alias("_group")
+        touched = overlap.select([*keys, *agg.WINDOW]).unique()
+        absorbed = candidates.join(touched, on=[*keys, *agg.WINDOW], how="semi", nulls_equal=True)
+        upserts = agg.finalize(agg.merge(pl.concat([absorbed, new], how="vertical_relaxed"), spec), spec)
+        deletes = absorbed.select(["window_start", *keys]).join(
+            upserts.select(["window_start", *keys]), on=["window_start", *keys], how="anti", nulls_equal=True
         )
-        affected_groups = grouped.filter(pl.col("_new")).select("_group").unique()
-        members = grouped.join(affected_groups, on="_group", how="semi")
-        spans = members.group_by(["_group", *keys]).agg(
-            pl.col("window_start").min().alias("_lo"), pl.col("window_end").max().alias("_hi")
-        )
-        ranges = _ranges(spans.get_column("_lo").to_list(), spans.get_column("_hi").to_list())
-        # (a key `isin` filter here trips a pyarrow string/string_view kernel gap on file
-        # statistics; the time range prunes files, the join below keeps the touched keys)
-        rows = _frame(current.to_table(columns=columns, filter=_time_filter(ranges)))
-        rows = (
-            rows.join(spans, on=keys, how="inner")
-            .filter((pl.col("event_time") >= pl.col("_lo")) & (pl.col("event_time") < pl.col("_hi")))
-            .drop(["_group", "_lo", "_hi"])
-        )
-        upserts = agg.compute(rows, spec)
-        replaced = members.filter(~pl.col("_new")).select([*keys, *agg.WINDOW])
-        deletes = replaced.join(
-            upserts.select([*keys, "window_start"]), on=[*keys, "window_start"], how="anti"
-        )
-        return upserts, deletes.select(["window_start", *keys])
+        return upserts, deletes
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -303,7 +386,7 @@ class Projector:
             aggregate_rows(self.schemas[spec.name], upserts, raw_version, self.run_id, "projection"),
             del_table,
             keys=key_cols,
-            values=["window_end", *agg.metric_columns(spec)],
+            values=["window_end", *agg.metric_columns(spec), *agg.extra_state(spec)],
             app_id=app_id(spec),
             app_version=raw_version,
             metadata=meta,

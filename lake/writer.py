@@ -262,6 +262,10 @@ def replace_windows(
             written = int(metrics.get("num_target_rows_inserted", 0)) + int(
                 metrics.get("num_target_rows_updated", 0)
             )
+            if table.transaction_version(app_id) != app_version:
+                # nothing changed, so delta-rs made no commit: record the version anyway (an
+                # empty append carries the app transaction), or the next run redoes this work
+                write_deltalake(table, upserts.schema.empty_table(), mode="append", commit_properties=props)
             return CommitResult(uri, upserts.num_rows, written, table.version())
         except (CommitFailedError, FileExistsError) as exc:
             if attempt == MAX_COMMIT_ATTEMPTS:

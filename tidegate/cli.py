@@ -408,11 +408,6 @@ def run_local_ingest(
                 f"  batch {b.batch_id.rsplit('-', 1)[-1]}: {b.received:,} received -> {b.raw_written:,} raw, "
                 f"{b.duplicates_skipped:,} duplicates skipped, {b.quarantined:,} quarantined"
                 + (f", {b.late:,} late" if b.late else "")
-                + (
-                    f", {sum(p.windows_written for p in b.projections):,} windows updated"
-                    if b.projections
-                    else ""
-                )
                 + f" ({b.seconds:.2f}s, {b.received / b.seconds if b.seconds else 0:,.0f} msg/s)"
             )
 
