@@ -149,6 +149,18 @@ def stored_partials(stored: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
     return stored.select([*WINDOW, *spec.keys, *(pl.col(c).alias(p) for p, c in state_columns(spec).items())])
 
 
+def source_columns(spec: AggregateSpec) -> list[str]:
+    """The raw columns an aggregate reads (identity, event time, watermark base, keys, fields)."""
+    wanted = [
+        "event_id",
+        "event_time",
+        "seen_max_event_time",
+        *spec.keys,
+        *(m.field for m in spec.metrics if m.field),
+    ]
+    return list(dict.fromkeys(c for c in wanted if c))
+
+
 def metric_columns(spec: AggregateSpec) -> list[str]:
     return [m.column for m in spec.metrics]
 

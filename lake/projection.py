@@ -74,9 +74,7 @@ def _open(uri: str, storage: dict[str, str] | None, version: int | None = None) 
 
 
 def _columns(spec: AggregateSpec, schema: pa.Schema) -> list[str]:
-    wanted = ["event_id", "event_time", "seen_max_event_time", *spec.keys]
-    wanted += [m.field for m in spec.metrics if m.field]
-    return [c for c in dict.fromkeys(wanted) if c in schema.names]
+    return [c for c in agg.source_columns(spec) if c in schema.names]
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:
@@ -93,15 +91,6 @@ def raw_dataset(table: DeltaTable) -> ds.FileSystemDataset:
     return dataset
 
 
-def new_fragments(current: ds.FileSystemDataset, previous: ds.FileSystemDataset | None) -> ds.Dataset:
-    """The files of `current` that `previous` did not have (all of them if there is no previous)."""
-    if previous is None:
-        return current
-    old = {f.path for f in previous.get_fragments()}
-    fresh = [f for f in current.get_fragments() if f.path not in old]
-    return ds.FileSystemDataset(fresh, current.schema, current.format, current.filesystem)
-
-
 def _only_appends(raw: DeltaTable, done: int, target: int) -> bool:
     """Did every raw commit after `done` only add rows (ingestion's WRITE / MERGE)? Compaction
     (OPTIMIZE) rewrites files: their rows would look new, so the projection rebuilds instead."""
@@ -116,26 +105,6 @@ _APPENDS = {"WRITE", "MERGE", "CREATE TABLE"}
 
 def _ts(value: datetime) -> pa.Scalar:
     return pa.scalar(value, type=TS)
-
-
-def _ranges(starts: list[datetime], ends: list[datetime]) -> list[tuple[datetime, datetime]]:
-    """Disjoint [start, end) ranges covering the given intervals."""
-    out: list[tuple[datetime, datetime]] = []
-    for s, e in sorted(zip(starts, ends, strict=True)):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
-def _time_filter(ranges: list[tuple[datetime, datetime]]) -> ds.Expression:
-    expr: ds.Expression | None = None
-    for s, e in ranges:
-        part = (ds.field("event_time") >= _ts(s)) & (ds.field("event_time") < _ts(e))
-        expr = part if expr is None else expr | part
-    assert expr is not None
-    return expr
 
 
 class Projector:

@@ -119,18 +119,18 @@ def build(
 ) -> PCollection:
     from dataclasses import replace
 
+    from lake.aggregates import source_columns
     from transforms.aggregate import (
         ComputeWindowedAggregates,
         StreamingAggregateConfig,
         StreamSinkConfig,
         WriteAggregatePanes,
-        raw_columns,
     )
 
     specs = [a for a in catalog.aggregates if a.source in catalog.event_types]
     columns: dict[str, list[str]] = {}
     for spec in specs:
-        columns.setdefault(spec.source, []).extend(raw_columns(spec))
+        columns.setdefault(spec.source, []).extend(source_columns(spec))
     config = replace(
         config, emit_rows=tuple((t, tuple(dict.fromkeys(c))) for t, c in sorted(columns.items()))
     )

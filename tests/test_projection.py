@@ -330,3 +330,24 @@ def test_compacting_raw_history_between_projections_counts_nothing_twice(project
     projector.project_all()  # sees rewritten files: rebuilds instead of merging them again
     assert_parity(projector, registry)
     assert pl.read_delta(aggregate_uri(lake, "revenue_per_currency_1m")).get_column("orders").sum() == 31
+
+
+def test_verify_names_the_windows_that_differ_from_raw(projector, registry, catalog) -> None:  # type: ignore[no-untyped-def]
+    from lake.verify import verify
+
+    lake = projector.lake
+    commit_raw(lake, registry, "shop.order.placed", [order(1, 5), order(2, 65, "USD", "3.50")])
+    projector.project_all()
+    assert verify(lake, ["shop.order.placed"], aggregates=catalog.aggregates).ok
+    DeltaTable(aggregate_uri(lake, "revenue_per_currency_1m")).update(
+        predicate="currency = 'USD'", updates={"revenue": "CAST(4.50 AS DECIMAL(38, 2))", "orders": "2"}
+    )
+    report = verify(lake, ["shop.order.placed"], aggregates=catalog.aggregates)
+    assert not report.ok
+    assert any(
+        "revenue_per_currency_1m: window" in p
+        and "currency=USD" in p
+        and "revenue: table 4.50 != raw 3.50" in p
+        and "orders: table 2 != raw 1" in p
+        for p in report.problems
+    ), report.problems

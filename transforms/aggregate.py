@@ -564,15 +564,3 @@ class WriteAggregatePanes(beam.PTransform):
     def expand(self, out: WindowedAggregates) -> None:
         out.panes | "Upsert" >> beam.ParDo(WriteAggregatePanesFn(self.config))
         out.late | "LateLedger" >> beam.ParDo(WriteStreamLateFn(self.config))
-
-
-def raw_columns(spec: AggregateSpec) -> tuple[str, ...]:
-    """The raw columns an aggregate reads."""
-    wanted = [
-        "event_id",
-        "event_time",
-        "seen_max_event_time",
-        *spec.keys,
-        *(m.field for m in spec.metrics if m.field),
-    ]
-    return tuple(dict.fromkeys(wanted))
