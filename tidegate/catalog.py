@@ -96,6 +96,11 @@ class StreamSettings(_Strict):
     exactly_once_delivery: bool = False
     max_payload_bytes: int = Field(default=65536, ge=1024, le=10_000_000)
     compatibility: Compatibility = Compatibility.FULL_TRANSITIVE
+    # GCP only: an Avro schema (the newest contract, JSON encoding) on the topic, so Pub/Sub
+    # rejects non-conforming messages at publish time (infra/terraform). Only for contracts whose
+    # JSON form is Avro's JSON encoding (no decimals, timestamps or unions with a value): the
+    # pipeline's own checks still quarantine everything else.
+    publish_schema: bool = False
 
     @field_validator("message_retention")
     @classmethod
@@ -122,6 +127,7 @@ class Stream(_Strict):
     exactly_once_delivery: bool
     max_payload_bytes: int = Field(ge=1024, le=10_000_000)
     compatibility: Compatibility
+    publish_schema: bool = False
 
     @field_validator("event_type")
     @classmethod

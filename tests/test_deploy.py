@@ -1,0 +1,191 @@
+"""Deployment, checked offline: the Terraform reads the same catalog as the local platform
+(evaluated by terraform itself, without providers or credentials), grants no role broader than
+stated, and the Dataflow jobs build offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from tidegate.catalog import load_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+TF = ROOT / "infra" / "terraform"
+TERRAFORM = shutil.which("terraform")
+needs_terraform = pytest.mark.skipif(
+    TERRAFORM is None, reason="terraform is not installed (see README: Deploying)"
+)
+
+
+def _unquote(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_unquote(k): _unquote(v) for k, v in value.items() if k != "__is_block__"}
+    if isinstance(value, list):
+        return [_unquote(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def resources(*files: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(type, name) -> body of every resource in the given .tf files."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in files:
+        doc = _unquote(hcl2.load((TF / f).open()))
+        for block in doc.get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    out[(rtype, name)] = body
+    return out
+
+
+def terraform(args: list[str], cwd: Path, stdin: str | None = None) -> str:
+    env = {
+        **os.environ,
+        "TF_CLI_CONFIG_FILE": "/dev/null",
+        "CHECKPOINT_DISABLE": "1",
+        "TF_IN_AUTOMATION": "1",
+    }
+    r = subprocess.run(
+        [TERRAFORM or "terraform", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "Error" not in r.stderr, r.stderr
+    return r.stdout
+
+
+def evaluate_catalog(tmp_path: Path, catalog_path: Path, expr: str) -> Any:
+    """What infra/terraform/catalog computes from a catalog, evaluated by terraform console."""
+    module = tmp_path / "catalog-module"
+    if not module.exists():
+        shutil.copytree(TF / "catalog", module, ignore=shutil.ignore_patterns(".terraform*"))
+        terraform(["init", "-backend=false", "-input=false", "-no-color"], module)
+    out = terraform(
+        ["console", "-no-color", f"-var=catalog_path={catalog_path}"], module, stdin=f"jsonencode({expr})\n"
+    )
+    return json.loads(json.loads(out.strip()))
+
+
+@needs_terraform
+def test_terraform_is_formatted() -> None:
+    terraform(["fmt", "-check", "-recursive", "-diff", str(TF)], ROOT)
+
+
+@needs_terraform
+@pytest.mark.parametrize("which", ["shipped", "custom"])
+def test_terraform_derives_every_stream_from_the_catalog(tmp_path: Path, which: str) -> None:
+    if which == "shipped":
+        path = ROOT / "infra" / "catalog.yaml"
+    else:  # defaults overridden, per-stream settings, a schema on one topic
+        path = tmp_path / "catalog.yaml"
+        path.write_text(
+            f"project: acme-data\ncontracts: {ROOT / 'expectations' / 'contracts'}\n"
+            "defaults: {ack_deadline_seconds: 120, message_retention: 12h, exactly_once_delivery: true}\n"
+            "dead_letter: {topic: dlq, subscription: dlq-sub, max_delivery_attempts: 7}\n"
+            "streams:\n"
+            "  - {event_type: shop.order.placed, topic: orders, subscription: orders-sub}\n"
+            "  - {event_type: shop.page.viewed, topic: views, subscription: views-sub, ack_deadline_seconds: 30,"
+            " message_retention: 3d, publish_schema: true}\n"
+        )
+    catalog = load_catalog(path)
+    streams = evaluate_catalog(tmp_path, path, "local.streams")
+    assert set(streams) == set(catalog.event_types)  # every stream: a topic and a subscription
+    for s in catalog.streams:
+        tf = streams[s.event_type]
+        assert (tf["topic"], tf["subscription"]) == (s.topic, s.subscription)
+        assert tf["ack_deadline_seconds"] == s.ack_deadline_seconds
+        assert tf["retention_seconds"] == s.message_retention_seconds
+        assert tf["exactly_once_delivery"] == s.exactly_once_delivery
+        assert tf["publish_schema"] == s.publish_schema
+        latest = max(int(p.stem[1:]) for p in (catalog.contracts_dir / s.event_type).glob("v*.avsc"))
+        assert Path(tf["latest_contract"]) == catalog.contracts_dir / s.event_type / f"v{latest}.avsc"
+    dead = evaluate_catalog(tmp_path, path, "local.dead_letter")
+    assert (dead["topic"], dead["subscription"], dead["max_delivery_attempts"]) == (
+        catalog.dead_letter.topic,
+        catalog.dead_letter.subscription,
+        catalog.dead_letter.max_delivery_attempts,
+    )
+
+
+def test_every_catalog_resource_is_created_per_stream_with_its_dead_letter_policy() -> None:
+    r = resources("main.tf")
+    for kind in ("google_pubsub_topic", "google_pubsub_subscription"):
+        assert r[(kind, "stream")]["for_each"] == "${local.streams}"
+    sub = r[("google_pubsub_subscription", "stream")]
+    assert sub["ack_deadline_seconds"] == "${each.value.ack_deadline_seconds}"
+    assert sub["enable_exactly_once_delivery"] == "${each.value.exactly_once_delivery}"
+    dlp = sub["dead_letter_policy"][0]
+    assert dlp["dead_letter_topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert dlp["max_delivery_attempts"] == "${local.dead_letter.max_delivery_attempts}"
+    topic = r[("google_pubsub_topic", "stream")]
+    assert topic["dynamic"][0]["schema_settings"]["for_each"] == "${each.value.publish_schema ? [1] : []}"
+
+
+def test_buckets_are_private_and_quarantine_expires() -> None:
+    r = resources("main.tf")
+    for name in ("lake", "staging"):
+        b = r[("google_storage_bucket", name)]
+        assert b["uniform_bucket_level_access"] is True
+        assert b["public_access_prevention"] == "enforced"
+    rule = r[("google_storage_bucket", "lake")]["lifecycle_rule"][0]
+    assert rule["condition"][0]["matches_prefix"] == ["lake/quarantine/"]
+    assert rule["condition"][0]["age"] == "${var.quarantine_retention_days}"
+    assert rule["action"][0]["type"] == "Delete"
+
+
+ALLOWED = {
+    # (resource type, role): the only grants the deployment makes
+    ("google_project_iam_member", "roles/dataflow.worker"),
+    ("google_project_iam_member", "roles/logging.logWriter"),
+    ("google_project_iam_member", "roles/monitoring.metricWriter"),
+    ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
+    ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
+    ("google_storage_bucket_iam_member", "roles/storage.objectAdmin"),
+    ("google_storage_bucket_iam_member", "roles/storage.objectViewer"),
+    ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
+}
+
+
+def _roles(body: dict[str, Any]) -> set[str]:
+    role = body["role"]
+    if role == "${each.value}":  # for_each over a literal set of roles
+        return set(json.loads(body["for_each"].removeprefix("${toset(").removesuffix(")}").replace("'", '"')))
+    return {role}
+
+
+def test_no_role_is_broader_than_stated() -> None:
+    r = resources("main.tf")
+    grants = {
+        (t, role)
+        for (t, _), body in r.items()
+        if t.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
+        for role in _roles(body)
+    }
+    assert grants <= ALLOWED, grants - ALLOWED
+    assert not any(t.endswith(("_iam_binding", "_iam_policy")) for t, _ in r)  # never replace others' grants
+    pipeline = "serviceAccount:${google_service_account.pipeline.email}"
+    reader_grants = {
+        (t, b["role"])
+        for (t, _), b in r.items()
+        if t.endswith("_iam_member") and "reader" in str(b.get("member", "")) + str(b.get("for_each", ""))
+    }
+    assert reader_grants == {("google_storage_bucket_iam_member", "roles/storage.objectViewer")}
+    subscriber = r[("google_pubsub_subscription_iam_member", "pipeline_subscriber")]
+    assert subscriber["for_each"] == "${google_pubsub_subscription.stream}"  # its subscriptions only
+    assert subscriber["member"] == pipeline
+    assert (
+        r[("google_storage_bucket_iam_member", "pipeline_lake")]["bucket"]
+        == "${google_storage_bucket.lake.name}"
+    )
