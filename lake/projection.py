@@ -39,7 +39,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from lake import aggregates as agg
-from lake.tables import LATE_KEYS, LATE_SCHEMA, aggregate_uri, late_uri, raw_uri
+from lake.tables import LATE_KEYS, LATE_SCHEMA, aggregate_uri, data_files, late_uri, raw_uri
 from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.faults import fault_point
 
@@ -154,7 +154,7 @@ class Projector:
             if raw is None:
                 continue
             target = raw.version()
-            files = frozenset(raw.file_uris())
+            files = frozenset(data_files(raw))
             self._files[(source, target)] = files
             fresh_cache: dict[int | None, pl.DataFrame] = {}
             for spec in specs:
@@ -180,7 +180,7 @@ class Projector:
         if before is None:
             old = _open(raw_uri(self.lake, spec.source), self.storage, version=done)
             assert old is not None
-            before = frozenset(old.file_uris())
+            before = frozenset(data_files(old))
         fresh = sorted(files - before)
         arrow_schema = pa.schema(raw.schema().to_arrow())
         names = set(arrow_schema.names)
@@ -252,7 +252,10 @@ class Projector:
         cols = [*agg.WINDOW, *spec.keys, *dict.fromkeys(agg.state_columns(spec).values())]
         if table is None:
             return pl.DataFrame()
-        return pl.scan_delta(table).filter(filt).select(cols).collect()
+        files = data_files(table)  # aggregate tables are unpartitioned: every column is in the files
+        if not files:
+            return pl.DataFrame()
+        return pl.scan_parquet(files, storage_options=self.storage).filter(filt).select(cols).collect()
 
     def _rebuild(
         self, spec: AggregateSpec, table: DeltaTable | None, on_time: pl.DataFrame

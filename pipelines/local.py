@@ -139,8 +139,12 @@ def _to_raw(received: Any, subscription: str) -> RawMessage:
 
 @contextlib.contextmanager
 def lake_lock(lake: str) -> Iterator[None]:
-    """One local ingest per lake: a second one would race the first for the same commits."""
-    if "://" in lake:
+    """One local ingest (or replay) per lake: a second one would race the first for the same
+    commits. Object stores (gs://) have no file lock: one writer per lake is the deployment's job
+    there (one Dataflow job per lake), and Delta's conditional commits keep the log consistent."""
+    if lake.startswith("file://"):
+        lake = lake.removeprefix("file://")
+    elif "://" in lake:
         yield
         return
     root = Path(lake)

@@ -368,6 +368,7 @@ LakeOpt = Annotated[
 
 def _ingest_config(catalog: Catalog, lake: str, production: bool) -> IngestConfig:
     from pipelines.local import new_run_id
+    from tidegate import settings
     from tidegate.version import code_version, git_sha
     from transforms.ingest import IngestConfig
 
@@ -378,6 +379,7 @@ def _ingest_config(catalog: Catalog, lake: str, production: bool) -> IngestConfi
         code_version=code_version(),
         git_sha=git_sha(),
         production=production,
+        storage_options=tuple(sorted((settings.storage_options() or {}).items())),
     )
 
 
@@ -573,7 +575,11 @@ def verify(
             f"manifest {manifest} does not exist", hint="write one with `tidegate produce --manifest FILE`"
         )
     report = run_verify(
-        settings.lake_path(lake), catalog.event_types, manifest, aggregates=catalog.aggregates
+        settings.lake_path(lake),
+        catalog.event_types,
+        manifest,
+        storage_options=settings.storage_options(),
+        aggregates=catalog.aggregates,
     )
     for name, passed, detail in report.checks:
         mark = "[green]✓[/]" if passed else "[red]✗[/]"
@@ -614,7 +620,7 @@ def lineage(
         settings.lake_path(lake), table, catalog.event_types, [a.name for a in catalog.aggregates]
     )
     if row is not None:
-        info = row_lineage(uri, row)
+        info = row_lineage(uri, row, settings.storage_options())
         if as_json:
             console.print_json(json.dumps(info, default=str))
             return
@@ -656,7 +662,7 @@ def lineage(
             t.add_row("contract fingerprint", info["contract_fingerprint"])
         console.print(t)
         return
-    history = commits(uri)[:limit]
+    history = commits(uri, settings.storage_options())[:limit]
     if as_json:
         console.print_json(json.dumps(history, default=str))
         return
@@ -719,6 +725,7 @@ def replay(
             run_id=new_run_id().replace("run-", "replay-"),
             code_version=code_version(),
             git_sha=git_sha(),
+            storage=settings.storage_options(),
         )
     span = f" (windows starting in [{since or '-inf'}, {until or '+inf'}))" if since or until else ""
     console.print(
@@ -745,7 +752,7 @@ def maintain(
     root = settings.lake_path(lake)
     uris = [raw_uri(root, t) for t in catalog.event_types] + [quarantine_uri(root), ledger_uri(root)]
     uris += [aggregate_uri(root, a.name) for a in catalog.aggregates] + [late_uri(root)]
-    report = run_maintain(root, uris, retain_hours)
+    report = run_maintain(root, uris, retain_hours, settings.storage_options())
     if not report:
         raise TidegateError(f"no tables under {root}", hint="run `tidegate ingest` first")
     t = Table(title=f"maintain {root}")

@@ -3,6 +3,10 @@
 - `TIDEGATE_HOME` (default `./.tidegate`): pid file and log of the emulator `tidegate up`
   started, manifests, and (from the ingest issue on) the local lake.
 - `TIDEGATE_LAKE` (default `<TIDEGATE_HOME>/lake`): the lake root, a path or a URI (gs://...).
+- `TIDEGATE_STORAGE_OPTIONS`: options for the lake's object store, passed to delta-rs and
+  polars as they are, e.g. `google_service_account_path=/secrets/sa.json` or a JSON object
+  (`{"google_service_account_path": "..."}`); comma-separated `key=value` pairs also work.
+  Not needed with Application Default Credentials on GCS.
 - `PUBSUB_EMULATOR_HOST`: if set, commands talk to that emulator instead of the catalog's
   `emulator.host:port` (the same variable Google's client libraries read).
 """
@@ -24,6 +28,35 @@ def home() -> Path:
 def lake_path(override: str | None = None) -> str:
     """The lake root: --lake, else $TIDEGATE_LAKE, else <TIDEGATE_HOME>/lake."""
     return override or os.environ.get("TIDEGATE_LAKE") or str(home() / "lake")
+
+
+def storage_options() -> dict[str, str] | None:
+    """Object-store options for the lake, from $TIDEGATE_STORAGE_OPTIONS (None: defaults)."""
+    import json
+
+    from tidegate.errors import ConfigError
+
+    raw = os.environ.get("TIDEGATE_STORAGE_OPTIONS", "").strip()
+    if not raw:
+        return None
+    if raw.startswith("{"):
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"TIDEGATE_STORAGE_OPTIONS is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError("TIDEGATE_STORAGE_OPTIONS must be a JSON object or key=value pairs")
+        return {str(k): str(v) for k, v in parsed.items()}
+    out: dict[str, str] = {}
+    for part in raw.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"TIDEGATE_STORAGE_OPTIONS: {part!r} is not key=value",
+                hint="e.g. TIDEGATE_STORAGE_OPTIONS=google_service_account_path=/secrets/sa.json",
+            )
+        out[key.strip()] = value.strip()
+    return out
 
 
 def emulator_state_file() -> Path:
