@@ -169,53 +169,17 @@ def dataflow_dry_run(
 ) -> dict[str, Any]:
     """Build the streaming Dataflow job offline (`DataflowRunner --dry_run`): nothing is
     staged or submitted, no credentials are needed. Returns the job type, its options and the
-    portable pipeline graph (what Dataflow Runner v2 executes)."""
-    import json
-    import os
-    import re
+    portable pipeline graph (what Dataflow Runner v2 executes). See pipelines/dataflow.py."""
+    from pipelines.dataflow import DataflowTarget, build_streaming, job_name, run
 
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from google.protobuf import json_format
-
-    from tidegate.errors import TidegateError
-
-    # An invalid gs:// location makes Beam go looking for a default staging bucket on GCS:
-    # refuse it here, so a dry run never leaves this machine.
-    if not re.match(r"^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/.*)?$", temp_location):
-        raise TidegateError(
-            f"--temp-location {temp_location!r} is not a gs://bucket/path location",
-            hint="e.g. gs://my-project-dataflow/tmp (bucket names: 3-63 chars, lowercase)",
-        )
-    # Never probe the GCE metadata server for credentials during an offline build.
-    os.environ.setdefault("NO_GCE_CHECK", "True")
-    os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
-    os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
-
-    args = [
-        "--runner=DataflowRunner",
-        "--dry_run=True",
-        f"--project={project}",
-        f"--region={region}",
-        f"--temp_location={temp_location}",
-        "--streaming",
-        "--enable_streaming_engine",
-        "--sdk_location=container",
-        *(extra_args or []),
-    ]
-    options = PipelineOptions(args)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, catalog, config, project=project)
-    result = pipeline.run()
-    job = result.job  # type: ignore[attr-defined]
-    graph = json.loads(json_format.MessageToJson(job.proto_pipeline))
-    transforms = graph["components"]["transforms"]
-    return {
-        "name": job.proto.name,
-        "type": getattr(job.proto.type, "name", str(job.proto.type)),
-        "options": dict(options.get_all_options(drop_default=True).items()),
-        "steps": sorted(t["uniqueName"] for t in transforms.values()),
-        "pipeline": graph,
-    }
+    target = DataflowTarget(project=project, region=region, temp_location=temp_location, lake=config.lake)
+    return run(
+        "streaming",
+        target,
+        lambda p: build_streaming(p, catalog, target, config),
+        dry_run=True,
+        name=job_name("ingest", target),
+    )
 
 
 def run_local_streaming(

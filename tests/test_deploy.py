@@ -240,3 +240,219 @@ def test_the_whole_flow_runs_on_a_lake_uri_not_a_local_path(
     assert r.code == 0, r.text
     assert not (Path(str(tmp_path)) / "file:").exists()  # no directory named after the scheme
     assert (tmp_path / "lake with space" / "aggregates" / "sessions_per_user" / "_delta_log").is_dir()
+
+
+# -- tidegate deploy dataflow ------------------------------------------------------------------
+
+DEPLOY = [
+    "deploy",
+    "dataflow",
+    "--project",
+    "acme-data",
+    "--region",
+    "europe-west1",
+    "--lake",
+    "gs://acme-lake/lake",
+    "--temp-location",
+    "gs://acme-dataflow/tmp",
+]
+
+
+def test_deploy_dry_run_builds_the_streaming_job_offline(cli, catalog, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "job.json"
+    r = cli(*DEPLOY, "--streaming", "--max-workers", "7", "--dry-run", "--job-file", spec)
+    assert r.code == 0, r.text
+    assert "JOB_TYPE_STREAMING" in r.text
+    job = json.loads(spec.read_text())
+    opts = job["options"]
+    assert opts["streaming"] is True
+    assert opts["autoscaling_algorithm"] == "THROUGHPUT_BASED"
+    assert opts["max_num_workers"] == 7
+    assert opts["job_name"] == "tidegate-ingest"
+    for a in catalog.aggregates:
+        assert f"WriteAggregates/{a.name}/Upsert" in job["steps"]
+
+
+def test_deploy_dry_run_builds_the_batch_replay_offline(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "job.json"
+    r = cli(
+        *DEPLOY,
+        "--replay",
+        "sessions_per_user",
+        "--since",
+        "2026-11-26T00:00:00Z",
+        "--dry-run",
+        "--job-file",
+        spec,
+    )
+    assert r.code == 0, r.text
+    job = json.loads(spec.read_text())
+    assert job["type"] == "JOB_TYPE_BATCH"
+    assert job["options"]["job_name"] == "tidegate-replay-sessions-per-user"
+    assert "streaming" not in job["options"]
+    for step in (
+        "ReplayAggregate/ReadAndPreAggregate",
+        "ReplayAggregate/MergePartials",
+        "WriteReplayed/WriteAggregate",
+        "WriteReplayed/WriteLateLedger",
+    ):
+        assert step in job["steps"]
+
+
+class _Submitted:
+    def job_id(self) -> str:
+        return "2026-11-26_12_00_00-1234567890"
+
+
+def test_deploy_launches_and_prints_the_console_url(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """GCP cannot run here: the submission itself is the one thing replaced."""
+    import apache_beam as beam
+
+    seen: list[list[str]] = []
+
+    def submit(self: beam.Pipeline) -> _Submitted:
+        seen.append(self._options.get_all_options(drop_default=True))  # type: ignore[arg-type]
+        return _Submitted()
+
+    monkeypatch.setattr(beam.Pipeline, "run", submit)
+    import google.auth
+    from apache_beam.io.gcp import gcsio
+    from google.auth.credentials import AnonymousCredentials
+
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "acme-data"))
+    # Beam asks GCS about the temp bucket's soft-delete policy while validating the options
+    monkeypatch.setattr(gcsio.GcsIO, "is_soft_delete_enabled", lambda self, path: False)
+    for var, value in (
+        ("NO_GCE_CHECK", "True"),
+        ("GCE_METADATA_HOST", "127.0.0.1:9"),
+        ("GCE_METADATA_IP", "127.0.0.1:9"),
+        ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9"),  # any other GCS call: loopback, refused
+    ):
+        monkeypatch.setenv(var, value)  # nothing may look for GCP beyond loopback
+    r = cli(
+        *DEPLOY,
+        "--streaming",
+        "--update",
+        "--image",
+        "europe-west1-docker.pkg.dev/acme-data/tidegate/tidegate:abc",
+        "--service-account",
+        "tidegate-pipeline@acme-data.iam.gserviceaccount.com",
+    )
+    assert r.code == 0, r.text
+    assert "updated Dataflow job tidegate-ingest" in r.text
+    assert (
+        "https://console.cloud.google.com/dataflow/jobs/europe-west1/2026-11-26_12_00_00-1234567890?project=acme-data"
+        in r.text
+    )
+    opts = seen[0]
+    assert opts["update"] is True
+    assert opts["sdk_container_image"].endswith("tidegate:abc")
+    assert opts["service_account_email"].startswith("tidegate-pipeline@")
+    assert "dry_run" not in opts
+
+
+def test_deploy_without_credentials_says_how_to_get_them(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    for var, value in (
+        ("NO_GCE_CHECK", "True"),
+        ("GCE_METADATA_HOST", "127.0.0.1:9"),
+        ("GCE_METADATA_IP", "127.0.0.1:9"),
+    ):
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", "/nonexistent-gcloud-config")
+    r = cli(*DEPLOY, "--streaming")
+    assert r.code == 2
+    assert "no Google credentials" in r.text
+    assert "gcloud auth application-default login" in r.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], "say which job: --streaming"),
+        (["--streaming", "--replay", "sessions_per_user"], "say which job"),
+        (["--replay", "sessions_per_user", "--update"], "--update replaces a running streaming job"),
+        (["--replay", "nope"], "unknown aggregate 'nope'"),
+    ],
+)
+def test_deploy_mistakes_say_what_to_do(cli, extra: list[str], expected: str) -> None:  # type: ignore[no-untyped-def]
+    r = cli(*DEPLOY, *extra, "--dry-run")
+    assert r.code == 2
+    assert expected in r.text
+
+
+def test_deploy_refuses_a_lake_or_temp_location_off_gcs(cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli(*[a if a != "gs://acme-lake/lake" else "/tmp/lake" for a in DEPLOY], "--streaming", "--dry-run")
+    assert r.code == 2
+    assert "must be a gs://bucket/path URI for Dataflow" in r.text
+    r = cli(
+        *[a if a != "gs://acme-dataflow/tmp" else "gs://X/tmp" for a in DEPLOY], "--streaming", "--dry-run"
+    )
+    assert r.code == 2
+    assert "is not a gs://bucket/path location" in r.text
+
+
+# -- the Flex Template --------------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "infra" / "dataflow" / "Dockerfile"
+
+
+def test_the_image_uses_the_beam_version_the_lock_pins() -> None:
+    import tomllib
+
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    beam_version = next(p["version"] for p in lock["package"] if p["name"] == "apache-beam")
+    text = DOCKERFILE.read_text()
+    assert f"ARG BEAM_VERSION={beam_version}" in text
+    assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in text
+    assert "uv export --frozen" in text  # the lock's exact versions, no resolution at build time
+    py = text.split("ARG PYTHON_VERSION=")[1].split()[0]
+    assert py in ("3.11", "3.12")  # what pyproject's requires-python allows
+    entry = text.split("FLEX_TEMPLATE_PYTHON_PY_FILE=")[1].split()[0]
+    assert (ROOT / entry.removeprefix("/template/")).is_file()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for package in project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
+        assert f"COPY {package}/ {package}/" in text
+
+
+def test_template_parameters_are_the_entry_points_options() -> None:
+    from pipelines.flex_main import parser
+
+    meta = json.loads((ROOT / "infra" / "dataflow" / "metadata.json").read_text())
+    options = {a.dest for a in parser()._actions if a.dest != "help"}
+    params = {p["name"] for p in meta["parameters"]}
+    assert params == options
+    for p in meta["parameters"]:
+        assert len(p["helpText"]) > 30
+        for rx in p.get("regexes", []):
+            __import__("re").compile(rx)
+
+
+def test_the_entry_point_builds_a_replay_graph_offline(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The launcher's code path up to submission (planning reads the lake: a local one here)."""
+    import apache_beam as beam
+
+    from expectations.contracts import ContractRegistry
+    from pipelines import flex_main
+    from tests.test_projection import commit_raw, order
+
+    catalog = load_catalog()
+    lake = tmp_path / "lake"
+    commit_raw(
+        str(lake), ContractRegistry.from_catalog(catalog), "shop.order.placed", [order(1, 5), order(2, 70)]
+    )
+    ran: list[beam.Pipeline] = []
+    monkeypatch.setattr(beam.Pipeline, "run", lambda self: ran.append(self))
+    monkeypatch.setattr("pipelines.dataflow.DataflowTarget.check", lambda self: None)
+    flex_main.main(
+        [
+            "--mode",
+            "replay",
+            "--aggregate",
+            "revenue_per_currency_1m",
+            "--lake",
+            str(lake),
+            "--runner=DirectRunner",
+        ]
+    )
+    assert len(ran) == 1

@@ -54,6 +54,8 @@ bench_app = typer.Typer(
     help="Benchmarks on this machine (figures for notes and docs, never timed tests).", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+deploy_app = typer.Typer(help="Deploy to GCP (docs/deploy.md).", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
 
 CatalogOpt = Annotated[
     Path | None,
@@ -526,8 +528,8 @@ def _streaming(
 
     if not dry_run:
         raise TidegateError(
-            "launching on Dataflow is not available from this command yet",
-            hint="build and inspect the job offline with --dry-run; `tidegate deploy dataflow` (deployment issue) launches it",
+            "`tidegate ingest --mode streaming` only builds the Dataflow job (--dry-run)",
+            hint="launch it with `tidegate deploy dataflow --streaming --project P --region R --lake gs://B/lake --temp-location gs://S/tmp`",
         )
     if not lake.startswith("gs://"):
         raise TidegateError(
@@ -545,6 +547,158 @@ def _streaming(
         region=region,
         temp_location=temp_location,
     )
+    if job_file is not None:
+        job_file.write_text(json.dumps(job, indent=2, default=str))
+    console.print(f"Dataflow job {job['name']} ({job['type']}), built offline, not submitted:")
+    for step in job["steps"]:
+        if step.count("/") <= 2 and not step.startswith("ref_"):
+            console.print(f"  {step}")
+    console.print("options: " + escape(json.dumps(job["options"], default=str)))
+    if job_file is not None:
+        console.print(f"full spec (portable pipeline graph): {job_file}")
+
+
+@deploy_app.command("dataflow")
+def deploy_dataflow(
+    project: Annotated[str, typer.Option(help="GCP project id.")],
+    region: Annotated[str, typer.Option(help="Dataflow region, e.g. europe-west1.")],
+    lake: Annotated[str, typer.Option(help="The lake on GCS: gs://bucket/lake (terraform output `lake`).")],
+    temp_location: Annotated[
+        str,
+        typer.Option(
+            help="gs://bucket/tmp for Dataflow's temp and staging files (terraform output `temp_location`)."
+        ),
+    ],
+    streaming: Annotated[
+        bool, typer.Option("--streaming", help="The streaming ingest job (Pub/Sub -> lake, aggregates).")
+    ] = False,
+    replay: Annotated[
+        str | None,
+        typer.Option(
+            "--replay", help="A batch job rebuilding this aggregate from raw history.", show_default=False
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="--replay: windows starting at/after (RFC 3339).", show_default=False)
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="--replay: windows starting before (RFC 3339).", show_default=False)
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker image: the Flex Template image (infra/dataflow/Dockerfile).", show_default=False
+        ),
+    ] = None,
+    service_account: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker service account (terraform output `pipeline_service_account`).", show_default=False
+        ),
+    ] = None,
+    job_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Job name (default tidegate-ingest / tidegate-replay-<aggregate>).", show_default=False
+        ),
+    ] = None,
+    max_workers: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 10,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update", help="--streaming: replace the running job of the same name in place (keeps state)."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Build the job offline and print its spec; submit nothing, no credentials needed.",
+        ),
+    ] = False,
+    job_file: Annotated[
+        Path | None, typer.Option(help="--dry-run: write the full job spec (JSON) here.", show_default=False)
+    ] = None,
+    production: Annotated[
+        bool, typer.Option("--production", help="Refuse to run without a real PII key.")
+    ] = True,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Launch (or with --dry-run, build offline and print) the streaming ingest or a batch replay on Dataflow."""
+    from pipelines.dataflow import (
+        DataflowTarget,
+        build_replay,
+        build_streaming,
+        run,
+    )
+    from pipelines.dataflow import (
+        job_name as default_name,
+    )
+    from pipelines.local import new_run_id
+    from tidegate import settings
+    from tidegate.version import code_version, git_sha
+
+    catalog = load_catalog(catalog_path)
+    if streaming == (replay is not None):
+        raise TidegateError(
+            "say which job: --streaming (the ingest) or --replay AGGREGATE (a batch rebuild)",
+            hint="e.g. tidegate deploy dataflow --streaming --project P --region R --lake gs://B/lake --temp-location gs://S/tmp --dry-run",
+        )
+    if update and not streaming:
+        raise TidegateError(
+            "--update replaces a running streaming job; a replay is a new batch job", hint="drop --update"
+        )
+    if replay is not None:
+        catalog.aggregate(replay)
+    target = DataflowTarget(
+        project=project,
+        region=region,
+        temp_location=temp_location,
+        lake=lake,
+        service_account=service_account,
+        image=image,
+        job_name=job_name,
+        max_workers=max_workers,
+        update=update,
+    )
+    if streaming:
+        config = _ingest_config(catalog, lake, production and not dry_run)
+        name = default_name("ingest", target)
+        job = run(
+            "streaming",
+            target,
+            lambda p: build_streaming(p, catalog, target, config),
+            dry_run=dry_run,
+            name=name,
+        )
+    else:
+        assert replay is not None
+        name = default_name("replay", target, replay.replace("_", "-"))
+        job = run(
+            "batch",
+            target,
+            lambda p: build_replay(
+                p,
+                catalog,
+                target,
+                replay,
+                since=since,
+                until=until,
+                run_id=new_run_id().replace("run-", "replay-"),
+                code_version=code_version(),
+                git_sha=git_sha(),
+                plan=not dry_run,
+                storage=settings.storage_options(),
+            ),
+            dry_run=dry_run,
+            name=name,
+        )
+    if not dry_run:
+        verb = "updated" if update else "launched"
+        console.print(
+            f"[green]✓[/] {verb} Dataflow job {job['name']} ({job['job_id']})\n  {job['console_url']}"
+        )
+        return
     if job_file is not None:
         job_file.write_text(json.dumps(job, indent=2, default=str))
     console.print(f"Dataflow job {job['name']} ({job['type']}), built offline, not submitted:")
