@@ -149,32 +149,26 @@ def build_replay(
     group and version -1 (the steps, options and coders are the real ones)."""
     from deltalake import DeltaTable
 
-    from pipelines.replay import _parse, build, file_groups, read_bounds
-    from transforms.aggregate import ReplayConfig
+    from pipelines.replay import build, file_groups, replay_config
+    from tidegate.catalog import AggregateSpec
 
-    spec = catalog.aggregate(aggregate)
-    lo, hi = _parse(since, "--since"), _parse(until, "--until")
-    raw_uri = f"{target.lake.rstrip('/')}/raw/{spec.source}"
+    spec: AggregateSpec = catalog.aggregate(aggregate)
     version: int = -1
     groups: list[list[str]] = [[]]
     if plan:
-        table = DeltaTable(raw_uri, storage_options=storage)
+        table = DeltaTable(f"{target.lake.rstrip('/')}/raw/{spec.source}", storage_options=storage)
         version, groups = table.version(), file_groups(table, 250_000)
-    read_lo, read_hi = read_bounds(spec, lo, hi)
-    config = ReplayConfig(
-        lake=target.lake,
-        catalog_path=str(catalog.path),
-        raw_uri=raw_uri,
+    config = replay_config(
+        catalog,
+        target.lake,
+        aggregate,
         raw_version=version,
-        spec_json=spec.model_dump_json(),
+        since=since,
+        until=until,
         run_id=run_id,
         code_version=code_version,
         git_sha=git_sha,
-        storage_options=tuple(sorted((storage or {}).items())),
-        read_since=read_lo.isoformat() if read_lo else None,
-        read_until=read_hi.isoformat() if read_hi else None,
-        since=lo.isoformat() if lo else None,
-        until=hi.isoformat() if hi else None,
+        storage=storage,
     )
     build(p, config, groups)
 

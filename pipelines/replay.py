@@ -120,6 +120,42 @@ def _counter(result: Any, name: str) -> int:
     return int(sum(c.committed or c.attempted or 0 for c in found))
 
 
+def replay_config(
+    catalog: Catalog,
+    lake: str,
+    name: str,
+    *,
+    raw_version: int,
+    since: str | None,
+    until: str | None,
+    run_id: str,
+    code_version: str,
+    git_sha: str,
+    storage: dict[str, str] | None = None,
+) -> ReplayConfig:
+    """What every replay worker needs, for the local runner and Dataflow alike."""
+    spec = catalog.aggregate(name)
+    lo, hi = _parse(since, "--since"), _parse(until, "--until")
+    if lo is not None and hi is not None and lo >= hi:
+        raise TidegateError(f"--since {since} is not before --until {until}", hint="swap them")
+    read_lo, read_hi = read_bounds(spec, lo, hi)
+    return ReplayConfig(
+        lake=lake,
+        catalog_path=str(catalog.path),
+        raw_uri=raw_uri(lake, spec.source),
+        raw_version=raw_version,
+        spec_json=spec.model_dump_json(),
+        run_id=run_id,
+        code_version=code_version,
+        git_sha=git_sha,
+        storage_options=tuple(sorted((storage or {}).items())),
+        read_since=read_lo.isoformat() if read_lo else None,
+        read_until=read_hi.isoformat() if read_hi else None,
+        since=lo.isoformat() if lo else None,
+        until=hi.isoformat() if hi else None,
+    )
+
+
 def replay(
     catalog: Catalog,
     lake: str,
@@ -134,9 +170,17 @@ def replay(
     group_rows: int = 250_000,
 ) -> ReplayResult:
     spec = catalog.aggregate(name)
-    lo, hi = _parse(since, "--since"), _parse(until, "--until")
-    if lo is not None and hi is not None and lo >= hi:
-        raise TidegateError(f"--since {since} is not before --until {until}", hint="swap them")
+    replay_config(  # argument mistakes first, before touching the lake
+        catalog,
+        lake,
+        name,
+        raw_version=-1,
+        since=since,
+        until=until,
+        run_id=run_id,
+        code_version="",
+        git_sha="",
+    )
     t0 = time.perf_counter()
     try:
         DeltaTable(raw_uri(lake, spec.source), storage_options=storage)
@@ -149,21 +193,17 @@ def replay(
         raw = DeltaTable(raw_uri(lake, spec.source), storage_options=storage)  # pinned from here on
         version = raw.version()
         groups = file_groups(raw, group_rows)
-        read_lo, read_hi = read_bounds(spec, lo, hi)
-        config = ReplayConfig(
-            lake=lake,
-            catalog_path=str(catalog.path),
-            raw_uri=raw_uri(lake, spec.source),
+        config = replay_config(
+            catalog,
+            lake,
+            name,
             raw_version=version,
-            spec_json=spec.model_dump_json(),
+            since=since,
+            until=until,
             run_id=run_id,
             code_version=code_version,
             git_sha=git_sha,
-            storage_options=tuple(sorted((storage or {}).items())),
-            read_since=read_lo.isoformat() if read_lo else None,
-            read_until=read_hi.isoformat() if read_hi else None,
-            since=lo.isoformat() if lo else None,
-            until=hi.isoformat() if hi else None,
+            storage=storage,
         )
         options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
         p = beam.Pipeline(runner=FnApiRunner(), options=options)

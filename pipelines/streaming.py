@@ -165,7 +165,6 @@ def dataflow_dry_run(
     project: str,
     region: str,
     temp_location: str,
-    extra_args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build the streaming Dataflow job offline (`DataflowRunner --dry_run`): nothing is
     staged or submitted, no credentials are needed. Returns the job type, its options and the

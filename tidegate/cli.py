@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -547,15 +547,7 @@ def _streaming(
         region=region,
         temp_location=temp_location,
     )
-    if job_file is not None:
-        job_file.write_text(json.dumps(job, indent=2, default=str))
-    console.print(f"Dataflow job {job['name']} ({job['type']}), built offline, not submitted:")
-    for step in job["steps"]:
-        if step.count("/") <= 2 and not step.startswith("ref_"):
-            console.print(f"  {step}")
-    console.print("options: " + escape(json.dumps(job["options"], default=str)))
-    if job_file is not None:
-        console.print(f"full spec (portable pipeline graph): {job_file}")
+    _print_job(job, job_file)
 
 
 @deploy_app.command("dataflow")
@@ -699,6 +691,11 @@ def deploy_dataflow(
             f"[green]✓[/] {verb} Dataflow job {job['name']} ({job['job_id']})\n  {job['console_url']}"
         )
         return
+    _print_job(job, job_file)
+
+
+def _print_job(job: dict[str, Any], job_file: Path | None) -> None:
+    """A dry-run Dataflow job: its top-level steps and options; the whole spec to `job_file`."""
     if job_file is not None:
         job_file.write_text(json.dumps(job, indent=2, default=str))
     console.print(f"Dataflow job {job['name']} ({job['type']}), built offline, not submitted:")
