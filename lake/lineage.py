@@ -22,7 +22,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from lake.tables import aggregate_uri, data_files, late_uri, ledger_uri, quarantine_uri, raw_uri
+from lake.tables import aggregate_uri, data_files, late_uri, ledger_uri, quality_uri, quarantine_uri, raw_uri
 from tidegate.errors import TidegateError
 
 LINEAGE_KEYS = (
@@ -51,6 +51,8 @@ def resolve_table(lake: str, name: str, event_types: list[str], aggregates: Sequ
         return ledger_uri(lake)
     if name in ("_late", "late", "aggregates/_late"):
         return late_uri(lake)
+    if name in ("_quality", "quality"):
+        return quality_uri(lake)
     if name.removeprefix("aggregates/") in aggregates:
         return aggregate_uri(lake, name.removeprefix("aggregates/"))
     event_type = name.removeprefix("raw/")

@@ -5,6 +5,8 @@
     <lake>/quarantine         every rejected message once (key: subscription + message id),
                               partitioned by quarantine_date
     <lake>/_ledger            one row per ingested micro-batch: received / written / skipped / quarantined
+    <lake>/_quality           every batch's Great Expectations results, one row per expectation
+                              (success, unexpected count and percent, batch and run ids)
     <lake>/aggregates/<name>  one table per catalog aggregate: window, keys, metrics, lineage
     <lake>/aggregates/_late   the late ledger: every (event, window) excluded from an aggregate
                               because it arrived after the watermark + allowed lateness
@@ -145,6 +147,28 @@ LATE_SCHEMA = pa.schema(
 )
 LATE_KEYS = ("aggregate", "event_id", "window_start")
 
+QUALITY_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("expectation", pa.string(), nullable=False),
+        pa.field("column", pa.string()),
+        pa.field("success", pa.bool_(), nullable=False),
+        pa.field("element_count", pa.int64(), nullable=False),
+        pa.field("unexpected_count", pa.int64(), nullable=False),
+        pa.field("unexpected_percent", pa.float64(), nullable=False),
+        pa.field("suite_fingerprint", pa.string()),
+        pa.field("validated_at", UTC_TS, nullable=False),
+        pa.field("quality_date", pa.date32(), nullable=False),
+    ]
+)
+QUALITY_KEYS = ("batch_id", "event_type", "expectation", "column")
+
+
+def quality_uri(lake: str) -> str:
+    return join(lake, "_quality")
+
 
 def aggregate_uri(lake: str, name: str) -> str:
     return join(lake, "aggregates", name)
@@ -193,10 +217,13 @@ __all__ = [
     "LATE_KEYS",
     "LATE_SCHEMA",
     "LEDGER_SCHEMA",
+    "QUALITY_KEYS",
+    "QUALITY_SCHEMA",
     "QUARANTINE_SCHEMA",
     "aggregate_uri",
     "late_uri",
     "ledger_uri",
+    "quality_uri",
     "quarantine_uri",
     "raw_schema",
     "raw_uri",

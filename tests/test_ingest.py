@@ -358,3 +358,29 @@ def test_follow_runs_until_ctrl_c_and_finishes_the_batch_cleanly(
     assert proc.returncode == 0, err
     assert "interrupted (current batch finished)" in " ".join(out.split())
     assert verify(str(lake), catalog.event_types, manifest).ok
+
+
+def test_every_batch_leaves_its_data_quality_results_in_the_quality_table(
+    pubsub_emulator, catalog, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from lake.tables import quality_uri
+
+    provision(catalog, pubsub_emulator.address, project)
+    manifest = tmp_path / "m.jsonl"
+    produce(pubsub_emulator, catalog, project, manifest, count=900, invalid_rate=0.2, seed=8)
+    lake = tmp_path / "lake"
+    summary = ingest(pubsub_emulator, catalog, project, lake, max_batch=300)
+    q = pl.read_delta(quality_uri(str(lake)))
+    assert set(q.get_column("run_id")) == {summary.run_id}
+    assert q.get_column("batch_id").n_unique() == summary.batches
+    assert set(q.get_column("event_type")) == set(catalog.event_types)
+    assert (q.get_column("element_count") > 0).all()
+    failed = q.filter(~pl.col("success"))
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    gx_rejected = sum(r["expect"] == "quarantine" and r["stage"] == "expectations" for r in rows)
+    assert failed.get_column("unexpected_count").sum() >= gx_rejected > 0  # every GX rejection is counted
+    assert (
+        (failed.get_column("unexpected_percent") > 0) & (failed.get_column("unexpected_percent") <= 100)
+    ).all()
+    assert q.filter(pl.col("success")).get_column("unexpected_count").sum() == 0
+    assert q.get_column("suite_fingerprint").null_count() == 0

@@ -203,7 +203,7 @@ class ValidateExpectations(_ValidationStage):
 class TableCommit:
     """What a writer committed for one table in one bundle."""
 
-    kind: str  # raw | quarantine
+    kind: str  # raw | quarantine | quality
     event_type: str | None
     table: str
     batch_ids: tuple[str, ...]
@@ -387,6 +387,81 @@ class WriteQuarantineFn(_WriterFn):
         )
 
 
+class WriteQualityFn(_WriterFn):
+    """GX outcomes of the bundle's batches -> the _quality table (insert-only on batch,
+    type, expectation and column: a retried bundle adds nothing)."""
+
+    def setup(self) -> None:
+        super().setup()
+        from expectations.suites import suite_fingerprint
+
+        self.fingerprints = {
+            t: suite_fingerprint(c.suite_path) for t, c in self.registry.types.items() if c.suite_path
+        }
+
+    def start_bundle(self) -> None:
+        self.buffer: list[tuple[str, Any]] = []
+
+    def process(self, item: tuple[str, list[Any]]) -> None:
+        batch_id, outcomes = item
+        self.buffer += [(batch_id, o) for o in outcomes]
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        import pyarrow as pa
+
+        from lake.rows import lineage
+        from lake.tables import QUALITY_KEYS, QUALITY_SCHEMA, quality_uri
+        from lake.writer import insert_new
+
+        if not self.buffer:
+            return
+        now = datetime.now(UTC)
+        rows = {
+            "run_id": [self.config.run_id] * len(self.buffer),
+            "batch_id": [b for b, _ in self.buffer],
+            "event_type": [o.event_type for _, o in self.buffer],
+            "expectation": [o.expectation for _, o in self.buffer],
+            "column": [o.column for _, o in self.buffer],
+            "success": [o.success for _, o in self.buffer],
+            "element_count": [o.element_count for _, o in self.buffer],
+            "unexpected_count": [o.unexpected_count for _, o in self.buffer],
+            "unexpected_percent": [o.unexpected_percent for _, o in self.buffer],
+            "suite_fingerprint": [self.fingerprints.get(o.event_type) for _, o in self.buffer],
+            "validated_at": [now] * len(self.buffer),
+            "quality_date": [now.date()] * len(self.buffer),
+        }
+        batch_ids = sorted({b for b, _ in self.buffer})
+        meta = lineage(
+            run_id=self.config.run_id,
+            batch_ids=batch_ids,
+            code_version=self.config.code_version,
+            git_sha=self.config.git_sha,
+            subscriptions=[],
+            message_ids=[],
+            extra={"tidegate_table": "_quality"},
+        )
+        result = insert_new(
+            quality_uri(self.config.lake),
+            pa.Table.from_pydict(rows, schema=QUALITY_SCHEMA),
+            keys=list(QUALITY_KEYS),
+            metadata=meta,
+            partition_by=["quality_date"],
+            storage_options=self.config.storage,
+        )
+        yield _global(
+            TableCommit(
+                "quality",
+                None,
+                result.table,
+                tuple(batch_ids),
+                len(self.buffer),
+                result.offered,
+                result.inserted,
+                result.version,
+            )
+        )
+
+
 class _Writer(beam.PTransform):
     """A writer: one ParDo whose output is the TableCommits of its bundles."""
 
@@ -416,6 +491,10 @@ class WriteQuarantine(_Writer):
     fn = WriteQuarantineFn
 
 
+class WriteQuality(_Writer):
+    fn = WriteQualityFn
+
+
 class Ingest(beam.PTransform):
     """The whole chain from chunks to commits: Ingested(commits, rows)."""
 
@@ -426,7 +505,8 @@ class Ingest(beam.PTransform):
     def expand(self, chunks: PCollection) -> Ingested:  # type: ignore[override]
         envelope = chunks | "DecodeEnvelope" >> DecodeEnvelope(self.config)
         contract = envelope.valid | "ValidateContract" >> ValidateContract(self.config)
-        expectations = contract.valid | "ValidateExpectations" >> ValidateExpectations(self.config)
+        gx = ValidateExpectations(self.config)
+        expectations = contract.valid | "ValidateExpectations" >> gx
         written = expectations.valid | "WriteRawHistory" >> WriteRawHistory(self.config)
         raw = written.commits
         rejected = (
@@ -435,4 +515,5 @@ class Ingest(beam.PTransform):
             expectations.invalid,
         ) | "CollectRejections" >> beam.Flatten()
         quarantine = rejected | "WriteQuarantine" >> WriteQuarantine(self.config)
-        return Ingested((raw, quarantine) | "Commits" >> beam.Flatten(), written[ROWS])
+        quality = gx.extra[QUALITY] | "WriteQuality" >> WriteQuality(self.config)
+        return Ingested((raw, quarantine, quality) | "Commits" >> beam.Flatten(), written[ROWS])
