@@ -18,11 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from lake.tables import aggregate_uri, data_files, late_uri, ledger_uri, quality_uri, quarantine_uri, raw_uri
+from lake.tables import aggregate_uri, late_uri, ledger_uri, quality_uri, quarantine_uri, raw_uri
 from tidegate.errors import TidegateError
 
 LINEAGE_KEYS = (
@@ -104,28 +103,10 @@ def row_lineage(uri: str, key: str, storage_options: dict[str, str] | None = Non
     cols = [c for c in ("event_id", "pubsub_message_id") if c in names]
     if not cols:
         raise TidegateError(f"{uri} has no event or message ids to look a row up by")
-    files = data_files(table)
+    from lake.read import scan_table
+
     match = pl.any_horizontal([pl.col(c) == key for c in cols])
-    # files of older contract versions lack newer columns: read every file as the table's schema
-    partitions = set(table.metadata().partition_columns)
-    full = pa.schema(table.schema().to_arrow())
-    schema = pl.from_arrow(pa.schema([f for f in full if f.name not in partitions]).empty_table()).schema  # type: ignore[union-attr]
-    hive = pl.from_arrow(pa.schema([f for f in full if f.name in partitions]).empty_table()).schema  # type: ignore[union-attr]
-    found = (
-        pl.scan_parquet(
-            files,
-            schema=schema,
-            missing_columns="insert",
-            extra_columns="ignore",
-            hive_partitioning=bool(partitions),
-            hive_schema=hive if partitions else None,
-            storage_options=storage_options,
-        )
-        .filter(match)
-        .collect()
-        if files
-        else pl.DataFrame()
-    )
+    found = scan_table(table, storage_options).filter(match).collect()
     if found.height == 0:
         raise TidegateError(
             f"no row with id {key!r} in {uri}", hint=f"ids are matched against {', '.join(cols)}"

@@ -1,0 +1,135 @@
+"""The analysts' read API (lake.read) on a lake made by two real ingest runs: LazyFrames per
+table, time travel, consistent cuts by run and by time, and lineage from an aggregate window to
+its raw events and from an event to its message, run, code and rules."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from infra.pubsub import provision
+from lake import aggregates as agg
+from lake.read import Lake
+from tests.test_ingest import ingest, produce
+
+pytestmark = pytest.mark.emulator
+
+
+@pytest.fixture(scope="module")
+def two_runs(pubsub_emulator, tmp_path_factory):  # type: ignore[no-untyped-def]
+    from tidegate.catalog import load_catalog
+
+    catalog = load_catalog()
+    project = "tg-read-api"
+    provision(catalog, pubsub_emulator.address, project)
+    tmp = tmp_path_factory.mktemp("read")
+    lake = tmp / "lake"
+    produce(pubsub_emulator, catalog, project, tmp / "a.jsonl", count=800, seed=11, invalid_rate=0.05)
+    first = ingest(pubsub_emulator, catalog, project, lake, max_batch=300)
+    time.sleep(0.05)
+    between = datetime.now(UTC)
+    time.sleep(0.05)
+    produce(
+        pubsub_emulator,
+        catalog,
+        project,
+        tmp / "b.jsonl",
+        count=600,
+        seed=12,
+        invalid_rate=0.05,
+        late_rate=0.05,
+    )
+    second = ingest(pubsub_emulator, catalog, project, lake, max_batch=300)
+    return Lake(str(lake), catalog=catalog), first, second, between
+
+
+def test_every_table_reads_as_a_lazyframe(two_runs) -> None:  # type: ignore[no-untyped-def]
+    lake, first, second, _ = two_runs
+    for table in lake.table_names():
+        assert isinstance(lake.scan(table), pl.LazyFrame)
+    raw = sum(lake.raw(t).select(pl.len()).collect().item() for t in lake.catalog.event_types)
+    assert raw == first.raw_written + second.raw_written
+    assert lake.quarantine().select(pl.len()).collect().item() == first.quarantined + second.quarantined
+    assert lake.ledger().collect().height == first.batches + second.batches
+    assert lake.quality().filter(pl.col("run_id") == first.run_id).collect().height > 0
+
+
+def test_time_travel_by_version_and_by_time(two_runs) -> None:  # type: ignore[no-untyped-def]
+    lake, first, _, between = two_runs
+    orders_then = lake.raw("shop.order.placed", as_of=between).collect()
+    assert set(orders_then.get_column("run_id")) == {first.run_id}
+    assert lake.raw("shop.order.placed", version=0).collect().height <= orders_then.height
+    assert lake.quarantine(as_of=between.isoformat()).collect().get_column("run_id").unique().to_list() == [
+        first.run_id
+    ]
+
+
+@pytest.mark.parametrize("how", ["run", "time"])
+def test_a_cut_never_mixes_raw_and_aggregates_from_different_moments(two_runs, how: str) -> None:  # type: ignore[no-untyped-def]
+    lake, first, _, between = two_runs
+    cut = lake.cut(run_id=first.run_id) if how == "run" else lake.cut(as_of=between)
+    assert cut.consistent, cut.notes
+    for spec in lake.catalog.aggregates:
+        raw = cut.raw(spec.source).collect()
+        assert set(raw.get_column("run_id")) == {first.run_id}  # nothing of the second run
+        stored = cut.aggregate(spec.name).select(agg.value_columns(spec)).collect()
+        expected = agg.compute(raw, spec)
+        assert (
+            stored.sort([*agg.WINDOW, *spec.keys], nulls_last=True)
+            .cast(dict(expected.schema))
+            .equals(expected)
+        ), spec.name  # type: ignore[arg-type]
+    assert set(cut.quarantine().collect().get_column("run_id")) == {first.run_id}
+    assert set(cut.ledger().collect().get_column("run_id")) == {first.run_id}
+
+
+def test_a_window_leads_to_the_raw_events_behind_it(two_runs) -> None:  # type: ignore[no-untyped-def]
+    lake, *_ = two_runs
+    windows = lake.aggregate("revenue_per_currency_1m").collect().sort("orders", descending=True)
+    w = windows.row(0, named=True)
+    events = lake.window_events("revenue_per_currency_1m", w["window_start"], currency=w["currency"])
+    assert events.height == w["orders"]
+    assert events.get_column("amount").sum() == w["revenue"]
+    s = lake.aggregate("sessions_per_user").collect().sort("pages", descending=True).row(0, named=True)
+    pages = lake.window_events("sessions_per_user", s["window_start"], user_id=s["user_id"])
+    assert pages.height == s["pages"]
+    assert pages.get_column("duration_ms").sum() == s["total_duration_ms"]
+
+
+def test_an_event_leads_to_its_message_run_code_and_rules(two_runs) -> None:  # type: ignore[no-untyped-def]
+    lake, first, *_ = two_runs
+    row = (
+        lake.raw("shop.order.placed")
+        .filter(pl.col("run_id") == first.run_id)
+        .head(1)
+        .collect()
+        .row(0, named=True)
+    )
+    info = lake.event_lineage("shop.order.placed", row["event_id"])
+    assert info["pubsub_message_id"] == row["pubsub_message_id"]
+    assert info["run_id"] == first.run_id
+    assert info["git_sha"] == "test-sha"
+    assert len(info["contract_fingerprint"]) == 64
+    assert {r["expectation"] for r in info["expectations"]} >= {"expect_column_values_to_be_in_set"}
+
+
+def test_mistakes_say_what_to_do(two_runs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tidegate.errors import TidegateError
+
+    lake, *_ = two_runs
+    with pytest.raises(TidegateError, match="unknown table"):
+        lake.scan("raw/shop.order.shipped")
+    with pytest.raises(TidegateError, match="no ingest run"):
+        lake.cut(run_id="run-nope")
+    with pytest.raises(TidegateError, match="either at the end of a run"):
+        lake.cut()
+    with pytest.raises(TidegateError, match="did not exist yet"):
+        lake.raw("shop.order.placed", as_of="2001-01-01T00:00:00Z")
+    with pytest.raises(TidegateError, match="keyed by"):
+        lake.window_events("revenue_per_currency_1m", "2026-11-26T10:00:00Z", country="DE")
+    with pytest.raises(TidegateError, match="does not exist yet"):
+        Lake(str(tmp_path / "empty"), catalog=lake.catalog).raw("shop.order.placed")
