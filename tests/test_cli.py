@@ -20,6 +20,8 @@ COMMANDS = [
     ["verify"],
     ["lineage"],
     ["bench", "replay"],
+    ["deploy", "dataflow"],
+    ["status"],
 ]
 
 

@@ -133,3 +133,31 @@ def test_mistakes_say_what_to_do(two_runs, tmp_path: Path) -> None:  # type: ign
         lake.window_events("revenue_per_currency_1m", "2026-11-26T10:00:00Z", country="DE")
     with pytest.raises(TidegateError, match="does not exist yet"):
         Lake(str(tmp_path / "empty"), catalog=lake.catalog).raw("shop.order.placed")
+
+
+def test_status_shows_every_table_and_the_health_figures(two_runs, cli) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    lake, first, second, _ = two_runs
+    r = cli("status", "--json", "--lake", lake.root)
+    assert r.code == 0, r.text
+    report = json.loads(r.out)
+    tables = {t["table"]: t for t in report["tables"]}
+    assert set(tables) == set(lake.table_names())
+    assert (
+        sum(tables[f"raw/{t}"]["rows"] for t in lake.catalog.event_types)
+        == first.raw_written + second.raw_written
+    )
+    led = report["ledger"]
+    assert led["balanced"] is True
+    assert led["received"] == first.received + second.received
+    assert led["latest_run"] == second.run_id
+    assert 0 < led["quarantine_rate"] < 0.2
+    assert report["latency_seconds"]["events"] == second.raw_written
+    assert report["latency_seconds"]["p50"] <= report["latency_seconds"]["p99"]
+    assert 0 < report["data_quality"]["pass_rate"] <= 1
+    assert set(report["late"]) == {a.name for a in lake.catalog.aggregates}
+    human = cli("status", "--lake", lake.root)
+    assert human.code == 0
+    assert "✓ ledger" in human.text
+    assert "aggregates/revenue_per_currency_1m" in human.text

@@ -708,6 +708,71 @@ def _print_job(job: dict[str, Any], job_file: Path | None) -> None:
 
 
 @app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for machines).")] = False,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """The lake at a glance: every table's version, rows, last commit and age; ledger balance, quarantine, late and data-quality rates; latest publish->commit latency."""
+    from lake.read import Lake
+    from lake.status import status as lake_status
+    from tidegate import settings
+
+    report = lake_status(
+        Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
+    )
+    if as_json:
+        console.print_json(json.dumps(report, default=str))
+        return
+    if not report["tables"]:
+        raise TidegateError(
+            f"no tables under {report['lake']}", hint="run `tidegate ingest` (or `tidegate demo`) first"
+        )
+    t = Table(title=f"tidegate status: {report['lake']}")
+    for col, justify in (
+        ("table", "left"),
+        ("version", "right"),
+        ("rows", "right"),
+        ("files", "right"),
+        ("last commit", "left"),
+        ("age", "right"),
+    ):
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in report["tables"]:
+        t.add_row(
+            row["table"],
+            str(row["version"]),
+            f"{row['rows']:,}",
+            str(row["files"]),
+            row["last_commit"][:19],
+            f"{row['age_seconds']:,.0f}s",
+        )
+    console.print(t)
+    if "ledger" in report:
+        led = report["ledger"]
+        mark = "[green]✓[/]" if led["balanced"] else "[red]✗[/]"
+        console.print(
+            f"{mark} ledger: {led['batches']:,} batches, {led['received']:,} received = {led['raw_written']:,} written + "
+            f"{led['duplicates_skipped']:,} duplicates + {led['quarantined']:,} quarantined + {led['quarantine_duplicates']:,} re-quarantined"
+        )
+        console.print(f"  quarantine rate {led['quarantine_rate']:.2%}; latest run {led['latest_run']}")
+        lat = report["latency_seconds"]
+        if lat["events"]:
+            console.print(
+                f"  publish -> commit latency of that run: p50 {lat['p50']} s, p99 {lat['p99']} s ({lat['events']:,} events)"
+            )
+    if "data_quality" in report and report["data_quality"]["pass_rate"] is not None:
+        dq = report["data_quality"]
+        console.print(
+            f"  data quality: {dq['pass_rate']:.2%} of {dq['expectation_runs']:,} expectation runs passed"
+        )
+    for name, late in report["late"].items():
+        console.print(
+            f"  late for {name}: {late['late_pairs']:,} pairs ({late['late_rate']:.2%} of its source events)"
+        )
+
+
+@app.command()
 def verify(
     manifest: Annotated[
         Path | None,
