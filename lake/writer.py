@@ -44,6 +44,8 @@ class CommitResult:
     offered: int  # rows handed to the commit (after in-batch dedup)
     inserted: int  # rows that were new
     version: int | None  # table version after the commit (None: nothing committed)
+    files: int = 0  # data files the commit added
+    bytes: int = 0  # their size
 
     @property
     def skipped(self) -> int:
@@ -80,6 +82,18 @@ def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable | None
         return DeltaTable(uri, storage_options=storage_options)
     except TableNotFoundError:
         return None
+
+
+def _paths(table: DeltaTable) -> set[str]:
+    return set(pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist())
+
+
+def _added(table: DeltaTable, before: set[str]) -> tuple[int, int]:
+    """Files and bytes in `table`'s current snapshot that were not in `before` (an insert-only
+    commit only adds files, so these are exactly the ones it wrote)."""
+    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
+    new = [a["size_bytes"] for a in actions if a["path"] not in before]
+    return len(new), int(sum(new))
 
 
 def _stringify(metadata: dict[str, Any]) -> dict[str, str]:
@@ -124,7 +138,9 @@ def insert_new(
                     storage_options=storage_options,
                 )
                 created = DeltaTable(uri, storage_options=storage_options)
-                return CommitResult(uri, rows.num_rows, rows.num_rows, created.version())
+                files, size = _added(created, set())
+                return CommitResult(uri, rows.num_rows, rows.num_rows, created.version(), files, size)
+            before = _paths(table)
             predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
             if prune_on:
                 values = pc.unique(rows.column(prune_on)).to_pylist()
@@ -142,7 +158,8 @@ def insert_new(
                 .execute()
             )
             inserted = int(metrics.get("num_target_rows_inserted", 0))
-            return CommitResult(uri, rows.num_rows, inserted, table.version())
+            files, size = _added(table, before) if inserted else (0, 0)
+            return CommitResult(uri, rows.num_rows, inserted, table.version(), files, size)
         except (CommitFailedError, FileExistsError) as exc:
             if attempt == MAX_COMMIT_ATTEMPTS:
                 raise TransientError(

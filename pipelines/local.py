@@ -189,6 +189,43 @@ class LocalIngest:
         self._seq = 0
         self._projector: Any = None
         self._background: _BackgroundProjector | None = None
+        self._lineage: Any = None
+
+    @property
+    def lineage(self) -> Any:
+        """OpenLineage events of this run and its batches (lake.openlineage)."""
+        if self._lineage is None:
+            from lake.openlineage import LineageEmitter
+
+            self._lineage = LineageEmitter(self.config.lake)
+        return self._lineage
+
+    def _inputs(self, subscriptions: set[str]) -> list[tuple[str, str]]:
+        from lake.openlineage import subscription_dataset
+
+        return [subscription_dataset(self.project, s) for s in sorted(subscriptions)]
+
+    def _outputs(self, commits: list[Any]) -> list[Any]:
+        from lake.openlineage import OutputTable
+        from lake.tables import raw_schema
+        from transforms.ingest import _worker_state
+
+        _, registry = _worker_state(self.config.catalog_path)
+        quality = [d for c in commits if c.kind == "quality" for d in c.details]
+        out = []
+        for c in commits:
+            if c.version is None:
+                continue
+            schema = raw_schema(registry.types[c.event_type]) if c.kind == "raw" else None
+            assertions = [
+                {"expectation": e, "column": col, "success": ok}
+                for t, e, col, ok in quality
+                if t == c.event_type
+            ]
+            out.append(
+                OutputTable(c.table, c.version, c.inserted, c.files, c.bytes, schema, assertions or None)
+            )
+        return out
 
     @property
     def projector(self) -> Any:
@@ -283,6 +320,38 @@ class LocalIngest:
     # -- one micro-batch -------------------------------------------------------------------
 
     def run_batch(self, batch: list[tuple[str, str, RawMessage]]) -> BatchOutcome:
+        """One micro-batch, wrapped in its OpenLineage START and COMPLETE (or FAIL) events."""
+        self._seq += 1
+        batch_id = f"{self.config.run_id}-{self._seq:06d}"
+        started_at = datetime.now(UTC)
+        subscriptions = {m.subscription for _, _, m in batch}
+        self.lineage.emit(
+            "START",
+            "ingest.batch",
+            batch_id,
+            parent=("ingest", self.config.run_id),
+            inputs=self._inputs(subscriptions),
+        )
+        try:
+            return self._run_batch(batch, batch_id, started_at, subscriptions)
+        except BaseException as exc:
+            self.lineage.emit(
+                "FAIL",
+                "ingest.batch",
+                batch_id,
+                parent=("ingest", self.config.run_id),
+                inputs=self._inputs(subscriptions),
+                error=f"{exc.__class__.__name__}: {exc}",
+            )
+            raise
+
+    def _run_batch(
+        self,
+        batch: list[tuple[str, str, RawMessage]],
+        batch_id: str,
+        started_at: datetime,
+        subscriptions: set[str],
+    ) -> BatchOutcome:
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
         from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
@@ -291,9 +360,6 @@ class LocalIngest:
         from transforms.ingest import Ingest
         from transforms.ingest_types import Chunk
 
-        self._seq += 1
-        batch_id = f"{self.config.run_id}-{self._seq:06d}"
-        started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         messages = [m for _, _, m in batch]
         with _lock:
@@ -346,6 +412,15 @@ class LocalIngest:
         self._write_ledger(outcome, started_at, messages)
         fault_point("after_commit")
         self.ack(batch)
+        self.lineage.emit(
+            "COMPLETE",
+            "ingest.batch",
+            batch_id,
+            parent=("ingest", self.config.run_id),
+            inputs=self._inputs(subscriptions),
+            outputs=self._outputs(commits_done),
+            tidegate_run_id=self.config.run_id,
+        )
         # publish -> visible in Delta (the raw/quarantine commits are done at committed_at)
         outcome.publish_latencies = [
             committed_at - m.publish_time.timestamp() for m in messages if m.publish_time is not None
@@ -413,6 +488,11 @@ class LocalIngest:
         if in_main:
             signal.signal(signal.SIGINT, request_stop)
         prefetch = _Prefetcher(self)
+        inputs = self._inputs(set(self.paths.values()))
+        self.lineage.emit(
+            "START", "ingest", self.config.run_id, inputs=inputs, tidegate_run_id=self.config.run_id
+        )
+        failed: BaseException | None = None
         try:
             with lake_lock(self.config.lake):
                 if self.catalog.aggregates:
@@ -446,7 +526,18 @@ class LocalIngest:
                     # leave the aggregates up to date with everything this run committed
                     summary.late = self._background.close()
                     self._background = None
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
+            self.lineage.emit(
+                "FAIL" if failed is not None else "COMPLETE",
+                "ingest",
+                self.config.run_id,
+                inputs=inputs,
+                error=f"{failed.__class__.__name__}: {failed}" if failed is not None else None,
+                tidegate_run_id=self.config.run_id,
+            )
             self.stop_requested = True
             if self._background is not None:
                 self._background.close(catch_up=False)

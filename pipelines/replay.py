@@ -205,19 +205,47 @@ def replay(
             git_sha=git_sha,
             storage=storage,
         )
-        options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-        p = beam.Pipeline(runner=FnApiRunner(), options=options)
-        build(p, config, groups)
-        result = p.run()
-        result.wait_until_finish()
-        table = DeltaTable(f"{lake.rstrip('/')}/aggregates/{name}", storage_options=storage)
+        from lake.openlineage import LineageEmitter, OutputTable, dataset_name
+        from lake.tables import aggregate_uri, late_uri
+
+        lineage = LineageEmitter(lake)
+        job = f"replay.{name}"
+        inputs = [dataset_name(raw_uri(lake, spec.source))]
+        lineage.emit("START", job, run_id, inputs=inputs, tidegate_run_id=run_id)
+        try:
+            options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+            p = beam.Pipeline(runner=FnApiRunner(), options=options)
+            build(p, config, groups)
+            result = p.run()
+            result.wait_until_finish()
+        except BaseException as exc:
+            lineage.emit(
+                "FAIL",
+                job,
+                run_id,
+                inputs=inputs,
+                error=f"{exc.__class__.__name__}: {exc}",
+                tidegate_run_id=run_id,
+            )
+            raise
+        table = DeltaTable(aggregate_uri(lake, name), storage_options=storage)
+        windows = _counter(result, "replay_windows_written")
+        outputs = [OutputTable(aggregate_uri(lake, name), table.version(), windows)]
+        late = _counter(result, "replay_late_pairs")
+        if late:
+            outputs.append(
+                OutputTable(
+                    late_uri(lake), DeltaTable(late_uri(lake), storage_options=storage).version(), late
+                )
+            )
+        lineage.emit("COMPLETE", job, run_id, inputs=inputs, outputs=outputs, tidegate_run_id=run_id)
     return ReplayResult(
         aggregate=name,
         raw_version=version,
         events_read=_counter(result, "replay_events_read"),
         files=sum(len(g) for g in groups),
-        windows=_counter(result, "replay_windows_written"),
-        late_pairs=_counter(result, "replay_late_pairs"),
+        windows=windows,
+        late_pairs=late,
         table_version=int(table.version()),
         seconds=time.perf_counter() - t0,
     )

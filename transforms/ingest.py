@@ -211,6 +211,10 @@ class TableCommit:
     offered: int
     inserted: int
     version: int | None
+    files: int = 0  # data files the commit added, and their bytes (lineage statistics)
+    bytes: int = 0
+    # quality commits: (event_type, expectation, column, success) per outcome, for lineage
+    details: tuple[tuple[str, str, str | None, bool], ...] = ()
 
 
 class _WriterFn(_CatalogFn):
@@ -326,6 +330,8 @@ class WriteRawHistoryFn(_WriterFn):
                     result.offered,
                     result.inserted,
                     result.version,
+                    result.files,
+                    result.bytes,
                 )
             )
 
@@ -383,6 +389,8 @@ class WriteQuarantineFn(_WriterFn):
                 result.offered,
                 result.inserted,
                 result.version,
+                result.files,
+                result.bytes,
             )
         )
 
@@ -458,6 +466,9 @@ class WriteQualityFn(_WriterFn):
                 result.offered,
                 result.inserted,
                 result.version,
+                result.files,
+                result.bytes,
+                tuple((o.event_type, o.expectation, o.column, o.success) for _, o in self.buffer),
             )
         )
 
