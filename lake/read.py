@@ -37,6 +37,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from lake import aggregates as agg
+from lake.metrics import metrics_uri
 from lake.tables import (
     aggregate_uri,
     data_files,
@@ -99,6 +100,7 @@ class Lake:
             "quarantine": quarantine_uri(self.root),
             "_ledger": ledger_uri(self.root),
             "_quality": quality_uri(self.root),
+            "_metrics": metrics_uri(self.root),
             "aggregates/_late": late_uri(self.root),
         }
         if table in fixed:
@@ -111,7 +113,7 @@ class Lake:
     def table_names(self) -> list[str]:
         return (
             [f"raw/{t}" for t in self.catalog.event_types]
-            + ["quarantine", "_ledger", "_quality"]
+            + ["quarantine", "_ledger", "_quality", "_metrics"]
             + [f"aggregates/{a.name}" for a in self.catalog.aggregates]
             + ["aggregates/_late"]
         )
@@ -153,6 +155,9 @@ class Lake:
 
     def late(self, **travel: Any) -> pl.LazyFrame:
         return self.scan("aggregates/_late", **travel)
+
+    def metrics(self, **travel: Any) -> pl.LazyFrame:
+        return self.scan("_metrics", **travel)
 
     # -- consistent cuts -----------------------------------------------------------------------
 
@@ -215,7 +220,7 @@ class Lake:
                 )
         for t, v in raw_at.items():
             versions.setdefault(f"raw/{t}", v)
-        for table in ("quarantine", "_ledger", "_quality", "aggregates/_late"):
+        for table in ("quarantine", "_ledger", "_quality", "_metrics", "aggregates/_late"):
             if self._exists(table):
                 try:
                     versions[table] = self.delta(table, as_of=when).version()

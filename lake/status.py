@@ -86,6 +86,17 @@ def status(lake: Lake) -> dict[str, Any]:
             "p50": round(float(series.quantile(0.5) or 0.0), 2) if series.len() else None,
             "p99": round(float(series.quantile(0.99) or 0.0), 2) if series.len() else None,
         }
+    if "_metrics" in present and "ledger" in out:
+        run = out["ledger"]["latest_run"]
+        counters = (
+            lake.metrics()
+            .filter((pl.col("run_id") == run) & (pl.col("kind") == "counter"))
+            .group_by("name")
+            .agg(pl.col("value").sum())
+            .sort("name")
+            .collect()
+        )
+        out["hops"] = {"run": run, **{n: int(v) for n, v in counters.iter_rows()}}
     if "_quality" in present:
         q = lake.quality().select("success").collect()
         out["data_quality"] = {

@@ -367,14 +367,16 @@ class LocalIngest:
         options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
         try:
             # FnApiRunner pinned: never DirectRunner's Prism download or a network fallback.
-            with beam.Pipeline(runner=FnApiRunner(), options=options) as p:
-                commits = (
-                    p
-                    | "ReadEvents" >> beam.Create([batch_id], reshuffle=False)
-                    | "TakeBatch" >> beam.Map(_take_batch).with_output_types(Chunk)
-                    | "Ingest" >> Ingest(self.config)
-                ).commits
-                commits | "CollectCommits" >> beam.Map(_collect, batch_id)
+            p = beam.Pipeline(runner=FnApiRunner(), options=options)
+            commits = (
+                p
+                | "ReadEvents" >> beam.Create([batch_id], reshuffle=False)
+                | "TakeBatch" >> beam.Map(_take_batch).with_output_types(Chunk)
+                | "Ingest" >> Ingest(self.config)
+            ).commits
+            commits | "CollectCommits" >> beam.Map(_collect, batch_id)
+            result = p.run()
+            result.wait_until_finish()
         except TransientError:
             raise
         except Exception as exc:  # noqa: BLE001 - Beam wraps everything; unwrap ours, re-raise the rest
@@ -425,6 +427,7 @@ class LocalIngest:
         outcome.publish_latencies = [
             committed_at - m.publish_time.timestamp() for m in messages if m.publish_time is not None
         ]
+        self._write_metrics(batch_id, result, outcome.publish_latencies)
         changed = set(outcome.raw_versions)
         if changed and self.catalog.aggregates:
             published = [m.publish_time.timestamp() for m in messages if m.publish_time is not None]
@@ -434,6 +437,17 @@ class LocalIngest:
                 _attribute([(outcome, published)], self.projector.project_all(changed))
         outcome.seconds = time.perf_counter() - t0
         return outcome
+
+    def _write_metrics(self, batch_id: str, result: Any, latencies: list[float]) -> None:
+        """The batch's Beam metrics (counters per step, commit-time distributions) and its
+        publish -> commit latency distribution, as rows of <lake>/_metrics (lake.metrics)."""
+        from lake.metrics import beam_metric_rows, latency_row, write_metrics
+
+        try:
+            rows = [*beam_metric_rows(result.metrics().query()), latency_row(latencies)]
+            write_metrics(self.config.lake, self.config.run_id, batch_id, rows, self.config.storage)
+        except Exception as exc:  # noqa: BLE001 - metrics must never fail a committed batch
+            log.warning("metrics of %s not recorded: %s", batch_id, exc)
 
     def _write_ledger(self, b: BatchOutcome, started_at: datetime, messages: list[RawMessage]) -> None:
         from lake.rows import lineage, message_digest

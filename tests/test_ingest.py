@@ -384,3 +384,38 @@ def test_every_batch_leaves_its_data_quality_results_in_the_quality_table(
     ).all()
     assert q.filter(pl.col("success")).get_column("unexpected_count").sum() == 0
     assert q.get_column("suite_fingerprint").null_count() == 0
+
+
+def test_every_batch_records_its_beam_metrics_and_latency(
+    pubsub_emulator, catalog, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from lake.metrics import metrics_uri
+
+    provision(catalog, pubsub_emulator.address, project)
+    produce(
+        pubsub_emulator,
+        catalog,
+        project,
+        tmp_path / "m.jsonl",
+        count=700,
+        invalid_rate=0.1,
+        duplicate_rate=0.05,
+        seed=9,
+    )
+    lake = tmp_path / "lake"
+    summary = ingest(pubsub_emulator, catalog, project, lake, max_batch=300)
+    m = pl.read_delta(metrics_uri(str(lake))).filter(pl.col("run_id") == summary.run_id)
+    counters = dict(
+        m.filter(pl.col("kind") == "counter").group_by("name").agg(pl.col("value").sum()).iter_rows()
+    )
+    assert counters["raw_written"] == summary.raw_written
+    assert counters["duplicates_skipped"] == summary.duplicates_skipped
+    assert counters["quarantined"] == summary.quarantined
+    per_rule = sum(v for k, v in counters.items() if k.startswith("quarantined_"))
+    assert per_rule == summary.quarantined + summary.quarantine_duplicates  # every rejection, by rule
+    assert counters["events_in"] == summary.received
+    latency = m.filter(pl.col("name") == "publish_to_commit_s")
+    assert latency.height == summary.batches
+    assert latency.get_column("count").sum() == summary.received
+    assert (latency.get_column("p50") <= latency.get_column("p99")).all()
+    assert m.filter(pl.col("name") == "raw_commit_ms").height > 0

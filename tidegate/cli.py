@@ -761,6 +761,9 @@ def status(
             console.print(
                 f"  publish -> commit latency of that run: p50 {lat['p50']} s, p99 {lat['p99']} s ({lat['events']:,} events)"
             )
+    if "hops" in report:
+        hops = {k: v for k, v in report["hops"].items() if k != "run"}
+        console.print("  per hop (latest run): " + ", ".join(f"{k} {v:,}" for k, v in hops.items()))
     if "data_quality" in report and report["data_quality"]["pass_rate"] is not None:
         dq = report["data_quality"]
         console.print(
@@ -970,6 +973,7 @@ def maintain(
     root = settings.lake_path(lake)
     uris = [raw_uri(root, t) for t in catalog.event_types] + [quarantine_uri(root), ledger_uri(root)]
     uris += [aggregate_uri(root, a.name) for a in catalog.aggregates] + [late_uri(root), quality_uri(root)]
+    uris.append(f"{root.rstrip('/')}/_metrics")
     report = run_maintain(root, uris, retain_hours, settings.storage_options())
     if not report:
         raise TidegateError(f"no tables under {root}", hint="run `tidegate ingest` first")
