@@ -22,6 +22,7 @@ COMMANDS = [
     ["bench", "replay"],
     ["deploy", "dataflow"],
     ["status"],
+    ["docs"],
 ]
 
 

@@ -161,3 +161,26 @@ def test_status_shows_every_table_and_the_health_figures(two_runs, cli) -> None:
     assert human.code == 0
     assert "✓ ledger" in human.text
     assert "aggregates/revenue_per_currency_1m" in human.text
+
+
+def test_data_docs_render_the_stored_quality_results(two_runs, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lake, first, _, _ = two_runs
+    r = cli("docs", "--lake", lake.root, "--run", first.run_id, "--out", tmp_path / "docs")
+    assert r.code == 0, r.text
+    index = tmp_path / "docs" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    assert index.is_file()
+    pages = list((index.parent / "validations").rglob("*.html"))
+    groups = (
+        lake.quality()
+        .filter(pl.col("run_id") == first.run_id)
+        .select("batch_id", "event_type")
+        .unique()
+        .collect()
+    )
+    assert len(pages) == groups.height  # one validation page per batch and event type
+    text = "\n".join(p.read_text() for p in pages)
+    assert "expect_column_values_to_be_in_set" in text or "values must belong to this set" in text
+    assert first.run_id in text
+    none = cli("docs", "--lake", lake.root, "--run", "run-nope", "--out", tmp_path / "none")
+    assert none.code == 2
+    assert "no data-quality results" in none.text

@@ -776,6 +776,47 @@ def status(
 
 
 @app.command()
+def docs(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to build the site (default: <TIDEGATE_HOME>/data-docs).", show_default=False
+        ),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Only this ingest run's batches.", show_default=False)
+    ] = None,
+    last: Annotated[int, typer.Option(min=1, help="At most this many most recent batches.")] = 200,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Build Great Expectations Data Docs (static HTML) from the data-quality results stored in the lake's _quality table."""
+    import polars as pl
+
+    from expectations.contracts import ContractRegistry
+    from expectations.data_docs import build_data_docs
+    from lake.read import Lake
+    from tidegate import settings
+
+    catalog = load_catalog(catalog_path)
+    reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
+    quality = reader.quality()
+    if run is not None:
+        quality = quality.filter(pl.col("run_id") == run)
+    batches = quality.group_by("batch_id").agg(pl.col("validated_at").max()).sort("validated_at").tail(last)
+    rows = quality.join(batches.select("batch_id"), on="batch_id", how="semi").collect().to_dicts()
+    if not rows:
+        raise TidegateError(
+            "no data-quality results to show" + (f" for run {run}" if run else ""),
+            hint="ingest something first",
+        )
+    target = out or settings.home() / "data-docs"
+    with console.status(f"Building Data Docs for {len({r['batch_id'] for r in rows})} batch(es) ..."):
+        index = build_data_docs(rows, ContractRegistry.from_catalog(catalog), target)
+    console.print(f"[green]✓[/] Data Docs: {index}")
+
+
+@app.command()
 def verify(
     manifest: Annotated[
         Path | None,
