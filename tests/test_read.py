@@ -184,3 +184,55 @@ def test_data_docs_render_the_stored_quality_results(two_runs, cli, tmp_path: Pa
     none = cli("docs", "--lake", lake.root, "--run", "run-nope", "--out", tmp_path / "none")
     assert none.code == 2
     assert "no data-quality results" in none.text
+
+
+CHROMIUM = __import__("shutil").which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_html_report_renders_its_charts_in_a_real_browser(two_runs, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    lake, *_ = two_runs
+    page = tmp_path / "report.html"
+    r = cli("report", "--lake", lake.root, "--out", page)
+    assert r.code == 0, r.text
+    text = page.read_text()
+    import re
+
+    assert not re.search(r"""(src|href)\s*=\s*["']https?://""", text)  # self-contained: nothing fetched
+    flags = [
+        CHROMIUM or "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--hide-scrollbars",
+        "--window-size=1100,4200",
+    ]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120
+    )
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    charts = 4 + len(lake.catalog.aggregates)  # throughput, latency, quarantine, quality + aggregates
+    assert dom.count('class="chart"') == charts
+    assert dom.count("<svg") >= charts
+    pixels = (imread(shot)[:, :, :3] * 255).astype(int)
+
+    def painted(rgb: tuple[int, int, int]) -> int:
+        return int((np.abs(pixels - np.array(rgb)).sum(axis=2) < 40).sum())
+
+    # each chart's ink, in matplotlib's tab colours: the browser drew the SVGs
+    for colour in ((31, 119, 180), (255, 127, 14), (148, 103, 189), (44, 160, 44), (214, 39, 40)):
+        assert painted(colour) > 100, (colour, painted(colour))

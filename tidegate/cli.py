@@ -817,6 +817,25 @@ def docs(
 
 
 @app.command()
+def report(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The HTML file (default: <TIDEGATE_HOME>/report.html).", show_default=False),
+    ] = None,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Write a self-contained HTML report: throughput, latency, quarantine reasons, data-quality pass rate and the aggregates, as charts."""
+    from lake.read import Lake
+    from lake.report import build_report
+    from tidegate import settings
+
+    reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
+    path = build_report(reader, out or settings.home() / "report.html")
+    console.print(f"[green]✓[/] report: {path}")
+
+
+@app.command()
 def verify(
     manifest: Annotated[
         Path | None,
