@@ -84,16 +84,24 @@ def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable | None
         return None
 
 
-def _paths(table: DeltaTable) -> set[str]:
-    return set(pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist())
+def _names(table: DeltaTable) -> set[str]:
+    """Data file names of the loaded snapshot (from the log, no data read; names are unique uuids)."""
+    return {u.rsplit("/", 1)[-1] for u in table.file_uris()}
 
 
 def _added(table: DeltaTable, before: set[str]) -> tuple[int, int]:
     """Files and bytes in `table`'s current snapshot that were not in `before` (an insert-only
     commit only adds files, so these are exactly the ones it wrote)."""
     actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"]).to_pylist()
-    new = [a["size_bytes"] for a in actions if a["path"] not in before]
+    new = [a["size_bytes"] for a in actions if a["path"].rsplit("/", 1)[-1] not in before]
     return len(new), int(sum(new))
+
+
+def _backoff(uri: str, attempt: int, exc: Exception) -> None:
+    """A commit lost a race: wait and let the caller retry, or give up as a transient error."""
+    if attempt == MAX_COMMIT_ATTEMPTS:
+        raise TransientError(f"commit to {uri} kept conflicting after {attempt} attempts: {exc}") from exc
+    time.sleep(min(0.05 * 2**attempt, 2.0))
 
 
 def _stringify(metadata: dict[str, Any]) -> dict[str, str]:
@@ -140,7 +148,7 @@ def insert_new(
                 created = DeltaTable(uri, storage_options=storage_options)
                 files, size = _added(created, set())
                 return CommitResult(uri, rows.num_rows, rows.num_rows, created.version(), files, size)
-            before = _paths(table)
+            before = _names(table)
             predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
             if prune_on:
                 values = pc.unique(rows.column(prune_on)).to_pylist()
@@ -161,11 +169,7 @@ def insert_new(
             files, size = _added(table, before) if inserted else (0, 0)
             return CommitResult(uri, rows.num_rows, inserted, table.version(), files, size)
         except (CommitFailedError, FileExistsError) as exc:
-            if attempt == MAX_COMMIT_ATTEMPTS:
-                raise TransientError(
-                    f"commit to {uri} kept conflicting after {attempt} attempts: {exc}"
-                ) from exc
-            time.sleep(min(0.05 * 2**attempt, 2.0))
+            _backoff(uri, attempt, exc)
         except DeltaError as exc:
             if "already exists" in str(exc) and attempt < MAX_COMMIT_ATTEMPTS:
                 continue
@@ -285,9 +289,5 @@ def replace_windows(
                 write_deltalake(table, upserts.schema.empty_table(), mode="append", commit_properties=props)
             return CommitResult(uri, upserts.num_rows, written, table.version())
         except (CommitFailedError, FileExistsError) as exc:
-            if attempt == MAX_COMMIT_ATTEMPTS:
-                raise TransientError(
-                    f"commit to {uri} kept conflicting after {attempt} attempts: {exc}"
-                ) from exc
-            time.sleep(min(0.05 * 2**attempt, 2.0))
+            _backoff(uri, attempt, exc)
     raise AssertionError("unreachable")  # pragma: no cover
