@@ -326,7 +326,6 @@ class Projector:
     def _commit(
         self, spec: AggregateSpec, upserts: pl.DataFrame, deletes: pl.DataFrame, raw_version: int
     ) -> Any:
-        from lake.rows import lineage
         from lake.writer import replace_windows
 
         schema = self.schemas[spec.name]
@@ -338,20 +337,14 @@ class Projector:
             if deletes.height
             else pa.table({k: pa.array([], schema.field(k).type) for k in key_cols})
         )
-        meta = lineage(
+        meta = aggregate_commit_meta(
+            spec,
             run_id=self.run_id,
-            batch_ids=[],
             code_version=self.code_version,
             git_sha=self.git_sha,
-            subscriptions=[],
-            message_ids=[],
-            extra={
-                "tidegate_table": f"aggregates/{spec.name}",
-                "tidegate_source": raw_uri(self.lake, spec.source),
-                "tidegate_raw_version": raw_version,
-                "tidegate_aggregate_spec": spec.model_dump_json(),
-                "tidegate_written_by": "projection",
-            },
+            written_by="projection",
+            source=raw_uri(self.lake, spec.source),
+            raw_version=raw_version,
         )
         return replace_windows(
             aggregate_uri(self.lake, spec.name),
@@ -371,6 +364,42 @@ class Projector:
         return write_late(
             self.lake, spec, agg.late_pairs_of(late, spec), raw_version, self.run_id, self.storage
         )
+
+
+def aggregate_commit_meta(
+    spec: AggregateSpec,
+    *,
+    run_id: str,
+    code_version: str,
+    git_sha: str,
+    written_by: str,
+    source: str | None = None,
+    raw_version: int | None = None,
+    **extra: Any,
+) -> dict[str, str]:
+    """Lineage metadata of a commit to an aggregate table (projection, replay or stream):
+    the usual tidegate_* keys plus the source table, the raw version and the declaration."""
+    from lake.rows import lineage
+
+    keys: dict[str, Any] = {
+        "tidegate_table": f"aggregates/{spec.name}",
+        "tidegate_aggregate_spec": spec.model_dump_json(),
+        "tidegate_written_by": written_by,
+        **{f"tidegate_{k}": v for k, v in extra.items()},
+    }
+    if source is not None:
+        keys["tidegate_source"] = source
+    if raw_version is not None:
+        keys["tidegate_raw_version"] = raw_version
+    return lineage(
+        run_id=run_id,
+        batch_ids=[],
+        code_version=code_version,
+        git_sha=git_sha,
+        subscriptions=[],
+        message_ids=[],
+        extra=keys,
+    )
 
 
 def aggregate_rows(

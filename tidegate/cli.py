@@ -1274,6 +1274,19 @@ def _print_landing(lake: str, catalog: Catalog) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _print_figures(title: str, figures: dict[str, Any], as_json: bool) -> None:
+    """Benchmark figures as JSON, or as a two-column table."""
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for k, v in figures.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+
+
 @bench_app.command("produce")
 def bench_produce(
     events: Annotated[int, typer.Option("--events", "-n", min=1000, help="Messages to publish.")] = 200_000,
@@ -1357,15 +1370,7 @@ def bench_ingest_cmd(
         max_wait,
         progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
     )
-    if as_json:
-        console.print_json(json.dumps(figures))
-        return
-    table = Table(title=f"tidegate bench ingest --events {events} --rate {rate:g}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for k, v in figures.items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(table)
+    _print_figures(f"tidegate bench ingest --events {events} --rate {rate:g}", figures, as_json)
 
 
 @bench_app.command("replay")
@@ -1387,15 +1392,7 @@ def bench_replay_cmd(
         group_rows,
         progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
     )
-    if as_json:
-        console.print_json(json.dumps(figures))
-        return
-    table = Table(title=f"tidegate bench replay --events {events}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for k, v in figures.items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(table)
+    _print_figures(f"tidegate bench replay --events {events}", figures, as_json)
 
 
 def main() -> None:

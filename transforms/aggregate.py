@@ -170,8 +170,7 @@ class WriteReplayedWindowsFn(beam.DoFn):
         self.windows = Metrics.counter("tidegate", "replay_windows_written")
 
     def process(self, item: tuple[None, Iterable[pl.DataFrame]]) -> None:
-        from lake.projection import aggregate_rows, replace_all
-        from lake.rows import lineage
+        from lake.projection import aggregate_commit_meta, aggregate_rows, replace_all
         from lake.tables import raw_schema
         from transforms.ingest import _worker_state
 
@@ -194,22 +193,16 @@ class WriteReplayedWindowsFn(beam.DoFn):
             if frame is not None and frame.height
             else schema.empty_table()
         )
-        meta = lineage(
+        meta = aggregate_commit_meta(
+            spec,
             run_id=c.run_id,
-            batch_ids=[],
             code_version=c.code_version,
             git_sha=c.git_sha,
-            subscriptions=[],
-            message_ids=[],
-            extra={
-                "tidegate_table": f"aggregates/{spec.name}",
-                "tidegate_source": c.raw_uri,
-                "tidegate_raw_version": c.raw_version,
-                "tidegate_aggregate_spec": c.spec_json,
-                "tidegate_written_by": "replay",
-                "tidegate_replay_since": c.since or "",
-                "tidegate_replay_until": c.until or "",
-            },
+            written_by="replay",
+            source=c.raw_uri,
+            raw_version=c.raw_version,
+            replay_since=c.since or "",
+            replay_until=c.until or "",
         )
         replace_all(
             c.lake,
@@ -510,19 +503,14 @@ class WriteAggregatePanesFn(beam.DoFn):
         self.buffer.append(pane)
 
     def finish_bundle(self) -> None:
-        from lake.projection import apply_panes
+        from lake.projection import aggregate_commit_meta, apply_panes
 
         if not self.buffer:
             return
         c = self.config
-        meta = {
-            "tidegate_run_id": c.run_id,
-            "tidegate_version": c.code_version,
-            "tidegate_git_sha": c.git_sha,
-            "tidegate_table": f"aggregates/{self.spec.name}",
-            "tidegate_aggregate_spec": c.spec_json,
-            "tidegate_written_by": "stream",
-        }
+        meta = aggregate_commit_meta(
+            self.spec, run_id=c.run_id, code_version=c.code_version, git_sha=c.git_sha, written_by="stream"
+        )
         self.written.inc(
             apply_panes(
                 c.lake, self.spec, self.schema, self.buffer, run_id=c.run_id, metadata=meta, storage=c.storage
