@@ -138,9 +138,7 @@ def build(
     chunks = messages | "ToChunks" >> ToChunks(chunk_size, chunk_seconds, shards)
     ingested = chunks | "Ingest" >> Ingest(config)
     for spec in specs:
-        rows = ingested.rows | f"Rows/{spec.name}" >> beam.Filter(
-            lambda r, t=spec.source: r["event_type"] == t
-        )
+        rows = ingested.rows | f"Rows/{spec.name}" >> beam.Filter(lambda c, t=spec.source: c[0] == t)
         windowed = rows | f"ComputeWindowedAggregates/{spec.name}" >> ComputeWindowedAggregates(
             StreamingAggregateConfig(spec.model_dump_json(), early_firing_seconds)
         )

@@ -37,14 +37,15 @@ def at(s: float) -> datetime:
 
 
 def run(spec: Any, steps: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[pl.DataFrame]]:
-    """Feed rows / watermark moves through ComputeWindowedAggregates; collect panes and late pairs."""
+    """Feed commits of rows / watermark moves through ComputeWindowedAggregates (each "rows" step
+    is one raw commit, as the raw writer hands them over); collect panes and late pairs."""
     import uuid
 
     key = uuid.uuid4().hex
     stream = BeamTestStream()
     for kind, value in steps:
         if kind == "rows":
-            stream = stream.add_elements(value)
+            stream = stream.add_elements([(spec.source, value)])
         else:
             stream = stream.advance_watermark_to(value.timestamp())
     stream = stream.advance_watermark_to_infinity()

@@ -340,7 +340,9 @@ class StreamingAggregateConfig:
 
 
 class SplitLateFn(beam.DoFn):
-    """Committed raw rows (dicts) -> on-time rows timestamped by event time; late pairs tagged."""
+    """The rows one raw commit inserted, as (event type, [row dicts]) -> one element per on-time
+    (event, window) pair, timestamped by event time; late pairs tagged. The lateness rule runs
+    once per commit on a frame (lake.aggregates.split), not once per event."""
 
     def __init__(self, spec_json: str) -> None:
         self.spec_json = spec_json
@@ -349,28 +351,27 @@ class SplitLateFn(beam.DoFn):
         self.spec = AggregateSpec.model_validate_json(self.spec_json)
         self.late_counter = Metrics.counter("tidegate", f"late_{self.spec.name}")
 
-    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+    def process(self, committed: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
         from apache_beam.transforms.window import TimestampedValue
 
-        # rows without a session key are never sessionized (lake.aggregates.assign): nothing to do
-        anonymous = self.spec.window.type == "session" and any(row.get(k) is None for k in self.spec.keys)
+        _, rows = committed
+        if not rows:
+            return
         frame = pl.DataFrame(
-            {
-                "event_id": [row["event_id"]],
-                "event_time": [row["event_time"]],
-                "seen_max_event_time": [row.get("seen_max_event_time")],
-                **{k: [row.get(k)] for k in self.spec.keys},
-            },
+            rows,
             schema_overrides={
                 "event_time": pl.Datetime("us", "UTC"),
                 "seen_max_event_time": pl.Datetime("us", "UTC"),
             },
+            infer_schema_length=None,
         )
-        parts = agg.split(frame.head(0) if anonymous else frame, self.spec)
+        parts = agg.split(frame, self.spec)  # (session rows without a key are never assigned)
         if parts.late.height:
             self.late_counter.inc(parts.late.height)
             yield TaggedOutput(LATE, agg.late_pairs_of(parts.late, self.spec))
-        for ws, we in parts.on_time.select("window_start", "window_end").iter_rows():
+        by_id = {r["event_id"]: r for r in rows}
+        for event_id, ws, we in parts.on_time.select("event_id", "window_start", "window_end").iter_rows():
+            row = by_id[event_id]
             yield TimestampedValue(
                 {**row, "_window": (ws.timestamp(), we.timestamp())}, row["event_time"].timestamp()
             )
@@ -427,7 +428,8 @@ class WindowedAggregates(NamedTuple):
 
 
 class ComputeWindowedAggregates(beam.PTransform):
-    """Streaming: committed raw rows -> one row per (window, keys) pane.
+    """Streaming: committed raw rows, (event type, [rows]) per commit -> one row per (window,
+    keys) pane.
 
     Windows by event time (element timestamps = ce-time); trigger: at the watermark, with early
     firings every `early_firing_seconds` of processing time and a late firing for every late
@@ -438,11 +440,11 @@ class ComputeWindowedAggregates(beam.PTransform):
         super().__init__()
         self.config = config
 
-    def expand(self, rows: PCollection) -> WindowedAggregates:
+    def expand(self, committed: PCollection) -> WindowedAggregates:
         from apache_beam.transforms import trigger
 
         spec = self.config.spec
-        split = rows | "SplitLate" >> beam.ParDo(SplitLateFn(self.config.spec_json)).with_outputs(
+        split = committed | "SplitLate" >> beam.ParDo(SplitLateFn(self.config.spec_json)).with_outputs(
             LATE, main="on_time"
         )
         lateness = agg._seconds(spec.allowed_lateness) + agg._seconds(spec.out_of_orderness)

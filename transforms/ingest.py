@@ -312,14 +312,14 @@ class WriteRawHistoryFn(_WriterFn):
             if emit:
                 from lake.rows import committed_rows
 
-                for row in committed_rows(
+                rows = committed_rows(
                     raw_uri(self.config.lake, event_type),
                     batch_id=",".join(batch_ids),
                     dates=sorted({e.envelope.time.date() for e in events}),
                     columns=emit,
                     storage_options=self.config.storage,
-                ):
-                    yield TaggedOutput(ROWS, _global({**row, "event_type": event_type}))
+                )
+                yield TaggedOutput(ROWS, _global((event_type, rows)))  # one element per commit
             yield _global(
                 TableCommit(
                     "raw",
@@ -488,7 +488,7 @@ class _Writer(beam.PTransform):
 
 class Ingested(NamedTuple):
     commits: PCollection  # TableCommit per table per bundle
-    rows: PCollection  # committed raw rows (dicts; streaming mode only, see IngestConfig.emit_rows)
+    rows: PCollection  # (event type, [committed raw rows as dicts]) per commit; streaming mode only
 
 
 class WriteRawHistory(_Writer):
