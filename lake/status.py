@@ -5,21 +5,68 @@ on: ledger balance (received = written + duplicates + quarantined), quarantine r
 per aggregate, data-quality pass rate, and publish -> commit latency percentiles of the latest
 ingest run (from the raw rows themselves: ingest_time - pubsub_publish_time).
 
-Subscription backlog is not here: Pub/Sub has no backlog query in its API (on GCP it is the
-Cloud Monitoring metric `subscription/num_undelivered_messages`, see docs/deploy.md), and
-peeking at the emulator would count as delivery attempts.
+Subscription backlog (`backlog()`) comes from Cloud Monitoring on GCP and from a snapshot count
+on the emulator (infra/backlog.py says how, and why that count is safe). The count runs only
+while this process holds the lake's ingest lock: a running local ingest is consuming the
+subscriptions, and the count's final seek would take its leases back.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from infra.backlog import COUNT_LIMIT, BacklogReport
 from lake.read import Lake, scan_table
+
+BACKLOG_MODES = ("auto", "count", "monitoring", "off")
+
+
+def backlog(
+    lake: Lake,
+    mode: str,
+    *,
+    address: str,
+    project: str,
+    emulator_explicit: bool,
+    limit: int = COUNT_LIMIT,
+) -> BacklogReport:
+    """Backlog of every catalog subscription plus the dead-letter subscription.
+
+    mode `auto`: Cloud Monitoring when the lake is remote (gs://...) and no emulator was named
+    (--emulator / $PUBSUB_EMULATOR_HOST), else a count on the emulator at `address`."""
+    from infra.backlog import emulator_backlog, monitoring_backlog
+    from pipelines.local import lake_lock
+    from tidegate.errors import TidegateError
+
+    subs = [s.subscription for s in lake.catalog.streams]
+    subs = list(dict.fromkeys([*subs, lake.catalog.dead_letter.subscription]))
+    if mode == "off":
+        return BacklogReport("off", [], "not asked for (--backlog off)")
+    remote = "://" in lake.root and not lake.root.startswith("file://")
+    if mode == "monitoring" or (mode == "auto" and remote and not emulator_explicit):
+        return monitoring_backlog(project, subs)
+    local_root = Path(lake.root.removeprefix("file://"))
+    if not remote and not local_root.exists():  # no lake yet, so no ingest either
+        return emulator_backlog(address, project, subs, limit)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lake_lock(lake.root))
+        except TidegateError:
+            return BacklogReport(
+                "emulator count",
+                [],
+                "a local `tidegate ingest` is consuming these subscriptions right now (it holds "
+                "the lake's ingest lock), and counting would take its leases back: its progress "
+                "is in the ledger and latency lines; run status again once it stops",
+            )
+        return emulator_backlog(address, project, subs, limit)
 
 
 def _table(lake: Lake, name: str) -> dict[str, Any] | None:

@@ -24,6 +24,9 @@ from infra.emulator import EmulatorProcess, private_emulator
 from tidegate.catalog import Catalog, load_catalog
 
 _projects = itertools.count(1)
+# google-auth probes the GCE metadata server (a non-loopback address) when it finds no
+# credentials; tests must never send traffic off this machine. Read at google.auth import.
+os.environ["NO_GCE_CHECK"] = "true"
 
 
 @pytest.fixture(scope="session", autouse=True)

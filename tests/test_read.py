@@ -135,11 +135,12 @@ def test_mistakes_say_what_to_do(two_runs, tmp_path: Path) -> None:  # type: ign
         Lake(str(tmp_path / "empty"), catalog=lake.catalog).raw("shop.order.placed")
 
 
-def test_status_shows_every_table_and_the_health_figures(two_runs, cli) -> None:  # type: ignore[no-untyped-def]
+def test_status_shows_every_table_and_the_health_figures(two_runs, pubsub_emulator, cli) -> None:  # type: ignore[no-untyped-def]
     import json
 
     lake, first, second, _ = two_runs
-    r = cli("status", "--json", "--lake", lake.root)
+    where = ("--lake", lake.root, "--emulator", pubsub_emulator.address, "--project", "tg-read-api")
+    r = cli("status", "--json", *where)
     assert r.code == 0, r.text
     report = json.loads(r.out)
     tables = {t["table"]: t for t in report["tables"]}
@@ -157,7 +158,11 @@ def test_status_shows_every_table_and_the_health_figures(two_runs, cli) -> None:
     assert report["latency_seconds"]["p50"] <= report["latency_seconds"]["p99"]
     assert 0 < report["data_quality"]["pass_rate"] <= 1
     assert set(report["late"]) == {a.name for a in lake.catalog.aggregates}
-    human = cli("status", "--lake", lake.root)
+    backlog = {b["subscription"]: b["messages"] for b in report["backlog"]["subscriptions"]}
+    assert backlog == dict.fromkeys(
+        [*(s.subscription for s in lake.catalog.streams), lake.catalog.dead_letter.subscription], 0
+    )  # both runs ingested until idle
+    human = cli("status", *where)
     assert human.code == 0
     assert "✓ ledger" in human.text
     assert "aggregates/revenue_per_currency_1m" in human.text

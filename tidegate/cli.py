@@ -707,24 +707,81 @@ def _print_job(job: dict[str, Any], job_file: Path | None) -> None:
         console.print(f"full spec (portable pipeline graph): {job_file}")
 
 
+def _print_backlog(bl: dict[str, Any]) -> None:
+    if bl["source"] == "off":
+        return
+    if bl["subscriptions"] and any(s["messages"] is not None for s in bl["subscriptions"]):
+        t = Table(title=f"subscription backlog ({bl['source']})")
+        for col, justify in (
+            ("subscription", "left"),
+            ("messages", "right"),
+            ("oldest unacked", "right"),
+            ("measured at", "left"),
+        ):
+            t.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for sub in bl["subscriptions"]:
+            n = sub["messages"]
+            age = sub["oldest_unacked_age_seconds"]
+            t.add_row(
+                sub["subscription"],
+                "?" if n is None else f"{'>= ' if not sub['complete'] else ''}{n:,}",
+                "-" if age is None else f"{age:,.1f}s",
+                (sub["measured_at"] or "-")[:19],
+            )
+        console.print(t)
+    if bl["unavailable"]:
+        console.print(f"[yellow]subscription backlog ({bl['source']}):[/] {escape(bl['unavailable'])}")
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for machines).")] = False,
+    backlog: Annotated[
+        str,
+        typer.Option(
+            help="Subscription backlog from: auto (Cloud Monitoring for a gs:// lake, else a count "
+            "on the emulator), count, monitoring, off.",
+        ),
+    ] = "auto",
+    backlog_limit: Annotated[
+        int, typer.Option(min=1, help="Stop counting an emulator subscription's backlog here.")
+    ] = 20_000,
+    project: Annotated[
+        str | None,
+        typer.Option(help="GCP project of the subscriptions (default: the catalog's).", show_default=False),
+    ] = None,
+    emulator: EmulatorOpt = None,
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """The lake at a glance: every table's version, rows, last commit and age; ledger balance, quarantine, late and data-quality rates; latest publish->commit latency."""
+    """The lake at a glance: every table's version, rows, last commit and age; subscription backlog; ledger balance, quarantine, late and data-quality rates; latest publish->commit latency."""
     from lake.read import Lake
+    from lake.status import BACKLOG_MODES
+    from lake.status import backlog as lake_backlog
     from lake.status import status as lake_status
     from tidegate import settings
 
-    report = lake_status(
-        Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
-    )
+    if backlog not in BACKLOG_MODES:
+        raise TidegateError(
+            f"--backlog {backlog!r} is not one of {', '.join(BACKLOG_MODES)}",
+            hint="e.g. --backlog off to skip it, --backlog monitoring on GCP",
+        )
+    catalog = load_catalog(catalog_path)
+    the_lake = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
+    report = lake_status(the_lake)
+    report["backlog"] = lake_backlog(
+        the_lake,
+        backlog,
+        address=settings.emulator_address(catalog, emulator),
+        project=project or catalog.project,
+        emulator_explicit=bool(emulator or os.environ.get("PUBSUB_EMULATOR_HOST")),
+        limit=backlog_limit,
+    ).as_dict()
     if as_json:
         console.print_json(json.dumps(report, default=str))
         return
     if not report["tables"]:
+        _print_backlog(report["backlog"])
         raise TidegateError(
             f"no tables under {report['lake']}", hint="run `tidegate ingest` (or `tidegate demo`) first"
         )
@@ -748,6 +805,7 @@ def status(
             f"{row['age_seconds']:,.0f}s",
         )
     console.print(t)
+    _print_backlog(report["backlog"])
     if "ledger" in report:
         led = report["ledger"]
         mark = "[green]✓[/]" if led["balanced"] else "[red]✗[/]"
@@ -1166,6 +1224,7 @@ def demo(
     import shutil
 
     from infra import emulator as emu
+    from infra.backlog import emulator_backlog
     from infra.pubsub import provision
     from lake.verify import verify as run_verify
     from tidegate import settings
@@ -1205,6 +1264,18 @@ def demo(
         # sent 2 h late really are late for the aggregates (the first batch has no watermark yet)
         summary = run_local_ingest(
             catalog, proc.address, str(lake), until_idle=1.0, max_wait=1.0, max_batch=max(200, count // 5)
+        )
+        left = emulator_backlog(
+            proc.address,
+            catalog.project,
+            [*(s.subscription for s in catalog.streams), catalog.dead_letter.subscription],
+        )
+        console.print(
+            "   subscription backlog afterwards (counted on the emulator): "
+            + ", ".join(
+                f"{b.subscription} {b.messages if b.messages is not None else '?'}"
+                for b in left.subscriptions
+            )
         )
     finally:
         ctx.__exit__(None, None, None)
