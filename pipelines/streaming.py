@@ -11,6 +11,8 @@
          same lateness rule as local mode, then Beam windows: watermark trigger, early firings,
          a late firing per late element, accumulating panes)
          -> WriteAggregates/<name> (guarded upsert: the newest pane wins; late pairs to the ledger)
+      -> BalanceLedger -> WriteLedger (one `_ledger` row per chunk once its messages are all
+         accounted for; transforms/ledger.py)
 
 On Dataflow, `ReadFromPubSub` acks a message only once the step that read it is durably
 checkpointed, so a crash replays unacked messages; the insert-only MERGE on event id makes the
@@ -126,17 +128,22 @@ def build(
         StreamSinkConfig,
         WriteAggregatePanes,
     )
+    from transforms.ledger import BalanceLedger, WriteLedger
 
     specs = [a for a in catalog.aggregates if a.source in catalog.event_types]
     columns: dict[str, list[str]] = {}
     for spec in specs:
         columns.setdefault(spec.source, []).extend(source_columns(spec))
     config = replace(
-        config, emit_rows=tuple((t, tuple(dict.fromkeys(c))) for t, c in sorted(columns.items()))
+        config,
+        emit_rows=tuple((t, tuple(dict.fromkeys(c))) for t, c in sorted(columns.items())),
+        commit_per_chunk=True,  # every commit belongs to one chunk: the ledger balances per chunk
     )
     messages = pipeline | "ReadEvents" >> ReadEvents(catalog, project, id_label, timestamp_attribute)
     chunks = messages | "ToChunks" >> ToChunks(chunk_size, chunk_seconds, shards)
     ingested = chunks | "Ingest" >> Ingest(config)
+    ledger = chunks | "BalanceLedger" >> BalanceLedger(config, ingested.commits)
+    _ = ledger | "WriteLedger" >> WriteLedger(config)
     for spec in specs:
         rows = ingested.rows | f"Rows/{spec.name}" >> beam.Filter(lambda c, t=spec.source: c[0] == t)
         windowed = rows | f"ComputeWindowedAggregates/{spec.name}" >> ComputeWindowedAggregates(

@@ -64,6 +64,9 @@ class IngestConfig:
     # streaming mode: per event type, the columns of committed raw rows to emit downstream
     # (to the windowed aggregates); empty in local mode, where aggregates project from Delta
     emit_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # streaming mode: the raw and quarantine writers commit once per chunk (not per bundle), so
+    # every commit belongs to exactly one chunk and the ledger can balance chunk by chunk
+    commit_per_chunk: bool = False
 
     @property
     def storage(self) -> dict[str, str] | None:
@@ -259,10 +262,13 @@ class WriteRawHistoryFn(_WriterFn):
         self.buffer: dict[str, list[ValidEvent]] = defaultdict(list)
         self.batch_ids: dict[str, set[str]] = defaultdict(set)
 
-    def process(self, typed: Typed) -> None:
+    def process(self, typed: Typed) -> Iterator[WindowedValue | TaggedOutput]:
         for e in typed.events:
             self.buffer[e.contract.event_type].append(e)
             self.batch_ids[e.contract.event_type].add(typed.batch_id)
+        if self.config.commit_per_chunk:
+            yield from self.finish_bundle()
+            self.start_bundle()
 
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput]:
         import time
@@ -347,11 +353,14 @@ class WriteQuarantineFn(_WriterFn):
         self.buffer: list[Rejection] = []
         self.batch_ids: set[str] = set()
 
-    def process(self, rejected: Rejected) -> None:
+    def process(self, rejected: Rejected) -> Iterator[WindowedValue]:
         self.buffer += rejected.rejections
         self.batch_ids.add(rejected.batch_id)
         for r in rejected.rejections:
             Metrics.counter("tidegate", f"quarantined_{r.stage}_{r.failures[0].rule}").inc()
+        if self.config.commit_per_chunk:
+            yield from self.finish_bundle()
+            self.start_bundle()
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         from lake.rows import quarantine_rows
