@@ -108,7 +108,7 @@ def _offline() -> None:
     os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
 
 
-def require_credentials() -> None:
+def require_credentials(purpose: str = "to launch a Dataflow job with") -> None:
     """Fail fast with what to do when there are no Google credentials (Beam would otherwise
     retry for minutes while building the job)."""
     import google.auth
@@ -118,9 +118,9 @@ def require_credentials() -> None:
         google.auth.default()
     except DefaultCredentialsError:
         raise TidegateError(
-            "no Google credentials to launch a Dataflow job with",
-            hint="run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS); "
-            "--dry-run builds the job without any",
+            f"no Google credentials {purpose}",
+            hint="run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS)"
+            + ("; --dry-run builds the job without any" if "Dataflow" in purpose else ""),
         ) from None
 
 

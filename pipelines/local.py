@@ -174,7 +174,10 @@ class LocalIngest:
         options: LocalOptions,
         project: str | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
+        subscriptions: list[str] | None = None,
     ) -> None:
+        """`subscriptions`: read these instead of the catalog streams' (e.g. the dead-letter
+        subscription: messages are validated by their content, not by where they came from)."""
         self.catalog = catalog
         self.address = address
         self.config = config
@@ -183,9 +186,8 @@ class LocalIngest:
         self.on_batch = on_batch
         self.stop_requested = False
         self.client = subscriber(address)
-        self.paths = {
-            subscription_path(self.project, s.subscription): s.subscription for s in catalog.streams
-        }
+        names = subscriptions or [s.subscription for s in catalog.streams]
+        self.paths = {subscription_path(self.project, name): name for name in names}
         self._seq = 0
         self._projector: Any = None
         self._background: _BackgroundProjector | None = None

@@ -265,3 +265,71 @@ def test_monitoring_without_credentials_says_what_to_run(monkeypatch) -> None:  
     report = monitoring_backlog("acme-data", ["shop-orders-tidegate"])
     assert report.subscriptions == []
     assert "gcloud auth application-default login" in (report.unavailable or "")
+
+
+# -- dead letters -----------------------------------------------------------------------
+
+
+@pytest.mark.emulator
+def test_dead_letters_are_swept_into_the_lake_and_nothing_is_lost(
+    pubsub_emulator, catalog, project, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """Pub/Sub moves a message aside after max_delivery_attempts (a pipeline that crashed on it,
+    or an outage). `ingest --dead-letters` lands those like any message, and status shows the
+    dead-letter subscription drained."""
+    import polars as pl
+
+    provision(catalog, pubsub_emulator.address, project)
+    produce(pubsub_emulator, catalog, project, tmp_path / "m.jsonl", count=300, seed=8, invalid_rate=0.1)
+    manifest = [json.loads(line) for line in (tmp_path / "m.jsonl").open()]
+    stream = catalog.streams[0]
+    sent = [m for m in manifest if m["topic"] == stream.topic]
+    path = subscription_path(project, stream.subscription)
+    client = subscriber(pubsub_emulator.address)
+    # A consumer that fails on every delivery: nack until Pub/Sub gives up on the messages.
+    for _ in range(catalog.dead_letter.max_delivery_attempts + 2):
+        while received := pull_now(client, path, 100):
+            client.modify_ack_deadline(
+                subscription=path, ack_ids=[r.ack_id for r in received], ack_deadline_seconds=0
+            )
+            if all(r.delivery_attempt > catalog.dead_letter.max_delivery_attempts for r in received):
+                break
+    dead = catalog.dead_letter.subscription
+    where = ("--emulator", pubsub_emulator.address, "--project", project)
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    before = json.loads(cli("status", "--json", "--lake", lake, *where).out)["backlog"]
+    moved = {s["subscription"]: s["messages"] for s in before["subscriptions"]}
+    assert moved[stream.subscription] == 0
+    assert moved[dead] == len(sent)
+
+    r = cli("ingest", "--dead-letters", "--until-idle", "1", "--lake", lake, *where)
+    assert r.code == 0, r.text
+    raw = pl.read_delta(str(lake / "raw" / stream.event_type))
+    valid = {m["ce_id"] for m in sent if m["expect"] == "raw"}
+    assert set(raw.get_column("event_id")) == valid
+    assert set(raw.get_column("subscription")) == {dead}  # lineage says where it came from
+    quarantined = pl.read_delta(str(lake / "quarantine")).height
+    assert quarantined == sum(1 for m in sent if m["expect"] == "quarantine")
+    after = json.loads(cli("status", "--json", "--lake", lake, *where).out)
+    assert after["ledger"]["balanced"] is True
+    assert after["ledger"]["received"] == len(sent)
+    assert {s["subscription"]: s["messages"] for s in after["backlog"]["subscriptions"]}[dead] == 0
+    client.close()
+
+
+def test_ingest_from_gcp_without_credentials_says_what_to_run(cli, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    def no_credentials(*a: Any, **k: Any) -> Any:
+        raise DefaultCredentialsError("none")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    r = cli("ingest", "--dead-letters", "--gcp", "--project", "acme-data", "--lake", tmp_path / "lake")
+    assert r.code == 2
+    assert "no Google credentials to pull from Pub/Sub with" in r.text
+    assert "gcloud auth application-default login" in r.text
+    wrong = cli("ingest", "--dead-letters", "--mode", "streaming", "--dry-run")
+    assert wrong.code == 2
+    assert "--dead-letters and --gcp are for --mode local" in wrong.text

@@ -387,7 +387,7 @@ def _ingest_config(catalog: Catalog, lake: str, production: bool) -> IngestConfi
 
 def run_local_ingest(
     catalog: Catalog,
-    address: str,
+    address: str | None,
     lake: str,
     *,
     max_batch: int = 20_000,
@@ -396,6 +396,8 @@ def run_local_ingest(
     follow: bool = False,
     production: bool = False,
     quiet: bool = False,
+    subscriptions: list[str] | None = None,
+    project: str | None = None,
 ) -> RunSummary:
     from lake.pii import is_production, load_protector
     from pipelines.local import LocalIngest, LocalOptions
@@ -422,7 +424,9 @@ def run_local_ingest(
         address,
         config,
         LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=until_idle, follow=follow),
+        project=project,
         on_batch=show,
+        subscriptions=subscriptions,
     )
     return ingest.run()
 
@@ -460,7 +464,8 @@ def ingest(
         ),
     ] = False,
     project: Annotated[
-        str | None, typer.Option(help="streaming: GCP project (default: the catalog's).", show_default=False)
+        str | None,
+        typer.Option(help="GCP project of the subscriptions (default: the catalog's).", show_default=False),
     ] = None,
     region: Annotated[str, typer.Option(help="streaming: Dataflow region.")] = "europe-west1",
     temp_location: Annotated[
@@ -471,6 +476,22 @@ def ingest(
         Path | None,
         typer.Option(help="streaming --dry-run: also write the job spec (JSON) here.", show_default=False),
     ] = None,
+    dead_letters: Annotated[
+        bool,
+        typer.Option(
+            "--dead-letters",
+            help="local: read the catalog's dead-letter subscription instead: what Pub/Sub moved aside "
+            "lands like any message (valid events in raw, the rest in quarantine with their reason).",
+        ),
+    ] = False,
+    gcp: Annotated[
+        bool,
+        typer.Option(
+            "--gcp",
+            help="local: pull from real Pub/Sub in --project (Application Default Credentials) instead "
+            "of the emulator, e.g. to sweep a Dataflow deployment's dead letters into its gs:// lake.",
+        ),
+    ] = False,
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
     emulator: EmulatorOpt = None,
@@ -481,6 +502,12 @@ def ingest(
     catalog = load_catalog(catalog_path)
     if mode not in ("local", "streaming"):
         raise typer.BadParameter("must be 'local' or 'streaming'", param_hint="--mode")
+    if mode == "streaming" and (dead_letters or gcp):
+        raise TidegateError(
+            "--dead-letters and --gcp are for --mode local",
+            hint="the Dataflow job reads the stream subscriptions; sweep its dead letters with "
+            "`tidegate ingest --dead-letters --gcp --project P --lake gs://...`",
+        )
     if mode == "streaming":
         _streaming(
             catalog,
@@ -493,8 +520,15 @@ def ingest(
             job_file,
         )
         return
-    address = settings.emulator_address(catalog, emulator)
-    _require_emulator(address)
+    address: str | None
+    if gcp:
+        from pipelines.dataflow import require_credentials
+
+        require_credentials("to pull from Pub/Sub with")
+        address = None
+    else:
+        address = settings.emulator_address(catalog, emulator)
+        _require_emulator(address)
     lake_root = settings.lake_path(lake)
     summary = run_local_ingest(
         catalog,
@@ -505,6 +539,8 @@ def ingest(
         until_idle=None if follow else until_idle,
         follow=follow,
         production=production,
+        subscriptions=[catalog.dead_letter.subscription] if dead_letters else None,
+        project=project,
     )
     rate = summary.received / summary.seconds if summary.seconds else 0.0
     console.print(
