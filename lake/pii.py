@@ -11,9 +11,14 @@ encrypted (Fernet: AES-128-CBC + HMAC-SHA256, key derived from the same secret w
 the human-readable `payload_preview` has PII fields tokenized and anything that looks like an
 e-mail address masked.
 
-The key comes from `TIDEGATE_PII_KEY` (the secret itself, >= 32 characters) or
-`TIDEGATE_PII_KEY_FILE` (a file holding it, e.g. a mounted Secret Manager secret). Without
-one, a fixed development key is used with a warning, and `TIDEGATE_ENV=production` (or
+The key comes from, in this order: `TIDEGATE_PII_KEY` (the secret itself, >= 32
+characters); `TIDEGATE_PII_KEY_FILE` (a file holding it, e.g. a mounted secret); a Secret
+Manager secret version (`projects/P/secrets/S/versions/latest`), named by
+`TIDEGATE_PII_KEY_SECRET` or passed in (`IngestConfig.pii_key_secret`: how Dataflow workers,
+which do not see the launcher's environment, get it; `tidegate deploy dataflow` passes the
+secret's *name*, never the key, and Terraform grants the pipeline's service account
+`secretAccessor` on that one secret only). Fetched once per process. Without any of them, a
+fixed development key is used with a warning, and `TIDEGATE_ENV=production` (or
 `--production`) refuses to run. `key_id` (first 12 hex of SHA-256 of the key) goes into
 lineage so tokens made under different keys are never compared by mistake.
 
@@ -23,6 +28,7 @@ lineage so tokens made under different keys are never compared by mistake.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -42,6 +48,7 @@ from tidegate.errors import ConfigError
 
 KEY_ENV = "TIDEGATE_PII_KEY"
 KEY_FILE_ENV = "TIDEGATE_PII_KEY_FILE"
+KEY_SECRET_ENV = "TIDEGATE_PII_KEY_SECRET"  # noqa: S105 - the name of a variable, not a secret
 ENV_ENV = "TIDEGATE_ENV"
 DEV_KEY = b"tidegate-development-key-do-not-use-in-production"
 # Bounded repeats (RFC 5321 limits): an unbounded local part backtracks quadratically on
@@ -110,10 +117,57 @@ def is_production(flag: bool = False) -> bool:
     return flag or os.environ.get(ENV_ENV, "").lower() in ("prod", "production")
 
 
-def load_protector(production: bool | None = None) -> tuple[PiiProtector, str | None]:
-    """The protector for this process and a warning to show, if any."""
+def secret_manager_client() -> Any:
+    """Secret Manager's client with Application Default Credentials."""
+    from google.cloud import secretmanager_v1
+
+    return secretmanager_v1.SecretManagerServiceClient()
+
+
+SECRET_ID = "tidegate-pii-key"  # noqa: S105 - the secret's id (infra/terraform), not its value
+
+
+def default_secret(project: str) -> str:
+    """The secret version infra/terraform provides for the key, in `project`."""
+    return f"projects/{project}/secrets/{SECRET_ID}/versions/latest"
+
+
+_SECRET_RE = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")
+
+
+@functools.lru_cache(maxsize=4)
+def fetch_secret(name: str) -> bytes:
+    """The payload of a Secret Manager secret version, once per process per name."""
+    from google.api_core import exceptions as gexc
+
+    if not _SECRET_RE.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a Secret Manager secret version",
+            hint="e.g. projects/acme-data/secrets/tidegate-pii-key/versions/latest",
+        )
+    try:
+        response = secret_manager_client().access_secret_version(request={"name": name}, timeout=30)
+    except gexc.PermissionDenied:
+        raise ConfigError(
+            f"not allowed to read the PII key secret {name}",
+            hint="grant roles/secretmanager.secretAccessor on that secret (infra/terraform does, to the pipeline's service account)",
+        ) from None
+    except gexc.NotFound:
+        raise ConfigError(
+            f"the PII key secret {name} does not exist (or has no enabled version)",
+            hint=f"add one: python -c 'import secrets; print(secrets.token_hex(32))' | gcloud secrets versions add {name.split('/')[3]} --data-file=-",
+        ) from None
+    return bytes(response.payload.data).strip()
+
+
+def load_protector(
+    production: bool | None = None, secret: str | None = None
+) -> tuple[PiiProtector, str | None]:
+    """The protector for this process and a warning to show, if any. `secret`: a Secret
+    Manager secret version to read the key from (after the two environment variables)."""
     production = is_production(bool(production))
     key: bytes | None = None
+    secret = secret or os.environ.get(KEY_SECRET_ENV) or None
     if os.environ.get(KEY_ENV):
         key = os.environ[KEY_ENV].encode()
     elif os.environ.get(KEY_FILE_ENV):
@@ -122,6 +176,8 @@ def load_protector(production: bool | None = None) -> tuple[PiiProtector, str | 
             key = path.read_bytes().strip()
         except OSError as exc:
             raise ConfigError(f"{KEY_FILE_ENV}={path} cannot be read: {exc}") from None
+    elif secret:
+        key = fetch_secret(secret)
     if key is not None:
         if len(key) < 32:
             raise ConfigError(
@@ -132,7 +188,7 @@ def load_protector(production: bool | None = None) -> tuple[PiiProtector, str | 
     if production:
         raise ConfigError(
             "production mode needs a PII key: refusing to tokenize with the development key",
-            hint=f"set {KEY_ENV} or {KEY_FILE_ENV} (a secret of >= 32 characters)",
+            hint=f"set {KEY_ENV}, {KEY_FILE_ENV} or {KEY_SECRET_ENV} (a secret of >= 32 characters)",
         )
     return (
         PiiProtector(DEV_KEY, development=True),

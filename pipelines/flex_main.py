@@ -32,6 +32,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--production", default="true", choices=["true", "false"], help="refuse the development PII key"
     )
+    p.add_argument(
+        "--pii_key_secret",
+        help="Secret Manager secret version holding the PII key "
+        "(default: projects/<project>/secrets/tidegate-pii-key/versions/latest)",
+    )
     return p
 
 
@@ -57,17 +62,20 @@ def main(argv: list[str] | None = None) -> None:
 
     pipeline = beam.Pipeline(options=options)
     if args.mode == "streaming":
-        from lake.pii import load_protector
+        from lake.pii import default_secret, load_protector
 
-        load_protector(args.production == "true")  # fail at launch, not on the first bundle
+        production = args.production == "true"
+        secret = args.pii_key_secret or (default_secret(target.project) if production else None)
+        load_protector(production, secret)  # fail at launch, not on the first bundle
         config = IngestConfig(
             lake=args.lake,
             run_id=new_run_id(),
             catalog_path=str(catalog.path),
             code_version=code_version(),
             git_sha=git_sha(),
-            production=args.production == "true",
+            production=production,
             storage_options=tuple(sorted((settings.storage_options() or {}).items())),
+            pii_key_secret=secret,
         )
         build_streaming(pipeline, catalog, target, config)
     else:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from infra.backlog import SNAPSHOT_PREFIX, count_backlog, monitoring_backlog
 from infra.pubsub import provision, pull_now, subscriber, subscription_path
 from pipelines.local import lake_lock
+from tests.gcp_fakes import grpc_service
 from tests.test_ingest import ingest, produce
 
 
@@ -186,28 +186,9 @@ def monitoring() -> Iterator[tuple[_FakeMonitoring, Any]]:
             },
         }
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handler = grpc.unary_unary_rpc_method_handler(
-        fake.list_time_series,
-        request_deserializer=ListTimeSeriesRequest.deserialize,
-        response_serializer=ListTimeSeriesResponse.serialize,
-    )
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "google.monitoring.v3.MetricService", {"ListTimeSeries": handler}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    client = monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
-    try:
-        yield fake, client
-    finally:
-        channel.close()
-        server.stop(0)
+    methods = {"ListTimeSeries": (fake.list_time_series, ListTimeSeriesRequest, ListTimeSeriesResponse)}
+    with grpc_service("google.monitoring.v3.MetricService", methods) as channel:
+        yield fake, monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
 
 
 def test_monitoring_backlog_takes_the_newest_sample_per_subscription(monitoring) -> None:  # type: ignore[no-untyped-def]

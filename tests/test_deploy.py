@@ -156,6 +156,7 @@ ALLOWED = {
     ("google_storage_bucket_iam_member", "roles/storage.objectAdmin"),
     ("google_storage_bucket_iam_member", "roles/storage.objectViewer"),
     ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
+    ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
 }
 
 
@@ -319,6 +320,19 @@ def test_deploy_launches_and_prints_the_console_url(cli, monkeypatch) -> None:  
     from apache_beam.io.gcp import gcsio
     from google.auth.credentials import AnonymousCredentials
 
+    import pipelines.dataflow
+    from tests.gcp_fakes import secret_manager
+
+    configs: list[Any] = []
+    build = pipelines.dataflow.build_streaming
+
+    def recording(p: Any, catalog: Any, target: Any, config: Any) -> None:
+        configs.append(config)
+        build(p, catalog, target, config)
+
+    monkeypatch.setattr(pipelines.dataflow, "build_streaming", recording)
+    secret = "projects/acme-data/secrets/tidegate-pii-key/versions/latest"
+
     monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "acme-data"))
     # Beam asks GCS about the temp bucket's soft-delete policy while validating the options
     monkeypatch.setattr(gcsio.GcsIO, "is_soft_delete_enabled", lambda self, path: False)
@@ -329,26 +343,32 @@ def test_deploy_launches_and_prints_the_console_url(cli, monkeypatch) -> None:  
         ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9"),  # any other GCS call: loopback, refused
     ):
         monkeypatch.setenv(var, value)  # nothing may look for GCP beyond loopback
-    r = cli(
-        *DEPLOY,
-        "--streaming",
-        "--update",
-        "--image",
-        "europe-west1-docker.pkg.dev/acme-data/tidegate/tidegate:abc",
-        "--service-account",
-        "tidegate-pipeline@acme-data.iam.gserviceaccount.com",
-    )
-    assert r.code == 0, r.text
-    assert "updated Dataflow job tidegate-ingest" in r.text
-    assert (
-        "https://console.cloud.google.com/dataflow/jobs/europe-west1/2026-11-26_12_00_00-1234567890?project=acme-data"
-        in r.text
-    )
+    with secret_manager({secret: b"p" * 64}, monkeypatch) as fake_sm:
+        r = cli(
+            *DEPLOY,
+            "--streaming",
+            "--update",
+            "--image",
+            "europe-west1-docker.pkg.dev/acme-data/tidegate/tidegate:abc",
+            "--service-account",
+            "tidegate-pipeline@acme-data.iam.gserviceaccount.com",
+        )
+        assert r.code == 0, r.text
+        assert "updated Dataflow job tidegate-ingest" in r.text
+        assert (
+            "https://console.cloud.google.com/dataflow/jobs/europe-west1/2026-11-26_12_00_00-1234567890?project=acme-data"
+            in r.text
+        )
     opts = seen[0]
     assert opts["update"] is True
     assert opts["sdk_container_image"].endswith("tidegate:abc")
     assert opts["service_account_email"].startswith("tidegate-pipeline@")
     assert "dry_run" not in opts
+    # The workers get the PII key's secret name (the launch checked it can be read), never the key.
+    assert fake_sm.requests == [secret]
+    assert configs[0].production is True
+    assert configs[0].pii_key_secret == secret
+    assert "p" * 64 not in repr(configs[0]) + json.dumps(opts, default=str)
 
 
 def test_deploy_without_credentials_says_how_to_get_them(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]

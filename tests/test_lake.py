@@ -136,6 +136,46 @@ def test_key_handling(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         load_protector()
 
 
+SECRET = "projects/acme-data/secrets/tidegate-pii-key/versions/latest"
+
+
+def test_the_key_comes_from_secret_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How Dataflow workers get the key: the config carries the secret's name, each worker
+    process reads the value once (a loopback Secret Manager stands in for Google's)."""
+    from lake.pii import fetch_secret
+    from tests.gcp_fakes import secret_manager
+
+    for var in ("TIDEGATE_PII_KEY", "TIDEGATE_PII_KEY_FILE", "TIDEGATE_PII_KEY_SECRET", "TIDEGATE_ENV"):
+        monkeypatch.delenv(var, raising=False)
+    with secret_manager({SECRET: b"k" * 64 + b"\n"}, monkeypatch) as fake:
+        protector, warning = load_protector(production=True, secret=SECRET)
+        assert protector.key == b"k" * 64
+        assert warning is None
+        assert not protector.development
+        load_protector(production=True, secret=SECRET)
+        assert fake.requests == [SECRET]  # once per process, not per bundle
+        monkeypatch.setenv("TIDEGATE_PII_KEY_SECRET", SECRET)
+        assert load_protector(production=True)[0].key == b"k" * 64  # or named by the environment
+        monkeypatch.setenv("TIDEGATE_PII_KEY", "e" * 40)
+        assert load_protector(production=True, secret=SECRET)[0].key == b"e" * 40  # explicit key wins
+        monkeypatch.delenv("TIDEGATE_PII_KEY")
+
+        missing = SECRET.replace("tidegate-pii-key", "nope")
+        with pytest.raises(ConfigError, match="does not exist") as exc:
+            load_protector(production=True, secret=missing)
+        assert "gcloud secrets versions add nope" in (exc.value.hint or "")
+        fake.denied.add(SECRET)
+        fetch_secret.cache_clear()
+        with pytest.raises(ConfigError, match="not allowed to read") as exc:
+            load_protector(production=True, secret=SECRET)
+        assert "secretAccessor" in (exc.value.hint or "")
+        with pytest.raises(ConfigError, match="is not a Secret Manager secret version"):
+            load_protector(secret="tidegate-pii-key")
+        fake.secrets["projects/acme-data/secrets/short/versions/1"] = b"too short"
+        with pytest.raises(ConfigError, match="at least 32"):
+            load_protector(secret="projects/acme-data/secrets/short/versions/1")
+
+
 def _checked(catalog, registry, validator, **kw):  # type: ignore[no-untyped-def]
     config = ProduceConfig(types=("shop.order.placed",), count=600, seed=13, **kw)
     msgs = list(generate(config, catalog, registry))

@@ -368,7 +368,9 @@ LakeOpt = Annotated[
 ]
 
 
-def _ingest_config(catalog: Catalog, lake: str, production: bool) -> IngestConfig:
+def _ingest_config(
+    catalog: Catalog, lake: str, production: bool, pii_key_secret: str | None = None
+) -> IngestConfig:
     from pipelines.local import new_run_id
     from tidegate import settings
     from tidegate.version import code_version, git_sha
@@ -382,6 +384,7 @@ def _ingest_config(catalog: Catalog, lake: str, production: bool) -> IngestConfi
         git_sha=git_sha(),
         production=production,
         storage_options=tuple(sorted((settings.storage_options() or {}).items())),
+        pii_key_secret=pii_key_secret,
     )
 
 
@@ -650,6 +653,14 @@ def deploy_dataflow(
     production: Annotated[
         bool, typer.Option("--production", help="Refuse to run without a real PII key.")
     ] = True,
+    pii_key_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="--streaming: Secret Manager secret version the workers read the PII key from "
+            "(default: projects/<project>/secrets/tidegate-pii-key/versions/latest, made by infra/terraform).",
+            show_default=False,
+        ),
+    ] = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Launch (or with --dry-run, build offline and print) the streaming ingest or a batch replay on Dataflow."""
@@ -690,7 +701,16 @@ def deploy_dataflow(
         update=update,
     )
     if streaming:
-        config = _ingest_config(catalog, lake, production and not dry_run)
+        from lake.pii import default_secret, load_protector
+
+        secret = pii_key_secret or (default_secret(project) if production else None)
+        if not dry_run:
+            from pipelines.dataflow import require_credentials
+
+            require_credentials()
+            # the launcher reads it once too: a missing secret or grant fails here, not on workers
+            load_protector(production, secret)
+        config = _ingest_config(catalog, lake, production and not dry_run, pii_key_secret=secret)
         name = default_name("ingest", target)
         job = run(
             "streaming",

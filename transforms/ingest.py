@@ -67,6 +67,8 @@ class IngestConfig:
     # streaming mode: the raw and quarantine writers commit once per chunk (not per bundle), so
     # every commit belongs to exactly one chunk and the ledger can balance chunk by chunk
     commit_per_chunk: bool = False
+    # Secret Manager secret version holding the PII key (workers fetch it; see lake/pii.py)
+    pii_key_secret: str | None = None
 
     @property
     def storage(self) -> dict[str, str] | None:
@@ -225,7 +227,7 @@ class _WriterFn(_CatalogFn):
         super().setup()
         from lake.pii import load_protector
 
-        self.protector, _warning = load_protector(self.config.production)
+        self.protector, _warning = load_protector(self.config.production, self.config.pii_key_secret)
 
     def _meta(self, batch_ids: list[str], messages: list[RawMessage], **extra: Any) -> dict[str, str]:
         from lake.rows import lineage

@@ -190,6 +190,24 @@ resource "google_artifact_registry_repository_iam_member" "pipeline_images" {
   member     = "serviceAccount:${google_service_account.pipeline.email}"
 }
 
+# The PII key (lake/pii.py): Terraform makes the secret and decides who may read it, never its
+# value (that would put the key into the Terraform state). Add the value once:
+#   python -c 'import secrets; print(secrets.token_hex(32))' | \
+#     gcloud secrets versions add tidegate-pii-key --data-file=-
+resource "google_secret_manager_secret" "pii_key" {
+  secret_id = "tidegate-pii-key"
+  replication {
+    auto {}
+  }
+}
+
+# The workers (and the Flex Template launcher, same account) read that one secret, nothing else.
+resource "google_secret_manager_secret_iam_member" "pipeline_pii_key" {
+  secret_id = google_secret_manager_secret.pii_key.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.pipeline.email}"
+}
+
 # Read-only: the lake bucket's objects, nothing else.
 resource "google_storage_bucket_iam_member" "reader_lake" {
   for_each = toset(concat(["serviceAccount:${google_service_account.reader.email}"], var.analyst_members))

@@ -27,3 +27,8 @@ output "subscriptions" {
   description = "Subscription per event type."
   value       = { for t, s in google_pubsub_subscription.stream : t => s.id }
 }
+
+output "pii_key_secret" {
+  description = "Secret Manager secret version the workers read the PII key from (`tidegate deploy dataflow --pii-key-secret`, the default)."
+  value       = "${google_secret_manager_secret.pii_key.id}/versions/latest"
+}
