@@ -20,6 +20,7 @@ COMMANDS = [
     ["verify"],
     ["lineage"],
     ["bench", "replay"],
+    ["bench", "backlog"],
     ["deploy", "dataflow"],
     ["status"],
     ["docs"],

@@ -339,3 +339,33 @@ def bench_replay(catalog: Catalog, events: int, group_rows: int, progress: Any =
     figures["all_aggregates_seconds"] = round(total, 2)
     figures["peak_rss_mib"] = round(_peak_rss_mib())
     return figures
+
+
+def bench_backlog(catalog: Catalog, messages: int, limit: int, progress: Any = print) -> dict[str, Any]:
+    """How long `tidegate status` takes to count an emulator backlog of `messages` (spread over
+    the catalog's subscriptions by the usual mix), and that counting left every message in place."""
+    from infra.backlog import count_backlog
+
+    registry = ContractRegistry.from_catalog(catalog)
+    with (
+        tempfile.TemporaryDirectory(prefix="tidegate-bench-backlog-") as tmp,
+        emu.private_emulator(Path(tmp)) as proc,
+    ):
+        provision(catalog, proc.address)
+        progress(f"publishing {messages:,} messages to a private emulator ...")
+        report = publish(
+            generate(_mix(catalog, messages, 5), catalog, registry), catalog.project, proc.address, messages
+        )
+        assert report.failed == 0, report.errors
+        client = subscriber(proc.address)
+        subs = [s.subscription for s in catalog.streams]
+        figures: dict[str, Any] = {"messages": messages, "limit": limit}
+        for rnd in ("first", "second"):
+            started = time.perf_counter()
+            counts = [count_backlog(client, catalog.project, s, limit) for s in subs]
+            figures[f"{rnd}_count_s"] = round(time.perf_counter() - started, 2)
+            figures[f"{rnd}_counted"] = sum(c.messages or 0 for c in counts)
+            figures["complete"] = all(c.complete for c in counts)
+        client.close()
+    figures["peak_rss_mib"] = round(_peak_rss_mib())
+    return figures

@@ -1522,6 +1522,27 @@ def bench_replay_cmd(
     _print_figures(f"tidegate bench replay --events {events}", figures, as_json)
 
 
+@bench_app.command("backlog")
+def bench_backlog_cmd(
+    messages: Annotated[int, typer.Option("--messages", "-n", min=100, help="Backlog to publish.")] = 60_000,
+    limit: Annotated[
+        int, typer.Option(help="Count limit per subscription (as status --backlog-limit).")
+    ] = 20_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """How long `tidegate status` takes to count an emulator backlog (snapshot, pull without acking, seek back), twice: the second count finds the same messages."""
+    from tidegate.bench import bench_backlog
+
+    figures = bench_backlog(
+        load_catalog(catalog_path),
+        messages,
+        limit,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    _print_figures(f"tidegate bench backlog --messages {messages} --limit {limit}", figures, as_json)
+
+
 def main() -> None:
     """Console-script entry point: user errors become messages, not tracebacks."""
     debug = bool(os.environ.get("TIDEGATE_DEBUG"))
