@@ -127,9 +127,12 @@ def secret_manager_client() -> Any:
 SECRET_ID = "tidegate-pii-key"  # noqa: S105 - the secret's id (infra/terraform), not its value
 
 
-def default_secret(project: str) -> str:
-    """The secret version infra/terraform provides for the key, in `project`."""
-    return f"projects/{project}/secrets/{SECRET_ID}/versions/latest"
+def worker_secret(project: str, explicit: str | None, production: bool) -> str | None:
+    """The secret version Dataflow workers read the key from: the one asked for, else (in
+    production) the one infra/terraform provides in `project`."""
+    if explicit:
+        return explicit
+    return f"projects/{project}/secrets/{SECRET_ID}/versions/latest" if production else None
 
 
 _SECRET_RE = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")

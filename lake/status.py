@@ -42,11 +42,11 @@ def backlog(
     mode `auto`: Cloud Monitoring when the lake is remote (gs://...) and no emulator was named
     (--emulator / $PUBSUB_EMULATOR_HOST), else a count on the emulator at `address`."""
     from infra.backlog import emulator_backlog, monitoring_backlog
+    from infra.pubsub import desired_subscriptions
     from pipelines.local import lake_lock
     from tidegate.errors import TidegateError
 
-    subs = [s.subscription for s in lake.catalog.streams]
-    subs = list(dict.fromkeys([*subs, lake.catalog.dead_letter.subscription]))
+    subs = [s.name for s in desired_subscriptions(lake.catalog)]  # the streams' + the dead-letter one
     if mode == "off":
         return BacklogReport("off", [], "not asked for (--backlog off)")
     remote = "://" in lake.root and not lake.root.startswith("file://")

@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> None:
     from tidegate import settings
     from tidegate.catalog import load_catalog
     from tidegate.version import code_version, git_sha
-    from transforms.ingest import IngestConfig
 
     args, beam_args = parser().parse_known_args(argv)
     options = PipelineOptions(beam_args, save_main_session=False)
@@ -62,21 +61,13 @@ def main(argv: list[str] | None = None) -> None:
 
     pipeline = beam.Pipeline(options=options)
     if args.mode == "streaming":
-        from lake.pii import default_secret, load_protector
+        from lake.pii import load_protector, worker_secret
+        from pipelines.local import ingest_config
 
         production = args.production == "true"
-        secret = args.pii_key_secret or (default_secret(target.project) if production else None)
+        secret = worker_secret(target.project, args.pii_key_secret, production)
         load_protector(production, secret)  # fail at launch, not on the first bundle
-        config = IngestConfig(
-            lake=args.lake,
-            run_id=new_run_id(),
-            catalog_path=str(catalog.path),
-            code_version=code_version(),
-            git_sha=git_sha(),
-            production=production,
-            storage_options=tuple(sorted((settings.storage_options() or {}).items())),
-            pii_key_secret=secret,
-        )
+        config = ingest_config(catalog, args.lake, production, pii_key_secret=secret)
         build_streaming(pipeline, catalog, target, config)
     else:
         if not args.aggregate:

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from infra.pubsub import Change
     from pipelines.local import BatchOutcome, RunSummary
     from tidegate.producer import ProduceConfig, PublishReport
-    from transforms.ingest import IngestConfig
 
 console = Console()
 err_console = Console(stderr=True)
@@ -368,26 +367,6 @@ LakeOpt = Annotated[
 ]
 
 
-def _ingest_config(
-    catalog: Catalog, lake: str, production: bool, pii_key_secret: str | None = None
-) -> IngestConfig:
-    from pipelines.local import new_run_id
-    from tidegate import settings
-    from tidegate.version import code_version, git_sha
-    from transforms.ingest import IngestConfig
-
-    return IngestConfig(
-        lake=lake,
-        run_id=new_run_id(),
-        catalog_path=str(catalog.path),
-        code_version=code_version(),
-        git_sha=git_sha(),
-        production=production,
-        storage_options=tuple(sorted((settings.storage_options() or {}).items())),
-        pii_key_secret=pii_key_secret,
-    )
-
-
 def run_local_ingest(
     catalog: Catalog,
     address: str | None,
@@ -403,13 +382,13 @@ def run_local_ingest(
     project: str | None = None,
 ) -> RunSummary:
     from lake.pii import is_production, load_protector
-    from pipelines.local import LocalIngest, LocalOptions
+    from pipelines.local import LocalIngest, LocalOptions, ingest_config
 
     production = is_production(production)
     _protector, warning = load_protector(production)
     if warning and not quiet:
         err_console.print(f"[yellow]warning:[/] {warning}")
-    config = _ingest_config(catalog, lake, production)
+    config = ingest_config(catalog, lake, production)
 
     def show(b: BatchOutcome) -> None:
         if not quiet:
@@ -563,6 +542,7 @@ def _streaming(
     temp_location: str | None,
     job_file: Path | None,
 ) -> None:
+    from pipelines.local import ingest_config
     from pipelines.streaming import dataflow_dry_run
 
     if not dry_run:
@@ -581,7 +561,7 @@ def _streaming(
         )
     job = dataflow_dry_run(
         catalog,
-        _ingest_config(catalog, lake, production),
+        ingest_config(catalog, lake, production),
         project=project,
         region=region,
         temp_location=temp_location,
@@ -701,16 +681,17 @@ def deploy_dataflow(
         update=update,
     )
     if streaming:
-        from lake.pii import default_secret, load_protector
+        from lake.pii import load_protector, worker_secret
+        from pipelines.local import ingest_config
 
-        secret = pii_key_secret or (default_secret(project) if production else None)
+        secret = worker_secret(project, pii_key_secret, production)
         if not dry_run:
             from pipelines.dataflow import require_credentials
 
             require_credentials()
             # the launcher reads it once too: a missing secret or grant fails here, not on workers
             load_protector(production, secret)
-        config = _ingest_config(catalog, lake, production and not dry_run, pii_key_secret=secret)
+        config = ingest_config(catalog, lake, production and not dry_run, pii_key_secret=secret)
         name = default_name("ingest", target)
         job = run(
             "streaming",
@@ -1281,7 +1262,7 @@ def demo(
 
     from infra import emulator as emu
     from infra.backlog import emulator_backlog
-    from infra.pubsub import provision
+    from infra.pubsub import desired_subscriptions, provision
     from lake.verify import verify as run_verify
     from tidegate import settings
     from tidegate.producer import ProduceConfig
@@ -1324,7 +1305,7 @@ def demo(
         left = emulator_backlog(
             proc.address,
             catalog.project,
-            [*(s.subscription for s in catalog.streams), catalog.dead_letter.subscription],
+            [s.name for s in desired_subscriptions(catalog)],
         )
         console.print(
             "   subscription backlog afterwards (counted on the emulator): "

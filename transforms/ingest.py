@@ -221,6 +221,30 @@ class TableCommit:
     # quality commits: (event_type, expectation, column, success) per outcome, for lineage
     details: tuple[tuple[str, str, str | None, bool], ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        event_type: str | None,
+        batch_ids: list[str],
+        received: int,
+        result: Any,  # lake.writer.CommitResult
+        details: tuple[tuple[str, str, str | None, bool], ...] = (),
+    ) -> TableCommit:
+        return cls(
+            kind,
+            event_type,
+            result.table,
+            tuple(batch_ids),
+            received,
+            result.offered,
+            result.inserted,
+            result.version,
+            result.files,
+            result.bytes,
+            details,
+        )
+
 
 class _WriterFn(_CatalogFn):
     def setup(self) -> None:
@@ -328,20 +352,7 @@ class WriteRawHistoryFn(_WriterFn):
                     storage_options=self.config.storage,
                 )
                 yield TaggedOutput(ROWS, _global((event_type, rows)))  # one element per commit
-            yield _global(
-                TableCommit(
-                    "raw",
-                    event_type,
-                    result.table,
-                    tuple(batch_ids),
-                    len(events),
-                    result.offered,
-                    result.inserted,
-                    result.version,
-                    result.files,
-                    result.bytes,
-                )
-            )
+            yield _global(TableCommit.of("raw", event_type, batch_ids, len(events), result))
 
 
 class WriteQuarantineFn(_WriterFn):
@@ -390,20 +401,7 @@ class WriteQuarantineFn(_WriterFn):
             storage_options=self.config.storage,
         )
         self.quarantined.inc(result.inserted)
-        yield _global(
-            TableCommit(
-                "quarantine",
-                None,
-                result.table,
-                tuple(batch_ids),
-                len(self.buffer),
-                result.offered,
-                result.inserted,
-                result.version,
-                result.files,
-                result.bytes,
-            )
-        )
+        yield _global(TableCommit.of("quarantine", None, batch_ids, len(self.buffer), result))
 
 
 class WriteQualityFn(_WriterFn):
@@ -467,21 +465,8 @@ class WriteQualityFn(_WriterFn):
             partition_by=["quality_date"],
             storage_options=self.config.storage,
         )
-        yield _global(
-            TableCommit(
-                "quality",
-                None,
-                result.table,
-                tuple(batch_ids),
-                len(self.buffer),
-                result.offered,
-                result.inserted,
-                result.version,
-                result.files,
-                result.bytes,
-                tuple((o.event_type, o.expectation, o.column, o.success) for _, o in self.buffer),
-            )
-        )
+        details = tuple((o.event_type, o.expectation, o.column, o.success) for _, o in self.buffer)
+        yield _global(TableCommit.of("quality", None, batch_ids, len(self.buffer), result, details))
 
 
 class _Writer(beam.PTransform):
