@@ -27,11 +27,12 @@ import base64
 import json
 import math
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,11 +49,19 @@ if TYPE_CHECKING:
 _VERSION_FILE_RE = re.compile(r"^v(\d+)\.avsc$")
 # ce-dataschema ends in the contract version: "urn:tidegate:contract:shop.order.placed:v2",
 # ".../shop.order.placed/v2.avsc" and ".../v2" all name version 2.
-_DATASCHEMA_VERSION_RE = re.compile(r"(?:^|[/:])v(\d+)(?:\.avsc)?$")
+# At most 9 digits: a version always fits the int32 schema_version column (a longer number names
+# no version: unknown_version).
+_DATASCHEMA_VERSION_RE = re.compile(r"(?:^|[/:])v(\d{1,9})(?:\.avsc)?$")
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
+FLOAT32_MAX = 3.4028234663852886e38
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Every timestamp the lake stores is an aware datetime in UTC: years 0001 to 9999. A timestamp
+# column (int64 microseconds) could hold more, but nothing in Python could read it back.
+TIMESTAMP_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"
+_TS_MIN = datetime.min.replace(tzinfo=UTC)
+_TS_MAX = datetime.max.replace(tzinfo=UTC)
 
 
 def dataschema_uri(event_type: str, version: int) -> str:
@@ -134,16 +143,22 @@ def _describe(schema: Any) -> str:
 
 
 def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp; it must carry a zone. Returns an aware UTC datetime."""
+    """Parse an RFC 3339 timestamp; it must carry a zone. Returns an aware UTC datetime.
+
+    Raises ValueError, also for a legal timestamp whose UTC instant falls outside years
+    0001-9999 (`0001-01-01T00:00:00+01:00` is in year 0 in UTC)."""
     if not isinstance(text, str) or "T" not in text.upper():
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (e.g. 2026-11-26T10:15:00Z)")
+        raise ValueError(f"{_short(text)} is not an RFC 3339 timestamp (e.g. 2026-11-26T10:15:00Z)")
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (e.g. 2026-11-26T10:15:00Z)") from None
+        raise ValueError(f"{_short(text)} is not an RFC 3339 timestamp (e.g. 2026-11-26T10:15:00Z)") from None
     if dt.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone offset (add Z or +01:00)")
-    return dt.astimezone(UTC)
+        raise ValueError(f"{_short(text)} has no time zone offset (add Z or +01:00)")
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{_short(text)} is outside the storable range ({TIMESTAMP_RANGE})") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -167,7 +182,13 @@ def _wrong(value: Any, expected: str) -> _Bad:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    """At most 40 characters of a value, for messages (a payload value may be megabytes)."""
+    if isinstance(value, str):
+        text = repr(value[:40])
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        text = f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    else:
+        text = json.dumps(value, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -176,24 +197,38 @@ def _int_check(lo: int, hi: int, expected: str) -> Callable[[Any], int]:
         if isinstance(v, bool) or not isinstance(v, int):
             raise _wrong(v, expected)
         if not lo <= v <= hi:
-            raise _Bad("wrong_type", f"{v} does not fit in {expected}")
+            raise _Bad("wrong_type", f"{_short(v)} does not fit in {expected}")
         return v
 
     return check
 
 
-def _float_check(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise _wrong(v, "number")
-    f = float(v)
-    if math.isnan(f) or math.isinf(f):
-        raise _Bad("wrong_type", f"{v} is not a finite number")
-    return f
+def _float_check(limit: float, expected: str) -> Callable[[Any], float]:
+    """float (32-bit) or double: finite, and small enough for its column (pyarrow would
+    silently turn 1e308 into inf in a float32 column)."""
+
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _wrong(v, "number")
+        try:
+            f = float(v)
+        except OverflowError:  # an integer beyond 1.8e308
+            raise _Bad("wrong_type", f"{_short(v)} does not fit in {expected}") from None
+        if math.isnan(f) or math.isinf(f):
+            raise _Bad("wrong_type", f"{_short(v)} is not a finite number")
+        if abs(f) > limit:
+            raise _Bad("wrong_type", f"{_short(v)} does not fit in {expected}")
+        return f
+
+    return check
 
 
 def _decimal_check(precision: int, scale: int) -> Callable[[Any], Decimal]:
     expected = f'decimal({precision},{scale}) as a string like "12.30" or a number'
     quantum = Decimal(1).scaleb(-scale)
+    # Room for every value that passes the magnitude check below, rounding carry included: the
+    # default context (28 digits) would raise InvalidOperation on decimal(38, s) or on 1e400.
+    context = Context(prec=precision + 1)
 
     def check(v: Any) -> Decimal:
         if isinstance(v, bool) or not isinstance(v, str | int | float):
@@ -204,19 +239,24 @@ def _decimal_check(precision: int, scale: int) -> Callable[[Any], Decimal]:
             raise _wrong(v, expected) from None
         if not d.is_finite():
             raise _wrong(v, expected)
+        if d and d.adjusted() >= precision - scale:
+            raise _Bad(
+                "wrong_type",
+                f"{_short(v)} has more than {precision} digits: decimal({precision},{scale}) "
+                f"holds at most {precision - scale} before the point",
+            )
         exponent = d.as_tuple().exponent
-        if isinstance(exponent, int) and -exponent > scale and d != d.quantize(quantum):
-            raise _Bad("wrong_type", f"{v} has more than {scale} decimal places")
-        d = d.quantize(quantum)
-        if len(d.as_tuple().digits) > precision:
-            raise _Bad("wrong_type", f"{v} has more than {precision} digits")
-        return d
+        quantized = d.quantize(quantum, context=context)
+        if isinstance(exponent, int) and -exponent > scale and d != quantized:
+            raise _Bad("wrong_type", f"{_short(v)} has more than {scale} decimal places")
+        return quantized
 
     return check
 
 
 def _timestamp_check(unit: str) -> Callable[[Any], datetime]:
-    scale = 1_000 if unit == "ms" else 1_000_000
+    step = timedelta(milliseconds=1) if unit == "ms" else timedelta(microseconds=1)
+    lo, hi = (_TS_MIN - _EPOCH) // step, (_TS_MAX - _EPOCH) // step
 
     def check(v: Any) -> datetime:
         if isinstance(v, str):
@@ -225,7 +265,12 @@ def _timestamp_check(unit: str) -> Callable[[Any], datetime]:
             except ValueError as exc:
                 raise _Bad("wrong_type", str(exc)) from None
         if isinstance(v, int) and not isinstance(v, bool):
-            return _EPOCH + timedelta(microseconds=v * (1_000_000 // scale))
+            if not lo <= v <= hi:
+                raise _Bad(
+                    "wrong_type",
+                    f"{_short(v)} (epoch {unit}) is outside the storable range ({TIMESTAMP_RANGE})",
+                )
+            return _EPOCH + v * step
         raise _wrong(v, "an RFC 3339 timestamp string")
 
     return check
@@ -302,8 +347,8 @@ def _compile(schema: Any, named: dict[str, Any]) -> Coercer:
         "boolean": _bool_check,
         "int": _int_check(*INT32, "int (32-bit integer)"),
         "long": _int_check(*INT64, "long (64-bit integer)"),
-        "float": _float_check,
-        "double": _float_check,
+        "float": _float_check(FLOAT32_MAX, "float (32-bit)"),
+        "double": _float_check(sys.float_info.max, "double"),
         "string": _string_check,
         "bytes": _bytes_check,
         "fixed": _bytes_check,

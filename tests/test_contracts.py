@@ -11,10 +11,12 @@ import pyarrow as pa
 import pytest
 
 from expectations.contracts import (
+    Contract,
     ContractRegistry,
     ContractViolation,
     dataschema_uri,
     load_event_type,
+    parse_rfc3339,
     version_from_dataschema,
 )
 from tidegate.errors import ConfigError
@@ -139,6 +141,10 @@ def test_dataschema_names_the_version() -> None:
     assert version_from_dataschema(dataschema_uri("shop.order.placed", 2)) == 2
     assert version_from_dataschema("https://schemas.acme.io/shop.order.placed/v3.avsc") == 3
     assert version_from_dataschema("https://schemas.acme.io/shop.order.placed/latest") is None
+    # A version always fits the int32 schema_version column: 10+ digits name no version at all.
+    assert version_from_dataschema("urn:x:v999999999") == 999_999_999
+    assert version_from_dataschema("urn:x:v9999999999") is None
+    assert version_from_dataschema("urn:x:v" + "9" * 5000) is None
 
 
 def test_version_gaps_are_a_config_error(tmp_path: Path) -> None:
@@ -159,3 +165,114 @@ def test_broken_schema_is_a_config_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"v1\.avsc"):
         load_event_type(d, "x.y")
+
+
+# Every Avro type a contract may use, for the representability tests below.
+EVERY_TYPE = {
+    "type": "record",
+    "name": "Everything",
+    "fields": [
+        {"name": "i", "type": "int"},
+        {"name": "l", "type": "long"},
+        {"name": "f", "type": "float"},
+        {"name": "d", "type": "double"},
+        {"name": "dec", "type": {"type": "bytes", "logicalType": "decimal", "precision": 38, "scale": 10}},
+        {"name": "ts_ms", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "ts_us", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "id", "type": {"type": "string", "logicalType": "uuid"}},
+        {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["a", "b"]}},
+        {"name": "blob", "type": "bytes"},
+        {"name": "flag", "type": "boolean"},
+        {"name": "text", "type": "string"},
+        {"name": "opt", "type": ["null", "double"], "default": None},
+        {"name": "xs", "type": {"type": "array", "items": "long"}},
+        {"name": "m", "type": {"type": "map", "values": "float"}},
+        {
+            "name": "inner",
+            "type": {"type": "record", "name": "Inner", "fields": [{"name": "t", "type": "long"}]},
+        },
+    ],
+}
+F32 = 3.4028234663852886e38
+LOW = {
+    "i": -(2**31),
+    "l": -(2**63),
+    "f": -F32,
+    "d": -1.7976931348623157e308,
+    "dec": "-" + "9" * 28 + "." + "9" * 10,
+    "ts_ms": -62135596800000,
+    "ts_us": "0001-01-01T00:00:00Z",
+    "day": "0001-01-01",
+    "id": "00000000-0000-0000-0000-000000000000",
+    "kind": "a",
+    "blob": "",
+    "flag": False,
+    "text": "",
+    "opt": None,
+    "xs": [-(2**63)],
+    "m": {"k": -F32},
+    "inner": {"t": -(2**63)},
+}
+HIGH = {
+    **LOW,
+    "i": 2**31 - 1,
+    "l": 2**63 - 1,
+    "f": F32,
+    "d": 1.7976931348623157e308,
+    "dec": "9" * 28 + "." + "9" * 10,
+    "ts_ms": 253402300799999,
+    "ts_us": "9999-12-31T23:59:59.999999Z",
+    "day": "9999-12-31",
+    "text": "\u00e9\U0001f600\u0000",
+    "opt": 5e-324,
+    "xs": [2**63 - 1],
+    "m": {"\U0001f600": F32},
+    "inner": {"t": 2**63 - 1},
+}
+
+
+def every_type() -> Contract:
+    return Contract("x.y", 1, EVERY_TYPE, Path("v1.avsc"))
+
+
+@pytest.mark.parametrize("payload", [LOW, HIGH], ids=["lowest", "highest"])
+def test_every_value_a_contract_accepts_fits_its_arrow_column(payload: dict) -> None:  # type: ignore[type-arg]
+    contract = every_type()
+    record = contract.coerce(payload)
+    table = pa.Table.from_pylist([record], schema=contract.arrow_schema)  # raises if any does not fit
+    assert table.to_pylist()[0]["dec"] == Decimal(payload["dec"])
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"i": 2**31}, "i"),
+        ({"l": -(2**63) - 1}, "l"),
+        ({"f": 3.5e38}, "f"),  # pyarrow would store inf in the float32 column
+        ({"f": 10**400}, "f"),  # float() itself overflows
+        ({"d": 10**400}, "d"),
+        ({"d": float("nan")}, "d"),
+        ({"dec": "1" + "0" * 28}, "dec"),  # 29 digits before the point: decimal(38,10) holds 28
+        ({"dec": 1e300}, "dec"),
+        ({"dec": "1e-999999999"}, "dec"),
+        ({"ts_ms": 253402300800000}, "ts_ms"),  # 10000-01-01
+        ({"ts_us": -62135596800000001}, "ts_us"),
+        ({"ts_us": "0001-01-01T00:00:00+00:01"}, "ts_us"),
+        ({"xs": [2**63]}, "xs[0]"),
+        ({"m": {"k": 1e39}}, "m.k"),
+        ({"inner": {"t": 2**64}}, "inner.t"),
+    ],
+)
+def test_values_beyond_their_column_are_wrong_type_with_a_short_message(change: dict, field: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ContractViolation) as exc:
+        every_type().coerce({**LOW, **change})
+    assert [(v.rule, v.field) for v in exc.value.violations] == [("wrong_type", field)]
+    assert len(exc.value.violations[0].message) < 200
+
+
+def test_timestamps_outside_years_1_to_9999_in_utc_name_the_range() -> None:
+    assert parse_rfc3339("0001-01-01T00:59:00+00:59") == datetime(1, 1, 1, tzinfo=UTC)
+    for text in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        with pytest.raises(ValueError, match="outside the storable range"):
+            parse_rfc3339(text)
