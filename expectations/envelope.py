@@ -17,14 +17,26 @@ them silently: a missing `id` (it invents a UUID) and a missing `time` (it uses 
 lake both are data errors: an event without its id cannot be deduplicated, and one without
 its time cannot be windowed.
 
+JSON is read with two limits a hostile but syntactically legal body could otherwise turn into a
+crash of the whole batch: nesting deeper than `MAX_JSON_DEPTH` (64) arrays/objects is
+`json_too_deep` (checked on the text before parsing: Python's parser, the redaction of the
+quarantine preview and pickling between workers all recurse), and an integer longer than
+Python's 4300-digit conversion limit is `malformed_json`. A `\\uD800`-style escape of an unpaired
+UTF-16 surrogate decodes to a string no UTF-8 writer accepts: `non_utf8`.
+
 Every failure is a `EnvelopeError(rule, field, message)`; the rules are:
-`oversize`, `non_utf8`, `malformed_json`, `missing_attribute`, `invalid_attribute`,
-`unsupported_specversion`, `unsupported_content_type`.
+`oversize`, `non_utf8`, `malformed_json`, `json_too_deep`, `missing_attribute`,
+`invalid_attribute`, `unsupported_specversion`, `unsupported_content_type`.
+
+    uv run python -c "from expectations.envelope import RawMessage, decode_envelope; \
+        decode_envelope(RawMessage(b'[' * 65 + b']' * 65, {'ce-id': 'x'}), 65536)"
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,6 +50,14 @@ STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON_CONTENT_TYPE = "application/json"
 CE_PREFIX = "ce-"
 REQUIRED = ("id", "source", "type", "specversion", "time")
+# Deepest nesting of arrays/objects accepted: far beyond any event (tidegate's contracts nest
+# 1-3 levels), far below Python's recursion limit (1000) that parsing, redaction and pickling hit.
+MAX_JSON_DEPTH = 64
+# A JSON string, or an unterminated one up to the end of the text: a match from every quote, so
+# the scan stays linear (a pattern that could fail from a quote made `"\"\"...` quadratic: 17 s
+# for 60 kB).
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\(?:.|\Z)[^"\\]*)*(?:"|\Z)', re.DOTALL)
+_BRACKET_RE = re.compile(r"[\[\]{}]")
 
 
 @dataclass(frozen=True)
@@ -97,13 +117,53 @@ def _utf8(data: bytes, what: str) -> str:
         ) from None
 
 
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON text nests arrays/objects more than `limit` levels deep (brackets inside
+    strings do not count). Costs two `str.count` calls for a text with at most `limit`
+    opening brackets (every normal event), which cannot nest deeper than that."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for bracket in _BRACKET_RE.findall(_JSON_STRING_RE.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _json(text: str, what: str) -> Any:
+    if json_depth_exceeds(text):
+        raise EnvelopeError(
+            "json_too_deep", f"{what} nests arrays/objects more than {MAX_JSON_DEPTH} levels deep"
+        )
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EnvelopeError(
             "malformed_json", f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except ValueError:  # the only other one json raises: int("9" * 5000) is refused by Python
+        raise EnvelopeError(
+            "malformed_json",
+            f"{what} has an integer of more than {sys.get_int_max_str_digits()} digits",
+        ) from None
+    if "\\u" in text and not _unicode_text(value):
+        raise EnvelopeError(
+            "non_utf8", f"{what} escapes an unpaired UTF-16 surrogate (\\ud800-\\udfff): not Unicode text"
+        )
+    return value
+
+
+def _unicode_text(value: Any) -> bool:
+    """Whether every string (keys included) of a parsed JSON value can be written as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _build(attributes: dict[str, Any], data: Any, mode: str) -> Envelope:

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from expectations.envelope import EnvelopeError, RawMessage, decode_envelope, to_binary, to_structured
+from expectations.envelope import (
+    MAX_JSON_DEPTH,
+    EnvelopeError,
+    RawMessage,
+    decode_envelope,
+    json_depth_exceeds,
+    to_binary,
+    to_structured,
+)
 
 ATTRS = {
     "id": "3f1c2a9e-7a51-4a43-9a3e-1f0d8b6f2c11",
@@ -128,3 +137,60 @@ def test_structured_mode_faults() -> None:
         fault(RawMessage(body, {"content-type": "application/cloudevents+json"}))[0]
         == "unsupported_content_type"
     )
+
+
+@pytest.mark.parametrize("time", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_time_outside_years_1_to_9999_in_utc_is_an_invalid_attribute(time: str) -> None:
+    # A legal RFC 3339 time whose UTC instant is in year 0 or 10000: no datetime can hold it.
+    with pytest.raises(EnvelopeError) as exc:
+        decode_envelope(binary({**ATTRS, "time": time}), 65536)
+    assert (exc.value.rule, exc.value.field, exc.value.event_id) == ("invalid_attribute", "time", ATTRS["id"])
+    assert "outside the storable range" in exc.value.message
+
+
+def test_json_depth_counts_nesting_not_brackets_in_strings() -> None:
+    assert not json_depth_exceeds("[" * 64 + "]" * 64)
+    assert json_depth_exceeds("[" * 65 + "]" * 65)
+    assert json_depth_exceeds('{"a":' * 65 + "1" + "}" * 65)
+    assert not json_depth_exceeds(json.dumps({"note": "[[[{{{" * 100}))  # inside a string
+    assert not json_depth_exceeds(json.dumps(['\\"[[[' * 100, '"' + "{" * 100]))  # escapes
+    assert not json_depth_exceeds(json.dumps([[i] for i in range(1000)]))  # many, but shallow
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 500, 5000])
+def test_json_nested_beyond_the_cap_is_rejected_before_parsing(depth: int) -> None:
+    body = ("[" * depth + "]" * depth).encode()
+    assert fault(binary(body=body)) == ("json_too_deep", None)
+    structured = b'{"specversion": "1.0", "data": ' + body + b"}"
+    assert fault(RawMessage(structured, {"content-type": "application/cloudevents+json"})) == (
+        "json_too_deep",
+        None,
+    )
+
+
+def test_json_nested_to_the_cap_is_read() -> None:
+    body = ("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH).encode()
+    assert decode_envelope(binary(body=body), 65536).data == json.loads(body)
+
+
+def test_integer_beyond_pythons_digit_limit_is_malformed_json() -> None:
+    with pytest.raises(EnvelopeError) as exc:
+        decode_envelope(binary(body=b'{"amount": ' + b"9" * 5000 + b"}"), 65536)
+    assert (exc.value.rule, exc.value.event_id) == ("malformed_json", ATTRS["id"])
+    assert "more than 4300 digits" in exc.value.message
+
+
+def test_lone_surrogate_escape_is_not_unicode_but_a_pair_is() -> None:
+    assert fault(binary(body=b'{"name": "x\\ud800y"}')) == ("non_utf8", None)
+    assert fault(binary(body=b'{"x\\udc00": 1}')) == ("non_utf8", None)  # keys too
+    assert decode_envelope(binary(body=b'{"name": "\\ud83d\\ude00"}'), 65536).data == {"name": "\U0001f600"}
+    assert decode_envelope(binary(body=b'{"name": "\\\\ud800"}'), 65536).data == {"name": "\\ud800"}
+
+
+def test_depth_scan_stays_linear_on_unterminated_strings() -> None:
+    # 65 brackets pass the cheap gate; then 30k escaped quotes without a closing quote took
+    # 17 s with a string pattern that could fail from every quote.
+    started = time.perf_counter()
+    assert json_depth_exceeds("[" * 65 + '"' + '\\"' * 30000 + "\\")
+    assert not json_depth_exceeds("[" * 60 + '"' + "[" * 30000)  # inside an unterminated string
+    assert time.perf_counter() - started < 1.0
