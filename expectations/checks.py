@@ -5,16 +5,26 @@ message comes out exactly once: as a `ValidEvent` (typed record, contract, envel
 `Rejection` naming the stage and *every* failed rule of that stage.
 
 Stages, in order (a message stops at the first stage it fails):
-1. `envelope`: CloudEvents decoding (oversize, non_utf8, malformed_json, missing_attribute,
-   invalid_attribute, unsupported_specversion, unsupported_content_type);
+1. `envelope`: CloudEvents decoding (oversize, non_utf8, malformed_json, json_too_deep,
+   missing_attribute, invalid_attribute, unsupported_specversion, unsupported_content_type);
 2. `contract`: ce-type known to the catalog (`unknown_type`), ce-dataschema present
    (`missing_dataschema`) and naming a known version (`unknown_version`), then the Avro
    contract (`missing_required_field`, `wrong_type`, `unexpected_field`, `invalid_enum_symbol`);
 3. `expectations`: the type's GX suite over the whole batch (rule = the expectation type).
+
+One message can never stop a batch: any other exception while decoding or checking it (a bug
+in these checks, a case nobody foresaw) quarantines that message alone with rule
+`unexpected_error` in the stage it happened, and a message naming only the exception type
+(its text could echo payload values). An event that passes the contract stage is
+representable in its raw Delta table (`lake.tables.raw_schema`): every value was checked
+against its column type, range included.
+
+    uv run python -c "from expectations.checks import check_message; help(check_message)"
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +40,9 @@ from expectations.contracts import (
 from expectations.envelope import Envelope, EnvelopeError, RawMessage, decode_envelope
 from expectations.suites import ExpectationOutcome, RuleFailure, SuiteValidator
 from tidegate.catalog import Catalog
+
+UNEXPECTED_ERROR = "unexpected_error"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,7 @@ def resolve_contract(envelope: Envelope, registry: ContractRegistry) -> Contract
     if envelope.type not in registry.types:
         known = ", ".join(sorted(registry.types))
         raise ContractViolation(
-            [_v("unknown_type", "type", f"ce-type {envelope.type!r} is not in the catalog ({known})")]
+            [_v("unknown_type", "type", f"ce-type {_clip(envelope.type)} is not in the catalog ({known})")]
         )
     if not envelope.dataschema:
         raise ContractViolation(
@@ -89,7 +102,7 @@ def resolve_contract(envelope: Envelope, registry: ContractRegistry) -> Contract
                 _v(
                     "unknown_version",
                     "dataschema",
-                    f"ce-dataschema {envelope.dataschema!r} names no known version of "
+                    f"ce-dataschema {_clip(envelope.dataschema)} names no known version of "
                     f"{envelope.type} (known: {known_v})",
                 )
             ]
@@ -101,19 +114,29 @@ def _v(rule: str, field_name: str, message: str) -> Violation:
     return Violation(rule, field_name, message)
 
 
+def _clip(text: str, limit: int = 120) -> str:
+    """An attribute quoted in a message: a structured-mode attribute can be megabytes."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def unexpected_failure(stage: str, exc: BaseException, doing: str) -> RuleFailure:
+    """The failure for an exception no check anticipated: its type only, never its text (an
+    OverflowError's or a KeyError's text can quote the payload value that caused it)."""
+    name = type(exc).__name__
+    _log.warning("%s while %s: message quarantined as %s", name, doing, UNEXPECTED_ERROR)
+    return RuleFailure(stage, UNEXPECTED_ERROR, None, f"{name} while {doing}")
+
+
 def decode_stage(message: RawMessage, catalog: Catalog) -> Envelope | Rejection:
     """Stage 1: the CloudEvents envelope, with the payload limit of the event's stream."""
     limit = catalog.max_payload_bytes
     try:
         envelope = decode_envelope(message, limit)
     except EnvelopeError as exc:
-        return Rejection(
-            message,
-            "envelope",
-            (RuleFailure("envelope", exc.rule, exc.field, exc.message),),
-            event_id=exc.event_id or message.attributes.get("ce-id"),
-            event_type=message.attributes.get("ce-type"),
-        )
+        failure = RuleFailure("envelope", exc.rule, exc.field, exc.message)
+        return _envelope_rejection(message, failure, exc.event_id)
+    except Exception as exc:  # noqa: BLE001 - one message must never stop the batch: quarantine it
+        return _envelope_rejection(message, unexpected_failure("envelope", exc, "decoding the envelope"))
     stream_limit = catalog.payload_limits.get(envelope.type, limit)
     if len(message.data) > stream_limit:
         return Rejection(
@@ -133,6 +156,16 @@ def decode_stage(message: RawMessage, catalog: Catalog) -> Envelope | Rejection:
     return envelope
 
 
+def _envelope_rejection(message: RawMessage, failure: RuleFailure, event_id: str | None = None) -> Rejection:
+    return Rejection(
+        message,
+        "envelope",
+        (failure,),
+        event_id=event_id or message.attributes.get("ce-id"),
+        event_type=message.attributes.get("ce-type"),
+    )
+
+
 def contract_stage(
     message: RawMessage, envelope: Envelope, registry: ContractRegistry
 ) -> ValidEvent | Rejection:
@@ -142,18 +175,29 @@ def contract_stage(
         contract = resolve_contract(envelope, registry)
         record = contract.coerce(envelope.data)
     except ContractViolation as exc:
-        return Rejection(
-            message,
-            "contract",
-            tuple(RuleFailure("contract", v.rule, v.field, v.message) for v in exc.violations),
-            event_id=envelope.id,
-            event_type=envelope.type,
-            schema_version=contract.version
-            if contract
-            else version_from_dataschema(envelope.dataschema or ""),
-            envelope=envelope,
-        )
+        failures = tuple(RuleFailure("contract", v.rule, v.field, v.message) for v in exc.violations)
+        return _contract_rejection(message, envelope, contract, failures)
+    except Exception as exc:  # noqa: BLE001 - one message must never stop the batch: quarantine it
+        failure = unexpected_failure("contract", exc, "checking the contract")
+        return _contract_rejection(message, envelope, contract, (failure,))
     return ValidEvent(message, envelope, contract, record)
+
+
+def _contract_rejection(
+    message: RawMessage,
+    envelope: Envelope,
+    contract: Contract | None,
+    failures: tuple[RuleFailure, ...],
+) -> Rejection:
+    return Rejection(
+        message,
+        "contract",
+        failures,
+        event_id=envelope.id,
+        event_type=envelope.type,
+        schema_version=contract.version if contract else version_from_dataschema(envelope.dataschema or ""),
+        envelope=envelope,
+    )
 
 
 def check_message(
