@@ -7,7 +7,8 @@ key can recover or confirm an e-mail address (unlike a plain hash, a dictionary 
 the key).
 
 Quarantined messages keep their original bytes for forensics and replay, but only
-encrypted (Fernet: AES-128-CBC + HMAC-SHA256, key derived from the same secret with HKDF);
+encrypted (Fernet: AES-128-CBC + HMAC-SHA256, key derived from the same secret with HKDF),
+and only up to `lake.rows.QUARANTINE_MAX_ORIGINAL_BYTES` (1 MiB: above, size and SHA-256 only);
 the human-readable `payload_preview` has PII fields tokenized and anything that looks like an
 e-mail address masked.
 

@@ -1,7 +1,14 @@
 """Arrow rows for the lake: validated events -> raw rows, rejections -> quarantine rows.
 
-Pure functions, column-wise (one `pa.array` per column, no per-row dicts), PII tokenized
-on the way in. `lineage()` builds the metadata every Delta commit carries.
+Pure functions, PII tokenized on the way in. Raw rows are built column-wise (one `pa.array`
+per column, no per-row dicts: the hot path); their values were checked against the column
+types by the contract stage. Quarantine rows are built one dict per rejection, so that one
+rejection that cannot be rendered (a payload too deep to redact, a string Arrow refuses)
+degrades alone instead of failing the batch. The encrypted original is kept up to
+`QUARANTINE_MAX_ORIGINAL_BYTES` (1 MiB); a larger message keeps its size and SHA-256 only.
+`lineage()` builds the metadata every Delta commit carries.
+
+    uv run python -c "from lake.rows import quarantine_rows; help(quarantine_rows)"
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from expectations.checks import Rejection, ValidEvent
 from expectations.contracts import ContractRegistry
 from lake.pii import PiiProtector
 from lake.tables import QUARANTINE_SCHEMA
+
+# Above this size a quarantined message keeps only payload_size and payload_sha256: Pub/Sub
+# allows 10 MB bodies, and a 9.5 MB oversize message would otherwise put a 12.7 MB Fernet token
+# (base64) into one Parquet cell. Every stream's payload limit (64 KiB by default) is far below.
+QUARANTINE_MAX_ORIGINAL_BYTES = 1 << 20
 
 
 def trace_id(traceparent: str | None) -> str | None:
@@ -138,6 +150,91 @@ def _parsed_payload(r: Rejection) -> Any:
     return r.envelope.data if r.envelope is not None else None
 
 
+def _kept_original(data: bytes, protector: PiiProtector) -> bytes:
+    """The encrypted original, or b"" (never a Fernet token) above QUARANTINE_MAX_ORIGINAL_BYTES."""
+    return protector.encrypt(data) if len(data) <= QUARANTINE_MAX_ORIGINAL_BYTES else b""
+
+
+def _quarantine_row(
+    r: Rejection, pii: frozenset[str], protector: PiiProtector, common: dict[str, Any]
+) -> dict[str, Any]:
+    """One quarantine row, every text PII-masked, the payload previewed with PII tokenized."""
+    m = r.message
+    first = r.failures[0]
+    return {
+        **common,
+        "pubsub_message_id": m.message_id,
+        "subscription": m.subscription,
+        "pubsub_publish_time": m.publish_time,
+        "stage": r.stage,
+        "rule": first.rule,
+        "reason": protector.mask_text(first.message),
+        "failures": [
+            {"stage": f.stage, "rule": f.rule, "field": f.field, "message": protector.mask_text(f.message)}
+            for f in r.failures
+        ],
+        "event_id": r.event_id,
+        "event_type": r.event_type,
+        "schema_version": r.schema_version,
+        "event_time": r.envelope.time if r.envelope is not None else None,
+        "attributes": [(k, protector.mask_text(v)) for k, v in sorted(m.attributes.items())],
+        "payload_size": len(m.data),
+        "payload_sha256": hashlib.sha256(m.data).hexdigest(),
+        "payload_preview": protector.preview(m.data, _parsed_payload(r), pii),
+        "payload_encrypted": _kept_original(m.data, protector),
+    }
+
+
+def _text(value: Any, limit: int = 1024) -> str | None:
+    """A string any Arrow/Parquet writer accepts: UTF-8-encodable (lone surrogates become '?')."""
+    if value is None:
+        return None
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def _degraded_row(
+    r: Rejection, exc: BaseException, protector: PiiProtector, common: dict[str, Any]
+) -> dict[str, Any]:
+    """The row of a rejection whose full row could not be built or converted: where it came
+    from, why it was rejected, size + digest + (under the cap) the encrypted original; no
+    attributes, no preview (a note says why), nothing that was not cleaned first."""
+    m = r.message
+    failures = [
+        {
+            "stage": _text(f.stage),
+            "rule": _text(f.rule),
+            "field": _text(f.field),
+            "message": protector.mask_text(_text(f.message, 2000) or ""),
+        }
+        for f in r.failures
+    ] or [{"stage": _text(r.stage), "rule": "unknown", "field": None, "message": ""}]
+    version = r.schema_version
+    when = r.envelope.time if r.envelope is not None else None
+    return {
+        **common,
+        "pubsub_message_id": _text(m.message_id) or "",
+        "subscription": _text(m.subscription) or "",
+        "pubsub_publish_time": m.publish_time if isinstance(m.publish_time, datetime) else None,
+        "stage": _text(r.stage) or "",
+        "rule": failures[0]["rule"] or "",
+        "reason": failures[0]["message"],
+        "failures": failures,
+        "event_id": _text(r.event_id),
+        "event_type": _text(r.event_type),
+        "schema_version": version if isinstance(version, int) and 0 <= version < 2**31 else None,
+        "event_time": when if isinstance(when, datetime) else None,
+        "attributes": [],
+        "payload_size": len(m.data),
+        "payload_sha256": hashlib.sha256(m.data).hexdigest(),
+        "payload_preview": f"(no preview or attributes: {type(exc).__name__} while building the row)",
+        "payload_encrypted": _kept_original(m.data, protector),
+    }
+
+
+# What pyarrow raises for a value its column cannot hold (UnicodeEncodeError is a ValueError).
+_ARROW_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError)
+
+
 def quarantine_rows(
     rejections: Sequence[Rejection],
     registry: ContractRegistry,
@@ -147,46 +244,33 @@ def quarantine_rows(
     batch_id: str,
     now: datetime,
 ) -> pa.Table:
-    """One row per rejected message: why, where it came from, its bytes (encrypted)."""
-    all_pii = {f for t in registry.types.values() for c in t.versions.values() for f in c.pii_fields}
-    rows: dict[str, list[Any]] = {f.name: [] for f in QUARANTINE_SCHEMA}
+    """One row per rejected message: why, where it came from, its bytes (encrypted up to
+    QUARANTINE_MAX_ORIGINAL_BYTES; above it only payload_size and payload_sha256, and
+    payload_encrypted is empty).
+
+    Never fails for one rejection: a row that cannot be built (e.g. a payload too deep to
+    redact) or converted to Arrow (e.g. a string with a lone surrogate) is replaced by a
+    degraded row that keeps the reason, size, digest and encrypted original."""
+    all_pii = frozenset(f for t in registry.types.values() for c in t.versions.values() for f in c.pii_fields)
+    common = {"quarantined_at": now, "quarantine_date": now.date(), "run_id": run_id, "batch_id": batch_id}
+    rows: list[dict[str, Any]] = []
     for r in rejections:
-        m = r.message
-        first = r.failures[0]
-        known = registry.types.get(r.event_type or "")
-        pii = known.latest.pii_fields if known else all_pii
-        event_time = r.envelope.time if r.envelope is not None else None
-        rows["pubsub_message_id"].append(m.message_id)
-        rows["subscription"].append(m.subscription)
-        rows["pubsub_publish_time"].append(m.publish_time)
-        rows["quarantined_at"].append(now)
-        rows["quarantine_date"].append(now.date())
-        rows["stage"].append(r.stage)
-        rows["rule"].append(first.rule)
-        rows["reason"].append(protector.mask_text(first.message))
-        rows["failures"].append(
-            [
-                {
-                    "stage": f.stage,
-                    "rule": f.rule,
-                    "field": f.field,
-                    "message": protector.mask_text(f.message),
-                }
-                for f in r.failures
-            ]
-        )
-        rows["event_id"].append(r.event_id)
-        rows["event_type"].append(r.event_type)
-        rows["schema_version"].append(r.schema_version)
-        rows["event_time"].append(event_time)
-        rows["attributes"].append([(k, protector.mask_text(v)) for k, v in sorted(m.attributes.items())])
-        rows["payload_size"].append(len(m.data))
-        rows["payload_sha256"].append(hashlib.sha256(m.data).hexdigest())
-        rows["payload_preview"].append(protector.preview(m.data, _parsed_payload(r), pii))
-        rows["payload_encrypted"].append(protector.encrypt(m.data))
-        rows["run_id"].append(run_id)
-        rows["batch_id"].append(batch_id)
-    return pa.Table.from_pydict(rows, schema=QUARANTINE_SCHEMA)
+        try:
+            known = registry.types.get(r.event_type or "")
+            rows.append(_quarantine_row(r, known.latest.pii_fields if known else all_pii, protector, common))
+        except Exception as exc:  # noqa: BLE001 - one rejection must never stop the batch
+            rows.append(_degraded_row(r, exc, protector, common))
+    try:
+        return pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
+    except _ARROW_ERRORS:
+        pass
+    # Rare path: find the rows Arrow refuses, one by one.
+    for i, (r, row) in enumerate(zip(rejections, rows, strict=True)):
+        try:
+            pa.Table.from_pylist([row], schema=QUARANTINE_SCHEMA)
+        except _ARROW_ERRORS as exc:
+            rows[i] = _degraded_row(r, exc, protector, common)
+    return pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
 
 
 def message_digest(message_ids: Iterable[str]) -> str:
