@@ -58,7 +58,20 @@ def publisher(address: str | None, **kwargs: Any) -> pubsub_v1.PublisherClient:
         return pubsub_v1.PublisherClient(**kwargs)
 
 
+# gRPC's default receive limit is 4 MB; a pull response carries bodies of up to 10 MB each.
+UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
 def subscriber(address: str | None, **kwargs: Any) -> pubsub_v1.SubscriberClient:
+    """The subscriber client. On the emulator the library builds its own plaintext channel with
+    gRPC's 4 MB receive limit (one 9 MB message fails the whole pull: platform facts), so the
+    channel is built here without limits; on GCP the library's channel has none already."""
+    if address and "transport" not in kwargs:
+        import grpc
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+        channel = grpc.insecure_channel(address, options=UNLIMITED)
+        kwargs["transport"] = SubscriberGrpcTransport(channel=channel)
     with _emulator_env(address):
         return pubsub_v1.SubscriberClient(**kwargs)
 
@@ -71,10 +84,7 @@ def gapic_publisher(address: str | None) -> Any:
 
     if address:
         # The emulator speaks plaintext gRPC; a default transport would try TLS and retry forever.
-        channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
-        )
+        channel = grpc.insecure_channel(address, options=UNLIMITED)
         return GapicPublisherClient(transport=PublisherGrpcTransport(channel=channel))
     return GapicPublisherClient()
 

@@ -43,7 +43,7 @@ def backlog(
     (--emulator / $PUBSUB_EMULATOR_HOST), else a count on the emulator at `address`."""
     from infra.backlog import emulator_backlog, monitoring_backlog
     from infra.pubsub import desired_subscriptions
-    from pipelines.local import lake_lock
+    from lake.lock import lake_lock
     from tidegate.errors import TidegateError
 
     subs = [s.name for s in desired_subscriptions(lake.catalog)]  # the streams' + the dead-letter one

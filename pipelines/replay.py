@@ -37,8 +37,8 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from lake.lock import lake_lock
 from lake.tables import raw_uri
-from pipelines.local import lake_lock
 from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.errors import TidegateError
 from transforms.aggregate import ReplayAggregate, ReplayConfig, WriteReplayed

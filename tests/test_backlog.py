@@ -16,7 +16,7 @@ import pytest
 
 from infra.backlog import SNAPSHOT_PREFIX, count_backlog, monitoring_backlog
 from infra.pubsub import provision, pull_now, subscriber, subscription_path
-from pipelines.local import lake_lock
+from lake.lock import lake_lock
 from tests.gcp_fakes import grpc_service
 from tests.test_ingest import ingest, produce
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -19,13 +20,14 @@ from expectations.contracts import ContractRegistry
 from infra.pubsub import provision, subscriber, subscription_path
 from lake.tables import ledger_uri, quarantine_uri, raw_uri
 from lake.verify import verify
-from pipelines.local import LocalIngest, LocalOptions, new_run_id
+from pipelines.local import ConsumerOptions, LocalIngest, LocalOptions, new_run_id
 from tests.conftest import CONTRACTS_DIR
 from tidegate.catalog import Catalog, load_catalog
 from tidegate.producer import EXPECTED_RULE, FAULT_KINDS, ProduceConfig, generate, publish
 from transforms.ingest import IngestConfig
 
 pytestmark = pytest.mark.emulator
+LEASE = ConsumerOptions().lease_seconds
 
 
 def produce(emulator, catalog: Catalog, project: str, manifest: Path, **kw) -> None:  # type: ignore[no-untyped-def]
@@ -132,8 +134,6 @@ def _crash_catalog(tmp_path: Path, project: str, port: int) -> Path:
         f"""project: {project}
 emulator: {{host: 127.0.0.1, port: {port}}}
 contracts: {CONTRACTS_DIR}
-defaults:
-  ack_deadline_seconds: 10   # short, so the test sees redelivery after the crash quickly
 streams:
   - {{event_type: shop.order.placed, topic: shop-orders, subscription: shop-orders-tidegate}}
   - {{event_type: shop.page.viewed, topic: shop-pageviews, subscription: shop-pageviews-tidegate}}
@@ -169,16 +169,26 @@ def test_sigkill_at_each_crash_point_loses_nothing_and_doubles_nothing(
     else:
         assert any(raw_dir.iterdir())  # landed, but never acked
 
-    # Restart: the unacked messages come back after the 10 s ack deadline.
-    restarted = _cli([*args, "--until-idle", "15"])
+    # Restart: the killed process's leases lapse within LEASE seconds (the subscription's ack
+    # deadline is the catalog default, 600 s), so a restart that stops after LEASE + 2 idle
+    # seconds must find every message again.
+    started = time.monotonic()
+    restarted = _cli([*args, "--until-idle", str(LEASE + 2)])
     assert restarted.returncode == 0, restarted.stderr
+    assert time.monotonic() - started < 30 + LEASE
     report = verify(str(lake), catalog.event_types, manifest)
     assert report.ok, report.problems[:10]
     ledger = pl.read_delta(ledger_uri(str(lake)))
     if crash_point == "after_commit":
-        last = ledger.sort("committed_at").tail(1).to_dicts()[0]
-        assert last["raw_written"] == 0
-        assert last["quarantined"] == 0
+        # the killed run committed and wrote its ledger rows but never acked: the restart got
+        # those messages again and skipped every one of them as a duplicate
+        first_run = ledger.sort("committed_at").get_column("run_id")[0]
+        crashed_rows = ledger.filter(pl.col("run_id") == first_run)
+        again = ledger.filter(pl.col("run_id") != first_run)
+        skipped = (
+            again.get_column("duplicates_skipped").sum() + again.get_column("quarantine_duplicates").sum()
+        )
+        assert skipped >= crashed_rows.get_column("received").sum() > 0
 
 
 def test_schema_evolves_when_v2_arrives(pubsub_emulator, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -305,7 +315,12 @@ def test_emulator_gone_stops_the_run_clearly_and_quarantines_nothing(
         produce(proc, catalog, catalog.project, tmp_path / "m.jsonl", count=300, invalid_rate=0.2)
         stop_pid(proc.pid)  # the world goes away before ingestion starts
         config = IngestConfig(str(tmp_path / "lake"), new_run_id(), str(catalog.path), "test", "sha")
-        ingest_run = LocalIngest(catalog, proc.address, config, LocalOptions(until_idle=0.5, rpc_timeout=3.0))
+        ingest_run = LocalIngest(
+            catalog,
+            proc.address,
+            config,
+            LocalOptions(until_idle=0.5, consumer=ConsumerOptions(rpc_timeout=3.0)),
+        )
         with pytest.raises(PlatformError, match="failed") as exc:
             ingest_run.run()
         assert "tidegate up" in str(exc.value.hint)

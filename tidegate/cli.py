@@ -382,7 +382,7 @@ def run_local_ingest(
     project: str | None = None,
 ) -> RunSummary:
     from lake.pii import is_production, load_protector
-    from pipelines.local import LocalIngest, LocalOptions, ingest_config
+    from pipelines.local import Heartbeat, LocalIngest, LocalOptions, ingest_config
 
     production = is_production(production)
     _protector, warning = load_protector(production)
@@ -396,8 +396,17 @@ def run_local_ingest(
                 f"  batch {b.batch_id.rsplit('-', 1)[-1]}: {b.received:,} received -> {b.raw_written:,} raw, "
                 f"{b.duplicates_skipped:,} duplicates skipped, {b.quarantined:,} quarantined"
                 + (f", {b.late:,} late" if b.late else "")
+                + (f", [red]{b.poisoned:,} poison (left to the dead-letter policy)[/]" if b.poisoned else "")
                 + f" ({b.seconds:.2f}s, {b.received / b.seconds if b.seconds else 0:,.0f} msg/s)"
             )
+
+    def beat(h: Heartbeat) -> None:
+        last = h.last_commit.strftime("%H:%M:%S") if h.last_commit else "none yet"
+        console.print(
+            f"[dim]{datetime.now().strftime('%H:%M:%S')}[/] following: {h.rate:,.0f} msg/s over the last "
+            f"interval ({h.messages:,} messages), {h.held:,} held by this process ({h.buffered:,} waiting), "
+            f"{h.batches:,} batches, last commit {last}"
+        )
 
     if not quiet:
         console.print(f"Ingesting into {lake} (run {config.run_id}) ...")
@@ -409,6 +418,7 @@ def run_local_ingest(
         project=project,
         on_batch=show,
         subscriptions=subscriptions,
+        on_heartbeat=None if quiet else beat,
     )
     return ingest.run()
 
@@ -416,13 +426,20 @@ def run_local_ingest(
 @app.command()
 def ingest(
     until_idle: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--until-idle", min=0.0, help="Stop once every subscription has been empty this many seconds."
+            "--until-idle",
+            min=0.0,
+            help="Stop once every subscription has been empty this many seconds [default: 5].",
+            show_default=False,
         ),
-    ] = 5.0,
+    ] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", help="Run until Ctrl-C (the current batch finishes cleanly).")
+        bool,
+        typer.Option(
+            "--follow",
+            help="Run until Ctrl-C (the current batch finishes cleanly); prints a heartbeat every 30 s.",
+        ),
     ] = False,
     max_batch: Annotated[
         int, typer.Option("--max-batch", min=1, max=200_000, help="Most messages per micro-batch.")
@@ -484,6 +501,11 @@ def ingest(
     catalog = load_catalog(catalog_path)
     if mode not in ("local", "streaming"):
         raise typer.BadParameter("must be 'local' or 'streaming'", param_hint="--mode")
+    if follow and until_idle is not None:
+        raise TidegateError(
+            "--follow and --until-idle contradict each other",
+            hint="--follow runs until Ctrl-C; --until-idle N stops after N idle seconds: give one of them",
+        )
     if mode == "streaming" and (dead_letters or gcp):
         raise TidegateError(
             "--dead-letters and --gcp are for --mode local",
@@ -518,7 +540,7 @@ def ingest(
         lake_root,
         max_batch=max_batch,
         max_wait=max_wait,
-        until_idle=None if follow else until_idle,
+        until_idle=None if follow else (5.0 if until_idle is None else until_idle),
         follow=follow,
         production=production,
         subscriptions=[catalog.dead_letter.subscription] if dead_letters else None,

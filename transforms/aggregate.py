@@ -172,7 +172,7 @@ class WriteReplayedWindowsFn(beam.DoFn):
     def process(self, item: tuple[None, Iterable[pl.DataFrame]]) -> None:
         from lake.projection import aggregate_commit_meta, aggregate_rows, replace_all
         from lake.tables import raw_schema
-        from transforms.ingest import _worker_state
+        from transforms.ingest import worker_state
 
         c = self.config
         spec = c.spec
@@ -186,7 +186,7 @@ class WriteReplayedWindowsFn(beam.DoFn):
                 frame = frame.filter(pl.col("window_start") >= since)
             if until is not None:
                 frame = frame.filter(pl.col("window_start") < until)
-        _, registry = _worker_state(c.catalog_path)
+        _, registry = worker_state(c.catalog_path)
         schema = agg.output_schema(spec, raw_schema(registry.types[spec.source]))
         rows = (
             aggregate_rows(schema, frame, c.raw_version, c.run_id, "replay")
@@ -491,10 +491,10 @@ class WriteAggregatePanesFn(beam.DoFn):
 
     def setup(self) -> None:
         from lake.tables import raw_schema
-        from transforms.ingest import _worker_state
+        from transforms.ingest import worker_state
 
         self.spec = AggregateSpec.model_validate_json(self.config.spec_json)
-        _, registry = _worker_state(self.config.catalog_path)
+        _, registry = worker_state(self.config.catalog_path)
         self.schema = agg.output_schema(self.spec, raw_schema(registry.types[self.spec.source]))
         self.written = Metrics.counter("tidegate", f"panes_written_{self.spec.name}")
 

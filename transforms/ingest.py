@@ -36,7 +36,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from expectations.checks import Rejection, ValidEvent, contract_stage, decode_stage, expectations_stage
 from expectations.envelope import Envelope, RawMessage
-from tidegate.faults import fault_point
+from tidegate.faults import InjectedCrash, crash_on, fault_point, transient_fault
 from transforms import coders as _coders  # noqa: F401 - registers the chunk coders
 from transforms.ingest_types import Chunk, Decoded, Rejected, Typed
 
@@ -80,7 +80,7 @@ def _global(value: Any) -> WindowedValue:
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_state(catalog_path: str) -> tuple[Any, Any]:
+def worker_state(catalog_path: str) -> tuple[Any, Any]:
     """Catalog and contracts, loaded once per worker process (not per DoFn, run or bundle).
 
     The local driver runs one short Beam pipeline per micro-batch in this same process, so
@@ -98,7 +98,7 @@ def _worker_state(catalog_path: str) -> tuple[Any, Any]:
 def _validator(catalog_path: str) -> Any:
     from expectations.suites import SuiteValidator
 
-    return SuiteValidator(_worker_state(catalog_path)[1])
+    return SuiteValidator(worker_state(catalog_path)[1])
 
 
 class _CatalogFn(beam.DoFn):
@@ -108,7 +108,7 @@ class _CatalogFn(beam.DoFn):
         self.config = config
 
     def setup(self) -> None:
-        self.catalog, self.registry = _worker_state(self.config.catalog_path)
+        self.catalog, self.registry = worker_state(self.config.catalog_path)
 
 
 class DecodeEnvelopeFn(_CatalogFn):
@@ -116,11 +116,14 @@ class DecodeEnvelopeFn(_CatalogFn):
         super().setup()
         self.decoded = Metrics.counter("tidegate", "events_in")
         self.rejected = Metrics.counter("tidegate", "rejected_envelope")
+        self.crash_on = crash_on()
 
     def process(self, chunk: Chunk) -> Iterator[Any]:
         items: list[tuple[RawMessage, Envelope]] = []
         bad: list[Rejection] = []
         for m in chunk.messages:
+            if self.crash_on is not None and m.attributes.get("ce-id") == self.crash_on:
+                raise InjectedCrash(f"injected crash on ce-id {self.crash_on}")
             result = decode_stage(m, self.catalog)
             if isinstance(result, Rejection):
                 bad.append(result)
@@ -326,6 +329,7 @@ class WriteRawHistoryFn(_WriterFn):
                 extra={"tidegate_event_type": event_type, "tidegate_table": "raw"},
             )
             fault_point("before_commit")
+            transient_fault()
             started = time.perf_counter()
             result = insert_new(
                 raw_uri(self.config.lake, event_type),

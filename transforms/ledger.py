@@ -23,7 +23,7 @@ nothing twice. The ledger is a Delta table like the others: `Lake.ledger()`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -150,30 +150,38 @@ class WriteLedgerFn(beam.DoFn):
         self.rows.append(row)
 
     def finish_bundle(self) -> None:
-        import pyarrow as pa
+        if self.rows:
+            write_ledger(self.config, self.rows, insert_only=True)
 
-        from lake.rows import lineage
-        from lake.tables import LEDGER_SCHEMA, ledger_uri
-        from lake.writer import insert_new
 
-        if not self.rows:
-            return
-        meta = lineage(
-            run_id=self.config.run_id,
-            batch_ids=[r["batch_id"] for r in self.rows],
-            code_version=self.config.code_version,
-            git_sha=self.config.git_sha,
-            subscriptions={s for r in self.rows for s in r["subscriptions"]},
-            message_ids=[],
-            extra={"tidegate_table": "ledger"},
-        )
+def write_ledger(
+    config: IngestConfig, rows: list[dict[str, Any]], *, insert_only: bool, message_ids: Sequence[str] = ()
+) -> None:
+    """Ledger rows (dicts of LEDGER_SCHEMA) -> one commit to `_ledger`. Streaming inserts on
+    batch_id (a bundle Dataflow retries adds nothing twice); local mode appends (one driver, a
+    batch id is written once)."""
+    import pyarrow as pa
+
+    from lake.rows import lineage
+    from lake.tables import LEDGER_SCHEMA, ledger_uri
+    from lake.writer import append, insert_new
+
+    meta = lineage(
+        run_id=config.run_id,
+        batch_ids=[r["batch_id"] for r in rows],
+        code_version=config.code_version,
+        git_sha=config.git_sha,
+        subscriptions={s for r in rows for s in r["subscriptions"]},
+        message_ids=message_ids,
+        extra={"tidegate_table": "ledger"},
+    )
+    table = pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+    if insert_only:
         insert_new(
-            ledger_uri(self.config.lake),
-            pa.Table.from_pylist(self.rows, schema=LEDGER_SCHEMA),
-            keys=["batch_id"],
-            metadata=meta,
-            storage_options=self.config.storage,
+            ledger_uri(config.lake), table, keys=["batch_id"], metadata=meta, storage_options=config.storage
         )
+    else:
+        append(ledger_uri(config.lake), table, metadata=meta, storage_options=config.storage)
 
 
 class BalanceLedger(beam.PTransform):

@@ -1,0 +1,196 @@
+"""One micro-batch through Beam: the ingest composites on the in-process runner, a poison
+message isolated by splitting, transient failures retried.
+
+    runner = BatchRunner(config)
+    result = runner.run(batch_id, messages)      # -> BatchRun(commits, poison, metrics, stages)
+
+Each run is **one bounded Beam pipeline** on the in-process `FnApiRunner`, pinned explicitly
+(`DirectRunner` would first try to download Prism; platform facts). The messages reach it in
+memory through `HANDOFF` (a `beam.Create` of 50k messages pickles them and costs seconds): the
+pipeline carries only a key, `TakeBatch` swaps it for the messages in the same process, and
+`CollectCommits` hands the writers' `TableCommit`s back the same way.
+
+Failures are sorted the way tidegate.errors says:
+- `TidegateError` (a person must act) stops the run at once;
+- `TransientError` (a commit conflict that outlasted its retries, the lake briefly unreachable)
+  is retried with bounded backoff, then stops the run as a PlatformError (exit 3); nothing is
+  acked, so nothing is lost;
+- anything else is a crash on some message (a bug, a resource limit): the batch is split in
+  halves and each half run again, until the rest has committed and the culprit stands alone.
+  It is returned as `poison`: the driver nacks it and logs its id, and Pub/Sub's dead-letter
+  policy moves it aside after `max_delivery_attempts`. The writers' insert-only MERGE makes the
+  re-runs safe: whatever a failed half had already committed is skipped as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+from expectations.envelope import RawMessage
+from tidegate.errors import PlatformError, TidegateError, TransientError
+from transforms.ingest import Ingest, IngestConfig, TableCommit
+from transforms.ingest_types import Chunk
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ATTEMPTS = 5  # runs of one batch before a TransientError stops ingestion
+TRANSIENT_BACKOFF = (0.5, 8.0)  # first and longest pause between them, seconds
+
+
+class Handoff:
+    """Objects handed to and from an in-process Beam run by key (module docstring). The runner
+    pickles DoFns and elements; a key crosses that boundary for free, 20k messages do not."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inputs: dict[str, Any] = {}
+        self._outputs: dict[str, list[Any]] = {}
+
+    def put(self, value: Any) -> str:
+        key = uuid.uuid4().hex
+        with self._lock:
+            self._inputs[key] = value
+            self._outputs[key] = []
+        return key
+
+    def take(self, key: str) -> Any:
+        with self._lock:
+            return self._inputs.pop(key)
+
+    def collect(self, value: Any, key: str) -> None:
+        with self._lock:
+            self._outputs[key].append(value)
+
+    def results(self, key: str) -> list[Any]:
+        with self._lock:
+            self._inputs.pop(key, None)
+            return self._outputs.pop(key, [])
+
+
+HANDOFF = Handoff()
+
+
+def _take_chunk(key: str) -> Chunk:
+    return HANDOFF.take(key)  # type: ignore[no-any-return]
+
+
+def _collect(value: Any, key: str) -> None:
+    HANDOFF.collect(value, key)  # a module function: Beam pickles it by reference
+
+
+@dataclass
+class BatchRun:
+    """What running one micro-batch produced."""
+
+    commits: list[TableCommit] = field(default_factory=list)
+    poison: list[int] = field(default_factory=list)  # indexes (into the messages) left to Pub/Sub
+    metrics: list[Any] = field(default_factory=list)  # Beam metric query results, one per run
+    runs: int = 0
+    beam_seconds: float = 0.0
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Beam wraps DoFn errors; surface tidegate's own (a person's, a transient one) as they are."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, TidegateError | TransientError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return exc
+
+
+class BatchRunner:
+    def __init__(self, config: IngestConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.sleep = sleep
+        self.options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+
+    def run(self, batch_id: str, messages: list[RawMessage]) -> BatchRun:
+        out = BatchRun()
+        self._isolate(batch_id, messages, list(range(len(messages))), out)
+        return out
+
+    def _isolate(self, batch_id: str, messages: list[RawMessage], index: list[int], out: BatchRun) -> None:
+        try:
+            self._with_retries(batch_id, [messages[i] for i in index], out)
+        except (TidegateError, TransientError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a crash on some message: find it (module docstring)
+            if len(index) == 1:
+                m = messages[index[0]]
+                log.error(
+                    "poison message %s (ce-id %s) on %s crashed processing (%s: %s); left to Pub/Sub's "
+                    "dead-letter policy, the rest of batch %s is committed",
+                    m.message_id,
+                    m.attributes.get("ce-id", "?"),
+                    m.subscription,
+                    exc.__class__.__name__,
+                    str(exc)[:200],
+                    batch_id,
+                )
+                out.poison.append(index[0])
+                return
+            if len(index) == len(messages):
+                log.warning(
+                    "batch %s (%d messages) failed (%s: %s); splitting it to isolate the message",
+                    batch_id,
+                    len(messages),
+                    exc.__class__.__name__,
+                    str(exc)[:200],
+                )
+            half = len(index) // 2
+            self._isolate(batch_id, messages, index[:half], out)
+            self._isolate(batch_id, messages, index[half:], out)
+
+    def _with_retries(self, batch_id: str, messages: list[RawMessage], out: BatchRun) -> None:
+        pause, longest = TRANSIENT_BACKOFF
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                self._run_once(batch_id, messages, out)
+                return
+            except TransientError as exc:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise PlatformError(
+                        f"batch {batch_id} failed {attempt} times on a transient error: {exc}",
+                        hint="nothing of it was acknowledged, so nothing is lost; check that the lake "
+                        "is reachable and that no other writer fights over it, then run ingest again",
+                    ) from None
+                log.warning("batch %s: %s; retrying in %.1fs", batch_id, exc, pause)
+                self.sleep(pause)
+                pause = min(pause * 2, longest)
+
+    def _run_once(self, batch_id: str, messages: list[RawMessage], out: BatchRun) -> None:
+        key = HANDOFF.put(Chunk(batch_id, messages))
+        started = time.perf_counter()
+        try:
+            # FnApiRunner pinned: never DirectRunner's Prism download or a network fallback.
+            p = beam.Pipeline(runner=FnApiRunner(), options=self.options)
+            commits = (
+                p
+                | "ReadEvents" >> beam.Create([key], reshuffle=False)
+                | "TakeBatch" >> beam.Map(_take_chunk).with_output_types(Chunk)
+                | "Ingest" >> Ingest(self.config)
+            ).commits
+            commits | "CollectCommits" >> beam.Map(_collect, key)
+            result = p.run()
+            result.wait_until_finish()
+        except Exception as exc:  # noqa: BLE001 - Beam wraps everything; surface ours
+            HANDOFF.results(key)
+            raise unwrap(exc) from None
+        finally:
+            out.runs += 1
+            out.beam_seconds += time.perf_counter() - started
+        out.commits += HANDOFF.results(key)
+        out.metrics.append(result.metrics().query())

@@ -1,0 +1,242 @@
+"""The local consumer under real Pub/Sub traffic, published the way a user's producer would (the
+plain google-cloud-pubsub client): a 9.5 MB message, hostile small messages, a message that
+crashes processing, transient failures, and the operational mistakes a person makes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from expectations.contracts import ContractRegistry
+from infra.pubsub import provision, publisher, subscriber, subscription_path, topic_path
+from lake.lock import lake_lock
+from lake.tables import ledger_uri, quarantine_uri, raw_uri
+from pipelines.local import Heartbeat, LocalIngest, LocalOptions, new_run_id
+from tests.conftest import CONTRACTS_DIR
+from tidegate.catalog import Catalog, load_catalog
+from tidegate.producer import ProduceConfig, generate
+from transforms.ingest import IngestConfig
+
+pytestmark = pytest.mark.emulator
+
+
+def valid_orders(catalog: Catalog, count: int, seed: int = 5) -> list[tuple[bytes, dict[str, str]]]:
+    """Valid shop.order.placed messages (body, attributes), binary mode, from the producer."""
+    registry = ContractRegistry.from_catalog(catalog)
+    config = ProduceConfig(
+        types=("shop.order.placed",), count=count, seed=seed, structured_rate=0.0, v2_rate=0.0
+    )
+    return [(m.data, m.attributes) for m in generate(config, catalog, registry)]
+
+
+def publish_plain(
+    address: str, project: str, topic: str, messages: list[tuple[bytes, dict[str, str]]]
+) -> list[str]:
+    """Publish with the official client's batching publisher, as a user's producer would."""
+    client = publisher(address)
+    futures = [client.publish(topic_path(project, topic), data, **attrs) for data, attrs in messages]
+    ids = [f.result(timeout=120) for f in futures]
+    client.stop()
+    return ids
+
+
+def ingest(address: str, catalog: Catalog, project: str, lake: Path, **opts):  # type: ignore[no-untyped-def]
+    config = IngestConfig(str(lake), new_run_id(), str(catalog.path), "test", "test-sha")
+    options = LocalOptions(**{"max_wait": 0.5, "until_idle": 1.0, **opts})
+    return LocalIngest(catalog, address, config, options, project=project).run()
+
+
+def with_body(
+    message: tuple[bytes, dict[str, str]], body: bytes, **attrs: str
+) -> tuple[bytes, dict[str, str]]:
+    return body, {**message[1], **attrs}
+
+
+def test_a_9_5_mb_message_is_quarantined_as_oversize_and_its_neighbours_land(
+    pubsub_emulator, catalog, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    provision(catalog, pubsub_emulator.address, project)
+    orders = valid_orders(catalog, 120)
+    big_body = json.dumps({"order_id": "ord_BIG", "note": "x" * 9_500_000}).encode()
+    big = with_body(orders[0], big_body, **{"ce-id": "big-one"})
+    ids = publish_plain(pubsub_emulator.address, project, "shop-orders", [*orders[1:60], big, *orders[60:]])
+    big_id = ids[59]
+
+    summary = ingest(pubsub_emulator.address, catalog, project, tmp_path / "lake")
+    assert summary.received == 120
+    raw = pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed"))
+    assert raw.height == 119
+    q = pl.read_delta(quarantine_uri(str(tmp_path / "lake"))).filter(pl.col("pubsub_message_id") == big_id)
+    assert q.height == 1
+    row = q.row(0, named=True)
+    assert (row["stage"], row["rule"]) == ("envelope", "oversize")
+    assert str(len(big_body)) in row["reason"]
+    assert row["payload_size"] == len(big_body)
+    assert len(row["payload_sha256"]) == 64
+
+
+def test_hostile_small_messages_are_quarantined_and_the_valid_ones_around_them_land(
+    pubsub_emulator, catalog, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    provision(catalog, pubsub_emulator.address, project)
+    orders = valid_orders(catalog, 90, seed=6)
+    payload = json.loads(orders[0][0])
+    deep: object = 1
+    for _ in range(500):
+        deep = [deep]
+    hostile = {
+        "overflowing placed_at": with_body(
+            orders[0], json.dumps({**payload, "placed_at": 2**63 - 1}).encode(), **{"ce-id": "h-1"}
+        ),
+        "year-1 ce-time": with_body(
+            orders[0], orders[0][0], **{"ce-id": "h-2", "ce-time": "0001-01-01T00:00:00+01:00"}
+        ),
+        "500-deep JSON": with_body(
+            orders[0], json.dumps({**payload, "note": deep}).encode(), **{"ce-id": "h-3"}
+        ),
+    }
+    ids = publish_plain(
+        pubsub_emulator.address, project, "shop-orders", [*orders[1:40], *hostile.values(), *orders[40:]]
+    )
+    hostile_ids = dict(zip(hostile, ids[39:42], strict=True))
+
+    summary = ingest(pubsub_emulator.address, catalog, project, tmp_path / "lake")
+    assert summary.received == 92
+    assert pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed")).height == 89
+    q = pl.read_delta(quarantine_uri(str(tmp_path / "lake")))
+    for what, message_id in hostile_ids.items():
+        rows = q.filter(pl.col("pubsub_message_id") == message_id)
+        assert rows.height == 1, what
+        assert rows.get_column("stage")[0] in ("envelope", "contract"), what
+    ledger = pl.read_delta(ledger_uri(str(tmp_path / "lake")))
+    assert ledger.get_column("received").sum() == 92
+
+
+def test_a_message_that_crashes_processing_is_isolated_and_left_to_the_dead_letter_policy(
+    pubsub_emulator, catalog, project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    provision(catalog, pubsub_emulator.address, project)
+    orders = valid_orders(catalog, 200, seed=7)
+    culprit = orders[123][1]["ce-id"]
+    ids = publish_plain(pubsub_emulator.address, project, "shop-orders", orders)
+    monkeypatch.setenv("TIDEGATE_FAULT_CRASH_ON", culprit)
+
+    with caplog.at_level(logging.ERROR, logger="pipelines.local.batch"):
+        # Each delivery of the culprit crashes its batch; the rest commits and is acked, the
+        # culprit is nacked, redelivered, crashes again ... until Pub/Sub's dead-letter policy
+        # (max_delivery_attempts in the catalog) moves it aside. The run then goes idle.
+        summary = ingest(pubsub_emulator.address, catalog, project, tmp_path / "lake", until_idle=3.0)
+    assert summary.poisoned >= 1
+    assert summary.received == 199
+    raw = pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed"))
+    assert raw.height == 199
+    assert culprit not in set(raw.get_column("event_id"))
+    assert any(ids[123] in r.getMessage() and "poison message" in r.getMessage() for r in caplog.records)
+
+    client = subscriber(pubsub_emulator.address)
+    dead = subscription_path(project, catalog.dead_letter.subscription)
+    got = client.pull(request={"subscription": dead, "max_messages": 10}, timeout=30)
+    assert [m.message.attributes["ce-id"] for m in got.received_messages] == [culprit]
+    client.close()
+
+
+def test_a_transient_failure_is_retried_and_the_batch_lands(
+    pubsub_emulator, catalog, project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import tidegate.faults
+
+    provision(catalog, pubsub_emulator.address, project)
+    publish_plain(pubsub_emulator.address, project, "shop-orders", valid_orders(catalog, 50, seed=8))
+    monkeypatch.setenv("TIDEGATE_FAULT_TRANSIENT", "2")
+    monkeypatch.setattr(tidegate.faults, "_transient_raised", 0)
+    summary = ingest(pubsub_emulator.address, catalog, project, tmp_path / "lake")
+    assert (summary.received, summary.raw_written) == (50, 50)
+
+
+def test_transient_failures_that_outlast_the_retries_stop_the_run_with_exit_3_and_lose_nothing(
+    cli, pubsub_emulator, catalog, project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import tidegate.faults
+
+    cat = tmp_path / "catalog.yaml"
+    text = catalog.path.read_text().replace("project: local-lake", f"project: {project}")
+    cat.write_text(text.replace("contracts: ../expectations/contracts", f"contracts: {CONTRACTS_DIR}"))
+    provision(load_catalog(cat), pubsub_emulator.address)
+    publish_plain(pubsub_emulator.address, project, "shop-orders", valid_orders(catalog, 30, seed=9))
+    monkeypatch.setenv("TIDEGATE_FAULT_TRANSIENT", "1000")
+    monkeypatch.setattr(tidegate.faults, "_transient_raised", 0)
+    args = ["ingest", "--catalog", cat, "--lake", tmp_path / "lake", "--emulator", pubsub_emulator.address]
+    r = cli(*args, "--until-idle", "1")
+    assert r.code == 3, r.text
+    assert "transient" in r.text
+    assert "nothing is lost" in r.text
+    assert "bug" not in r.text
+
+    monkeypatch.setenv("TIDEGATE_FAULT_TRANSIENT", "0")
+    r = cli(*args, "--until-idle", "1")  # nacked at the stop: all 30 are there again at once
+    assert r.code == 0, r.text
+    assert pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed")).height == 30
+
+
+def test_a_second_ingest_on_the_same_lake_says_another_is_writing(
+    cli, pubsub_emulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    lake = tmp_path / "lake"
+    with lake_lock(str(lake)):
+        r = cli("ingest", "--lake", lake, "--emulator", pubsub_emulator.address, "--until-idle", "1")
+    assert r.code == 2
+    assert "another `tidegate ingest` is writing to" in r.text
+    assert "bug" not in r.text
+
+
+def test_a_lake_path_that_is_a_file_is_a_clear_mistake(cli, pubsub_emulator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    not_a_dir = tmp_path / "lake.txt"
+    not_a_dir.write_text("oops")
+    r = cli("ingest", "--lake", not_a_dir, "--emulator", pubsub_emulator.address, "--until-idle", "1")
+    assert r.code == 2, r.text
+    assert "cannot use" in r.text
+    assert "--lake" in r.text
+    assert "bug" not in r.text
+
+
+def test_follow_and_until_idle_together_are_refused(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = cli("ingest", "--follow", "--until-idle", "3", "--lake", tmp_path / "lake")
+    assert r.code == 2
+    assert "--follow and --until-idle" in r.text
+
+
+def test_follow_reports_a_heartbeat(pubsub_emulator, catalog, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    provision(catalog, pubsub_emulator.address, project)
+    publish_plain(pubsub_emulator.address, project, "shop-orders", valid_orders(catalog, 40, seed=10))
+    beats: list[Heartbeat] = []
+    config = IngestConfig(str(tmp_path / "lake"), new_run_id(), str(catalog.path), "test", "test-sha")
+    run = LocalIngest(
+        catalog,
+        pubsub_emulator.address,
+        config,
+        LocalOptions(follow=True, until_idle=None, heartbeat_seconds=0.5),
+        project=project,
+        on_heartbeat=beats.append,
+    )
+
+    def stop_after_beats() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (beats and any(b.last_commit for b in beats)):
+            time.sleep(0.1)
+        time.sleep(0.6)
+        run.stop_requested = True
+
+    threading.Thread(target=stop_after_beats, daemon=True).start()
+    summary = run.run()
+    assert summary.received == 40
+    assert len(beats) >= 2
+    assert sum(b.messages for b in beats) <= 40
+    assert beats[-1].last_commit is not None
+    assert beats[-1].batches >= 1
