@@ -24,19 +24,15 @@ watermark base stamped), with 5% out-of-order (<= 2 min) and 1% late (2 h) event
 
 from __future__ import annotations
 
-import os
 import resource
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from expectations.contracts import ContractRegistry
 from infra import emulator as emu
-from infra.pubsub import provision, pull_now, subscriber, subscription_path
+from infra.pubsub import provision, subscriber
 from tidegate.catalog import Catalog
 from tidegate.producer import ProduceConfig, generate, publish
 
@@ -49,177 +45,6 @@ def _mix(catalog: Catalog, count: int, seed: int) -> ProduceConfig:
     return ProduceConfig(
         types=tuple(catalog.event_types), count=count, seed=seed, invalid_rate=0.02, duplicate_rate=0.01
     )
-
-
-def ceiling(catalog: Catalog, address: str, registry: ContractRegistry, events: int) -> float:
-    """Pull + ack rate of the emulator for `events` messages, as the pipeline pulls."""
-    report = publish(generate(_mix(catalog, events, 99), catalog, registry), catalog.project, address, events)
-    assert report.failed == 0, report.errors
-    client = subscriber(address)
-    total = 0
-    started = time.perf_counter()
-    for stream in catalog.streams:
-        path = subscription_path(catalog.project, stream.subscription)
-        ack_ids: list[str] = []
-        while True:
-            received = pull_now(client, path, 1000)
-            if not received:
-                break
-            ack_ids += [r.ack_id for r in received]
-            if len(ack_ids) >= 2500:
-                client.acknowledge(request={"subscription": path, "ack_ids": ack_ids})
-                total += len(ack_ids)
-                ack_ids = []
-        if ack_ids:
-            client.acknowledge(request={"subscription": path, "ack_ids": ack_ids})
-            total += len(ack_ids)
-    elapsed = time.perf_counter() - started
-    client.close()
-    return total / elapsed
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _files(lake: Path) -> int:
-    return sum(1 for _ in lake.rglob("*.parquet"))
-
-
-def bench_ingest(
-    catalog: Catalog,
-    events: int,
-    rate: float,
-    latency_seconds: float,
-    max_batch: int,
-    max_wait: float,
-    progress: Any = print,
-) -> dict[str, Any]:
-    from pipelines.local import BatchOutcome, LocalIngest, LocalOptions, new_run_id
-    from tidegate.version import code_version, git_sha
-    from transforms.ingest import IngestConfig
-
-    registry = ContractRegistry.from_catalog(catalog)
-    work = Path(tempfile.mkdtemp(prefix="tidegate-bench-"))
-    figures: dict[str, Any] = {"events": events, "max_batch": max_batch, "max_wait_s": max_wait}
-
-    def config(lake: Path) -> IngestConfig:
-        return IngestConfig(str(lake), new_run_id(), str(catalog.path), code_version(), git_sha())
-
-    with emu.private_emulator(work / "logs") as proc:
-        provision(catalog, proc.address)
-        progress(f"ceiling: pull + ack of {events:,} messages ...")
-        figures["ceiling_msg_per_s"] = round(ceiling(catalog, proc.address, registry, events))
-
-        progress("warm-up batch ...")
-        publish(generate(_mix(catalog, 500, 1), catalog, registry), catalog.project, proc.address, 500)
-        LocalIngest(
-            catalog, proc.address, config(work / "warmup"), LocalOptions(until_idle=0.5, max_wait=0.5)
-        ).run()
-
-        progress(f"publishing a backlog of {events:,} messages (2% invalid, 1% duplicates, 3 types) ...")
-        publish(generate(_mix(catalog, events, 2), catalog, registry), catalog.project, proc.address, events)
-        lake = work / "lake"
-        first_pull = time.perf_counter()
-        last_commit = [first_pull]
-        batches: list[BatchOutcome] = []
-
-        def on_batch(b: BatchOutcome) -> None:
-            last_commit[0] = time.perf_counter()
-            batches.append(b)
-
-        progress("ingesting the backlog ...")
-        summary = LocalIngest(
-            catalog,
-            proc.address,
-            config(lake),
-            LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=1.0),
-            on_batch=on_batch,
-        ).run()
-        elapsed = last_commit[0] - first_pull
-        figures.update(
-            ingest_msg_per_s=round(summary.received / elapsed),
-            ingest_seconds=round(elapsed, 1),
-            received=summary.received,
-            raw_written=summary.raw_written,
-            duplicates_skipped=summary.duplicates_skipped,
-            quarantined=summary.quarantined,
-            batches=summary.batches,
-            files_created=_files(lake),
-            peak_rss_mib_after_backlog=round(_peak_rss_mib()),
-        )
-        figures["ratio_ingest_to_ceiling"] = round(
-            figures["ingest_msg_per_s"] / figures["ceiling_msg_per_s"], 2
-        )
-
-        if latency_seconds > 0:
-            progress(
-                f"latency: --follow while a producer offers {rate:g} events/s for {latency_seconds:g}s ..."
-            )
-            count = int(rate * latency_seconds)
-            env = {**os.environ, "PUBSUB_EMULATOR_HOST": proc.address, "TIDEGATE_CATALOG": str(catalog.path)}
-            producer = subprocess.Popen(  # noqa: S603 - our own CLI
-                [
-                    sys.executable,
-                    "-m",
-                    "tidegate.cli",
-                    "produce",
-                    "--count",
-                    str(count),
-                    "--rate",
-                    str(rate),
-                    "--invalid-rate",
-                    "0.02",
-                    "--duplicate-rate",
-                    "0.01",
-                    "--seed",
-                    "3",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-            follow_batches: list[BatchOutcome] = []
-            ingest = LocalIngest(
-                catalog,
-                proc.address,
-                config(work / "follow"),
-                LocalOptions(max_batch=max_batch, max_wait=max_wait, follow=True),
-                on_batch=follow_batches.append,
-            )
-
-            def stop_when_drained() -> None:
-                producer.wait()
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and sum(b.received for b in follow_batches) < count:
-                    time.sleep(0.2)
-                ingest.stop_requested = True
-
-            watcher = threading.Thread(target=stop_when_drained, daemon=True)
-            watcher.start()
-            ingest.run()
-            watcher.join(timeout=5)
-            latencies = [x for b in follow_batches for x in b.publish_latencies]
-            figures.update(
-                offered_per_s=rate,
-                latency_messages=len(latencies),
-                latency_p50_s=round(_percentile(latencies, 0.50), 2),
-                latency_p99_s=round(_percentile(latencies, 0.99), 2),
-                latency_max_s=round(max(latencies, default=float("nan")), 2),
-                follow_batches=len(follow_batches),
-            )
-            fresh = [x for b in follow_batches for x in b.aggregate_latencies]
-            figures.update(
-                aggregate_freshness_messages=len(fresh),
-                aggregate_freshness_p50_s=round(_percentile(fresh, 0.50), 2),
-                aggregate_freshness_p99_s=round(_percentile(fresh, 0.99), 2),
-                late_pairs=sum(b.late for b in follow_batches),
-            )
-        figures["peak_rss_mib"] = round(_peak_rss_mib())
-    return figures
 
 
 def _synthetic_raw(

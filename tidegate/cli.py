@@ -1487,8 +1487,8 @@ def bench_ingest_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """Ingest on this machine: the emulator's pull+ack ceiling, end-to-end throughput of a realistic backlog, publish->Delta latency p50/p99 in --follow mode, files created, peak RSS."""
-    from tidegate.bench import bench_ingest
+    """Ingest on this machine: the plain parallel drain ceiling, end-to-end throughput of a realistic backlog, publish->Delta latency p50/p99 and per-stage batch cost in --follow mode, SIGKILL recovery, cold start, files, peak RSS."""
+    from tidegate.bench_ingest import bench_ingest
 
     catalog = load_catalog(catalog_path)
     figures = bench_ingest(
@@ -1501,6 +1501,26 @@ def bench_ingest_cmd(
         progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
     )
     _print_figures(f"tidegate bench ingest --events {events} --rate {rate:g}", figures, as_json)
+
+
+@bench_app.command("soak")
+def bench_soak_cmd(
+    minutes: Annotated[float, typer.Option(min=1.0, help="How long to follow, minutes.")] = 10.0,
+    rate: Annotated[float, typer.Option(min=1.0, help="Offered events/s.")] = 1500.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Sustained load: `ingest --follow` for M minutes at R events/s; publish->commit p50/p99, longest raw commit and RSS per minute, files per table at the end."""
+    from tidegate.bench_ingest import bench_soak
+
+    catalog = load_catalog(catalog_path)
+    figures = bench_soak(
+        catalog,
+        minutes,
+        rate,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    _print_figures(f"tidegate bench soak --minutes {minutes:g} --rate {rate:g}", figures, as_json)
 
 
 @bench_app.command("replay")

@@ -20,7 +20,9 @@ retries and never acks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +77,14 @@ class IngestConfig:
         return dict(self.storage_options) or None
 
 
+@contextlib.contextmanager
+def _timed(distribution: Any) -> Iterator[None]:
+    """Milliseconds of the block into a Beam distribution (per-stage cost in `_metrics`)."""
+    started = time.perf_counter()
+    yield
+    distribution.update(int((time.perf_counter() - started) * 1000))
+
+
 def _global(value: Any) -> WindowedValue:
     return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
 
@@ -117,18 +127,20 @@ class DecodeEnvelopeFn(_CatalogFn):
         self.decoded = Metrics.counter("tidegate", "events_in")
         self.rejected = Metrics.counter("tidegate", "rejected_envelope")
         self.crash_on = crash_on()
+        self.ms = Metrics.distribution("tidegate", "decode_ms")
 
     def process(self, chunk: Chunk) -> Iterator[Any]:
         items: list[tuple[RawMessage, Envelope]] = []
         bad: list[Rejection] = []
-        for m in chunk.messages:
-            if self.crash_on is not None and m.attributes.get("ce-id") == self.crash_on:
-                raise InjectedCrash(f"injected crash on ce-id {self.crash_on}")
-            result = decode_stage(m, self.catalog)
-            if isinstance(result, Rejection):
-                bad.append(result)
-            else:
-                items.append((m, result))
+        with _timed(self.ms):
+            for m in chunk.messages:
+                if self.crash_on is not None and m.attributes.get("ce-id") == self.crash_on:
+                    raise InjectedCrash(f"injected crash on ce-id {self.crash_on}")
+                result = decode_stage(m, self.catalog)
+                if isinstance(result, Rejection):
+                    bad.append(result)
+                else:
+                    items.append((m, result))
         self.decoded.inc(len(chunk.messages))
         self.rejected.inc(len(bad))
         yield Decoded(chunk.batch_id, items)
@@ -140,13 +152,15 @@ class ValidateContractFn(_CatalogFn):
     def setup(self) -> None:
         super().setup()
         self.rejected = Metrics.counter("tidegate", "rejected_contract")
+        self.ms = Metrics.distribution("tidegate", "contract_ms")
 
     def process(self, decoded: Decoded) -> Iterator[Any]:
         good: list[ValidEvent] = []
         bad: list[Rejection] = []
-        for m, env in decoded.items:
-            result = contract_stage(m, env, self.registry)
-            (bad if isinstance(result, Rejection) else good).append(result)  # type: ignore[arg-type]
+        with _timed(self.ms):
+            for m, env in decoded.items:
+                result = contract_stage(m, env, self.registry)
+                (bad if isinstance(result, Rejection) else good).append(result)  # type: ignore[arg-type]
         self.rejected.inc(len(bad))
         yield Typed(decoded.batch_id, good)
         if bad:
@@ -158,9 +172,11 @@ class ValidateExpectationsFn(_CatalogFn):
         super().setup()
         self.validator = _validator(self.config.catalog_path)  # GX context: once per worker
         self.rejected = Metrics.counter("tidegate", "rejected_expectations")
+        self.ms = Metrics.distribution("tidegate", "gx_ms")
 
     def process(self, typed: Typed) -> Iterator[Any]:
-        valid, rejected, outcomes = expectations_stage(typed.events, self.validator)
+        with _timed(self.ms):
+            valid, rejected, outcomes = expectations_stage(typed.events, self.validator)
         self.rejected.inc(len(rejected))
         yield Typed(typed.batch_id, valid)
         if rejected:
@@ -396,14 +412,15 @@ class WriteQuarantineFn(_WriterFn):
             now=datetime.now(UTC),
         )
         meta = self._meta(batch_ids, [r.message for r in self.buffer], extra={"tidegate_table": "quarantine"})
-        result = insert_new(
-            quarantine_uri(self.config.lake),
-            rows,
-            keys=["subscription", "pubsub_message_id"],
-            metadata=meta,
-            partition_by=["quarantine_date"],
-            storage_options=self.config.storage,
-        )
+        with _timed(Metrics.distribution("tidegate", "quarantine_commit_ms")):
+            result = insert_new(
+                quarantine_uri(self.config.lake),
+                rows,
+                keys=["subscription", "pubsub_message_id"],
+                metadata=meta,
+                partition_by=["quarantine_date"],
+                storage_options=self.config.storage,
+            )
         self.quarantined.inc(result.inserted)
         yield _global(TableCommit.of("quarantine", None, batch_ids, len(self.buffer), result))
 
@@ -461,14 +478,15 @@ class WriteQualityFn(_WriterFn):
             message_ids=[],
             extra={"tidegate_table": "_quality"},
         )
-        result = insert_new(
-            quality_uri(self.config.lake),
-            pa.Table.from_pydict(rows, schema=QUALITY_SCHEMA),
-            keys=list(QUALITY_KEYS),
-            metadata=meta,
-            partition_by=["quality_date"],
-            storage_options=self.config.storage,
-        )
+        with _timed(Metrics.distribution("tidegate", "quality_commit_ms")):
+            result = insert_new(
+                quality_uri(self.config.lake),
+                pa.Table.from_pydict(rows, schema=QUALITY_SCHEMA),
+                keys=list(QUALITY_KEYS),
+                metadata=meta,
+                partition_by=["quality_date"],
+                storage_options=self.config.storage,
+            )
         details = tuple((o.event_type, o.expectation, o.column, o.success) for _, o in self.buffer)
         yield _global(TableCommit.of("quality", None, batch_ids, len(self.buffer), result, details))
 

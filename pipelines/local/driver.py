@@ -209,6 +209,7 @@ class LocalIngest:
                 error=f"{exc.__class__.__name__}: {exc}",
             )
             raise
+        outcome.stages["beam_build"] = run.build_seconds
         outcome.stages["beam"] = run.beam_seconds
         # publish -> visible in Delta (the raw/quarantine commits are done at committed_at)
         outcome.publish_latencies = [
