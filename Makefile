@@ -8,7 +8,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: ## create .venv from uv.lock (uv run does this on demand too)
-	$(UV) sync --locked
+	$(UV) sync --locked --compile-bytecode
 
 test: ## the whole test suite (what CI runs)
 	$(UV) run pytest

@@ -91,13 +91,35 @@ def raw_dataset(table: DeltaTable) -> ds.FileSystemDataset:
     return dataset
 
 
-def _only_appends(raw: DeltaTable, done: int, target: int) -> bool:
-    """Did every raw commit after `done` only add rows (ingestion's WRITE / MERGE)? Compaction
-    (OPTIMIZE) rewrites files: their rows would look new, so the projection rebuilds instead."""
-    for commit in raw.history(limit=target - done):
-        if done < int(commit.get("version", -1)) <= target and commit.get("operation") not in _APPENDS:
-            return False
-    return True
+@dataclass(frozen=True)
+class RawChanges:
+    """What the raw commits after version `done` did, as far as projection cares."""
+
+    only_appends: bool  # WRITE / MERGE (and compaction), nothing that changed rows otherwise
+    compacted_since: datetime | None  # the commit time of `done` if an OPTIMIZE came after it
+
+
+def raw_changes(raw: DeltaTable, done: int, target: int) -> RawChanges:
+    """Compaction (OPTIMIZE, which `ingest --follow` runs itself) rewrites files: their rows would
+    look new. Every raw row carries `ingest_time`, set just before the commit that inserts it,
+    and one writer commits a raw table at a time, so the rows added after version `done` are
+    exactly those with `ingest_time` later than `done`'s commit time: new files are filtered on
+    that instead of rebuilding from the whole history."""
+    compacted = False
+    done_ts: datetime | None = None
+    for commit in raw.history(limit=target - done + 1):
+        version = int(commit.get("version", -1))
+        if version == done:
+            done_ts = datetime.fromtimestamp(int(commit["timestamp"]) / 1000, UTC)
+        elif done < version <= target:
+            op = commit.get("operation")
+            if op == "OPTIMIZE":
+                compacted = True
+            elif op not in _APPENDS:
+                return RawChanges(False, None)
+    if compacted and done_ts is None:
+        return RawChanges(False, None)  # history too short to say: rebuild
+    return RawChanges(True, done_ts if compacted else None)
 
 
 _APPENDS = {"WRITE", "MERGE", "CREATE TABLE"}
@@ -172,10 +194,16 @@ class Projector:
         return None if table is None else table.transaction_version(app_id(spec))
 
     def _new_rows(
-        self, spec: AggregateSpec, raw: DeltaTable, done: int, files: frozenset[str]
+        self,
+        spec: AggregateSpec,
+        raw: DeltaTable,
+        done: int,
+        files: frozenset[str],
+        compacted_since: datetime | None = None,
     ) -> pl.DataFrame:
         """Rows of the raw files added after version `done` (file sets are remembered per run,
-        so only the first round after a restart loads the old snapshot)."""
+        so only the first round after a restart loads the old snapshot). After a compaction the
+        new files hold old rows too: only rows ingested after `compacted_since` count."""
         before = self._files.get((spec.source, done))
         if before is None:
             old = _open(raw_uri(self.lake, spec.source), self.storage, version=done)
@@ -185,17 +213,20 @@ class Projector:
         arrow_schema = pa.schema(raw.schema().to_arrow())
         names = set(arrow_schema.names)
         wanted = [c for c in self._source_columns[spec.source] if c in names]
-        schema = pl.from_arrow(arrow_schema.empty_table().select(wanted)).schema  # type: ignore[union-attr]
         if not fresh:
             return _frame(arrow_schema.empty_table().select(wanted))
-        frame = pl.scan_parquet(
+        read = wanted if compacted_since is None else list(dict.fromkeys([*wanted, "ingest_time"]))
+        schema = pl.from_arrow(arrow_schema.empty_table().select(read)).schema  # type: ignore[union-attr]
+        scan = pl.scan_parquet(
             fresh,
             schema=schema,
             missing_columns="insert",
             extra_columns="ignore",
             storage_options=self.storage,
-        ).collect()
-        return _frame(frame.to_arrow())
+        )
+        if compacted_since is not None:
+            scan = scan.filter(pl.col("ingest_time") > compacted_since).select(wanted)
+        return _frame(scan.collect().to_arrow())
 
     def _project(
         self,
@@ -210,7 +241,8 @@ class Projector:
         done = None if table is None else table.transaction_version(app_id(spec))
         if done is not None and done >= target:
             return None
-        rebuild = done is None or not _only_appends(raw, done, target)
+        changes = None if done is None else raw_changes(raw, done, target)
+        rebuild = changes is None or not changes.only_appends
         key = None if rebuild else done
         if key not in fresh_cache:
             if rebuild:
@@ -221,7 +253,8 @@ class Projector:
                 fresh_cache[key] = _frame(dataset.to_table(columns=columns))
             else:
                 assert done is not None
-                fresh_cache[key] = self._new_rows(spec, raw, done, files)
+                assert changes is not None
+                fresh_cache[key] = self._new_rows(spec, raw, done, files, changes.compacted_since)
         fresh = fresh_cache[key]
         parts = agg.split(fresh, spec)
         late = self._write_late(spec, parts.late, target)

@@ -228,3 +228,11 @@ __all__ = [
     "raw_schema",
     "raw_uri",
 ]
+
+
+def table_uris(lake: str, event_types: list[str], aggregates: list[str]) -> list[str]:
+    """Every table a lake of this catalog can hold (whether it exists yet or not): what
+    `tidegate maintain` and the follow-mode compactor walk."""
+    uris = [raw_uri(lake, t) for t in event_types] + [quarantine_uri(lake), ledger_uri(lake)]
+    uris += [aggregate_uri(lake, a) for a in aggregates] + [late_uri(lake), quality_uri(lake)]
+    return [*uris, join(lake, "_metrics")]

@@ -13,6 +13,7 @@ import yaml
 from infra.pubsub import provision
 from lake.tables import aggregate_uri, late_uri, raw_uri
 from lake.verify import verify
+from pipelines.local import ConsumerOptions
 from tests.conftest import CONTRACTS_DIR
 from tests.test_ingest import _cli, ingest, produce
 from tidegate.catalog import default_catalog_path, load_catalog
@@ -70,7 +71,6 @@ def _catalog_with_aggregates(tmp_path: Path, project: str, port: int) -> Path:
         "project": project,
         "emulator": {"host": "127.0.0.1", "port": port},
         "contracts": str(CONTRACTS_DIR),
-        "defaults": {"ack_deadline_seconds": 10},
         "streams": [
             {
                 "event_type": "shop.order.placed",
@@ -111,7 +111,9 @@ def test_sigkill_between_the_raw_and_the_aggregate_commit_heals_on_restart(
     assert not before.ok  # an aggregate is missing or behind its raw table
     assert any("aggregates/" in name and not passed for name, passed, _ in before.checks)
 
-    restarted = _cli([*args, "--until-idle", "2", "--max-batch", "300"])
+    # what the killed process held (pulled, not yet committed) comes back when its leases lapse
+    lease = ConsumerOptions().lease_seconds
+    restarted = _cli([*args, "--until-idle", str(lease + 2), "--max-batch", "300"])
     assert restarted.returncode == 0, restarted.stderr
     report = verify(str(lake), catalog.event_types, manifest, aggregates=catalog.aggregates)
     assert report.ok, report.problems[:10]

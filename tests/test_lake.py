@@ -223,3 +223,24 @@ def test_quarantine_rows_never_hold_pii_in_clear(catalog, registry, validator) -
         assert (row["stage"], row["rule"]) == EXPECTED_RULE[m.kind]
         assert protector.decrypt(row["payload_encrypted"]) == m.data  # forensics keep the original
         assert row["payload_size"] == len(m.data)
+
+
+def test_compaction_merges_partitions_with_many_small_files_and_never_changes_rows(tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+
+    from lake.maintenance import compact_small_files
+
+    uri = str(tmp_path / "t")
+    for i in range(24):  # one file per "batch": 20 in partition busy, 4 in partition quiet
+        part = "quiet" if i % 6 == 0 else "busy"
+        write_deltalake(uri, pa.table({"n": [i], "p": [part]}), partition_by=["p"], mode="append")
+    before = sorted(DeltaTable(uri).to_pyarrow_table().column("n").to_pylist())
+
+    assert compact_small_files(uri, min_files=8) == 20
+    table = DeltaTable(uri)
+    files = pa.table(table.get_add_actions(flatten=True)).column("partition.p").to_pylist()
+    assert sorted(files) == ["busy", "quiet", "quiet", "quiet", "quiet"]
+    assert sorted(table.to_pyarrow_table().column("n").to_pylist()) == before
+    assert table.history(1)[0]["operation"] == "OPTIMIZE"
+    assert compact_small_files(uri, min_files=8) == 0  # nothing left worth compacting
+    assert compact_small_files(str(tmp_path / "missing"), min_files=8) == 0

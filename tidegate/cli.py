@@ -1143,14 +1143,12 @@ def maintain(
 ) -> None:
     """Compact each table's small per-batch files into large ones and vacuum files older than --retain-hours (rows are never changed)."""
     from lake.lineage import maintain as run_maintain
-    from lake.tables import aggregate_uri, late_uri, ledger_uri, quality_uri, quarantine_uri, raw_uri
+    from lake.tables import table_uris
     from tidegate import settings
 
     catalog = load_catalog(catalog_path)
     root = settings.lake_path(lake)
-    uris = [raw_uri(root, t) for t in catalog.event_types] + [quarantine_uri(root), ledger_uri(root)]
-    uris += [aggregate_uri(root, a.name) for a in catalog.aggregates] + [late_uri(root), quality_uri(root)]
-    uris.append(f"{root.rstrip('/')}/_metrics")
+    uris = table_uris(root, catalog.event_types, [a.name for a in catalog.aggregates])
     report = run_maintain(root, uris, retain_hours, settings.storage_options())
     if not report:
         raise TidegateError(f"no tables under {root}", hint="run `tidegate ingest` first")

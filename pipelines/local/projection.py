@@ -35,8 +35,11 @@ def attribute(pending: list[tuple[BatchOutcome, list[float]]], results: list[Any
 
 
 class BackgroundProjector:
-    def __init__(self, projector: Any) -> None:
+    def __init__(self, projector: Any, heal: bool = False) -> None:
+        """`heal`: the first round brings every aggregate up to the raw history as it is (what an
+        earlier run committed but never projected), before any batch of this run."""
         self.projector = projector  # lake.projection.Projector
+        self.heal = heal
         self.pending: list[tuple[BatchOutcome, list[float]]] = []
         self.sources: set[str] = set()
         self.cond = threading.Condition()
@@ -78,6 +81,14 @@ class BackgroundProjector:
         return True
 
     def _run(self) -> None:
+        if self.heal:
+            try:
+                healed = self.projector.project_all()
+                if healed:
+                    log.info("caught up %d aggregate table(s) with raw history", len(healed))
+            except Exception as exc:  # noqa: BLE001 - the next round (or close) tries again
+                log.warning("catching up the aggregates failed (retried with the next batch): %s", exc)
+                self.error = exc
         while self._round():
             pass
 

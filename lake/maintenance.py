@@ -1,0 +1,57 @@
+"""Keeping tables cheap to write and read while they grow: compaction of small files.
+
+    compact_small_files(".tidegate/lake/raw/shop.order.placed", min_files=16)
+
+Every micro-batch adds one file per table (per partition it touches). A MERGE reads every file
+of the partitions it touches (~1-1.5 ms each) and every open replays the log, so an
+uncompacted table gets slower batch by batch (measured: a raw MERGE went from 70 ms to 400-670
+ms over 80 batches). `ingest --follow` therefore compacts, on its own thread, every partition
+holding at least `min_files` small files. Compaction never changes rows (OPTIMIZE commits add
+and remove files with dataChange=false); the aggregate projection knows (lake.projection,
+`raw_changes`). Removed files stay on disk for time travel until `tidegate maintain` vacuums.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+log = logging.getLogger(__name__)
+
+SMALL_FILE_BYTES = 32 * 1024 * 1024  # files at least this big are left alone (and not rewritten)
+
+
+def compact_small_files(uri: str, min_files: int = 16, storage_options: dict[str, str] | None = None) -> int:
+    """Compact each partition (or the whole unpartitioned table) that holds `min_files` or more
+    small files. Returns how many files were compacted away. A commit conflict with a concurrent
+    writer is not an error: that partition is compacted next time."""
+    try:
+        table = DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        return 0
+    partitions = table.metadata().partition_columns
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pydict()  # an arro3 table
+    small = [i for i, size in enumerate(actions["size_bytes"]) if size < SMALL_FILE_BYTES]
+    keys: Counter[tuple[Any, ...]] = Counter(
+        tuple(actions[f"partition.{c}"][i] for c in partitions) for i in small
+    )
+    removed = 0
+    props = CommitProperties(custom_metadata={"tidegate_operation": "compact"})
+    for key, count in keys.items():
+        if count < min_files:
+            continue
+        filters = [(c, "=", str(v)) for c, v in zip(partitions, key, strict=True)] or None
+        try:
+            metrics = table.optimize.compact(
+                partition_filters=filters, target_size=SMALL_FILE_BYTES, commit_properties=props
+            )
+        except Exception as exc:  # noqa: BLE001 - a lost race with a writer: next round
+            log.info("compacting %s %s deferred: %s", uri, key, str(exc).splitlines()[0][:200])
+            continue
+        removed += int(metrics.get("numFilesRemoved", 0))
+    return removed
