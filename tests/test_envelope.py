@@ -194,3 +194,46 @@ def test_depth_scan_stays_linear_on_unterminated_strings() -> None:
     assert json_depth_exceeds("[" * 65 + '"' + '\\"' * 30000 + "\\")
     assert not json_depth_exceeds("[" * 60 + '"' + "[" * 30000)  # inside an unterminated string
     assert time.perf_counter() - started < 1.0
+
+
+def test_the_fast_spec_check_accepts_only_what_the_cloudevents_sdk_accepts() -> None:
+    from datetime import UTC, datetime
+
+    from cloudevents.core.exceptions import CloudEventValidationError
+    from cloudevents.core.v1.event import CloudEvent
+
+    from expectations.envelope import spec_valid
+
+    good = {
+        "id": "e-1",
+        "source": "//shop/checkout",
+        "type": "shop.order.placed",
+        "specversion": "1.0",
+        "time": datetime(2026, 11, 26, tzinfo=UTC),
+        "dataschema": "urn:x:v1",
+        "datacontenttype": "application/json",
+        "subject": "s",
+        "traceparent": "00-ab-cd-01",
+    }
+    variants = [good]
+    for key in list(good):
+        variants.append({k: v for k, v in good.items() if k != key})
+        for bad in ("", None, 7, datetime(2026, 11, 26)):
+            variants.append({**good, key: bad})
+    variants += [
+        {**good, "data": "x"},
+        {**good, "Bad-Name": "x"},
+        {**good, "ext9": "y"},
+        {**good, "specversion": "0.3"},
+    ]
+    for attrs in variants:
+        try:
+            CloudEvent(dict(attrs), None)
+            sdk = True
+        except CloudEventValidationError:
+            sdk = False
+        # the SDK fills a missing id, time or specversion itself; tidegate rejects those earlier
+        if spec_valid(attrs):
+            assert sdk, attrs
+        elif all(k in attrs for k in ("id", "specversion", "time")):
+            assert not sdk, attrs
