@@ -34,6 +34,8 @@ from typing import Any
 import pandas as pd
 
 from expectations.contracts import ContractRegistry
+from expectations.native import NativeSuite, compile_suite
+from expectations.native import engine as native_engine
 from tidegate.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,12 +113,17 @@ def _silence_gx() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _number(value: Any) -> Any:
+    """1000000.0 -> 1000000 (GX hands bounds back as floats; the suite says 1000000)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _describe(config: Any, result: dict[str, Any], pii: bool) -> str:
     kw = config.kwargs
     column = kw.get("column")
     etype = config.type
     if etype == "expect_column_values_to_be_between":
-        rule = f"not between {kw.get('min_value')} and {kw.get('max_value')}"
+        rule = f"not between {_number(kw.get('min_value'))} and {_number(kw.get('max_value'))}"
     elif etype == "expect_column_values_to_be_in_set":
         values = list(kw.get("value_set") or [])
         shown = ", ".join(map(str, values[:12])) + (" ..." if len(values) > 12 else "")
@@ -136,24 +143,47 @@ class SuiteValidator:
     Build once per worker; `validate()` is thread-compatible but not thread-safe.
     """
 
-    def __init__(self, registry: ContractRegistry) -> None:
-        _silence_gx()
-        import great_expectations as gx
-
+    def __init__(self, registry: ContractRegistry, engine: str | None = None) -> None:
+        """`engine`: `native` evaluates each suite that `expectations.native` can compile without
+        GX's machinery (the rest on GX); `gx` runs GX for every suite. Default: $TIDEGATE_EXPECTATIONS_ENGINE
+        or `native`. GX itself (import, context) is only built when a suite needs it."""
         self._registry = registry
-        self._context = gx.get_context(mode="ephemeral")
-        self._context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+        self.engine = engine or native_engine()
+        self._native: dict[str, NativeSuite] = {}
+        self._gx_types: list[str] = []
         self._suites: dict[str, Any] = {}
         self._batch_defs: dict[str, Any] = {}
+        self._context: Any = None
         self.fingerprints: dict[str, str] = {}
-        source = self._context.data_sources.add_pandas("tidegate")
         for event_type, contracts in registry.types.items():
             if contracts.suite_path is None:
                 continue
-            self._suites[event_type] = load_suite(contracts.suite_path)
             self.fingerprints[event_type] = suite_fingerprint(contracts.suite_path)
+            compiled = compile_suite(load_suite_dict(contracts.suite_path)) if self.engine == "native" else None
+            if compiled is not None:
+                self._native[event_type] = compiled
+            else:
+                self._gx_types.append(event_type)
+        if self._gx_types:
+            self._build_gx()
+
+    def _build_gx(self) -> None:
+        _silence_gx()
+        import great_expectations as gx
+
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = {"globally": False}
+        source = self._context.data_sources.add_pandas("tidegate")
+        for event_type in self._gx_types:
+            path = self._registry.types[event_type].suite_path
+            assert path is not None
+            self._suites[event_type] = load_suite(path)
             asset = source.add_dataframe_asset(event_type)
             self._batch_defs[event_type] = asset.add_batch_definition_whole_dataframe("batch")
+
+    def engine_of(self, event_type: str) -> str:
+        """Which engine validates this type's suite: `native` or `gx` (None: no suite)."""
+        return "native" if event_type in self._native else "gx"
 
     def frame(self, event_type: str, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         """A pandas frame for GX: latest contract's columns, decimals as floats."""
@@ -170,6 +200,8 @@ class SuiteValidator:
         """Two passes: every expectation pass/fail first (GX's cheapest result format, ~half
         the cost of COMPLETE), then COMPLETE only for the expectations that failed, to get the
         rows that broke them. Most batches fail one or two rules, or none."""
+        if event_type in self._native:
+            return self._validate_native(event_type, records)
         from great_expectations.core import ExpectationSuite
 
         suite = self._suites.get(event_type)
@@ -216,6 +248,37 @@ class SuiteValidator:
             failure = RuleFailure("expectations", config.type, column, message)
             for idx in indices:
                 row = int(idx) if not isinstance(idx, dict) else int(next(iter(idx.values())))
+                out.row_failures.setdefault(row, []).append(failure)
+        return out
+
+    def _validate_native(self, event_type: str, records: Sequence[dict[str, Any]]) -> BatchResult:
+        """The same result as the GX path (outcomes in the same order: passed, then failed;
+        row failures for failed expectations only), from `expectations.native`."""
+        out = BatchResult()
+        if not records:
+            return out
+        df = self.frame(event_type, records)
+        try:
+            results = self._native[event_type].evaluate(df)
+        except (TypeError, ValueError) as exc:  # GX reports these as the expectation raising
+            raise ConfigError(f"suite for {event_type} raised: {exc}") from None
+        pii = self._registry.latest(event_type).pii_fields
+        for r in results:
+            if r.success:
+                out.outcomes.append(
+                    ExpectationOutcome(event_type, r.type, r.kwargs.get("column"), True, len(df), 0)
+                )
+        for r in results:
+            if r.success:
+                continue
+            column = r.kwargs.get("column")
+            out.outcomes.append(
+                ExpectationOutcome(event_type, r.type, column, False, r.element_count, r.unexpected_count)
+            )
+            if not r.unexpected_index_list:
+                continue
+            failure = RuleFailure("expectations", r.type, column, _describe(r, {}, column in pii))
+            for row in r.unexpected_index_list:
                 out.row_failures.setdefault(row, []).append(failure)
         return out
 

@@ -167,3 +167,132 @@ def test_expectations_and_lake_import_no_beam() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def gx_validator(registry):  # type: ignore[no-untyped-def]
+    from expectations.suites import SuiteValidator
+
+    return SuiteValidator(registry, engine="gx")
+
+
+def _comparable(result):  # type: ignore[no-untyped-def]
+    outcomes = sorted(
+        (o.event_type, o.expectation, o.column or "", o.success, o.element_count, o.unexpected_count)
+        for o in result.outcomes
+    )
+    rows = {i: sorted((f.rule, f.field, f.message) for f in fs) for i, fs in result.row_failures.items()}
+    return outcomes, rows
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_native_and_gx_engines_agree_on_every_fault_the_producer_makes(
+    seed: int, catalog, registry, validator, gx_validator
+) -> None:  # type: ignore[no-untyped-def]
+    from expectations.checks import contract_stage, decode_stage
+
+    assert {validator.engine_of(t) for t in registry.types} == {"native"}  # the shipped suites compile
+    config = ProduceConfig(types=tuple(catalog.event_types), count=1500, seed=seed, invalid_rate=0.3)
+    by_type: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for m in as_raw(generate(config, catalog, registry)):
+        env = decode_stage(m, catalog)
+        if isinstance(env, Rejection):
+            continue
+        event = contract_stage(m, env, registry)
+        if not isinstance(event, Rejection):
+            by_type.setdefault(event.contract.event_type, []).append(event.record)
+    assert len(by_type) == 3
+    for event_type, records in by_type.items():
+        native, gx = validator.validate(event_type, records), gx_validator.validate(event_type, records)
+        assert _comparable(native) == _comparable(gx), event_type
+        assert native.row_failures  # faults were there to find
+
+
+def test_native_checks_follow_gx_on_nulls_mostly_strict_bounds_and_odd_types() -> None:
+    import great_expectations as gx
+    import pandas as pd
+
+    from expectations.native import compile_suite
+    from expectations.suites import load_suite
+
+    doc = {
+        "name": "edges",
+        "expectations": [
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "n", "min_value": 0, "max_value": 10},
+            },
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {
+                    "column": "n",
+                    "min_value": 0,
+                    "max_value": 10,
+                    "strict_min": True,
+                    "strict_max": True,
+                },
+            },
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "n", "max_value": 5, "mostly": 0.5},
+            },
+            {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "s", "regex": "^[a-c]"}},
+            {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "n", "regex": r"\.0$"}},
+            {
+                "type": "expect_column_values_to_match_regex",
+                "kwargs": {"column": "s", "regex": "x", "mostly": 0.9},
+            },
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "s", "value_set": ["a", "b"]}},
+            {
+                "type": "expect_column_values_to_be_in_set",
+                "kwargs": {"column": "n", "value_set": [0, 10, 3.5]},
+            },
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "empty", "value_set": ["a"]}},
+        ],
+    }
+    frame = pd.DataFrame(
+        {
+            "n": [0, 10, 3.5, None, -1, 11, 5, float("nan"), 7],
+            "s": ["a", "b", None, "c", "d", "e", "ab", "x", "bx"],
+            "empty": [None] * 9,
+        }
+    )
+    native = compile_suite(doc)
+    assert native is not None
+    context = gx.get_context(mode="ephemeral")
+    batch = (
+        context.data_sources.add_pandas("edges")
+        .add_dataframe_asset("edges")
+        .add_batch_definition_whole_dataframe("b")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    for mine, expectation in zip(native.evaluate(frame), doc["expectations"], strict=True):
+        one = load_suite_from({"name": "one", "expectations": [expectation]}, load_suite)
+        (theirs,) = batch.validate(one, result_format={"result_format": "COMPLETE"}).results
+        result = theirs.result
+        assert (mine.type, mine.success) == (theirs.expectation_config.type, theirs.success), mine
+        assert mine.unexpected_count == result.get("unexpected_count", 0), mine
+        assert mine.element_count == result["element_count"], mine
+        assert mine.unexpected_index_list == [int(i) for i in result.get("unexpected_index_list") or []], mine
+
+
+def load_suite_from(doc, load_suite):  # type: ignore[no-untyped-def]
+    import json
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "suite.json"
+    path.write_text(json.dumps(doc))
+    return load_suite(path)
+
+
+def test_a_suite_native_checks_cannot_express_runs_on_gx() -> None:
+    from expectations.native import compile_suite
+
+    unique = {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "id"}}
+    conditional = {
+        "type": "expect_column_values_to_be_in_set",
+        "kwargs": {"column": "s", "value_set": ["a"], "row_condition": "n>0", "condition_parser": "pandas"},
+    }
+    assert compile_suite({"expectations": [unique]}) is None
+    assert compile_suite({"expectations": [conditional]}) is None

@@ -349,7 +349,14 @@ class WriteRawHistoryFn(_WriterFn):
                 [e.message for e in events],
                 contracts={f"v{v}": contracts.versions[v].fingerprint for v in used},
                 suite_fingerprint=self.fingerprints.get(event_type),
-                extra={"tidegate_event_type": event_type, "tidegate_table": "raw"},
+                extra={
+                    "tidegate_event_type": event_type,
+                    "tidegate_table": "raw",
+                    # which engine evaluated the GX suite: native (expectations.native) or gx
+                    "tidegate_expectations_engine": suite_validator(self.config.catalog_path).engine_of(
+                        event_type
+                    ),
+                },
             )
             commits.append(
                 (
