@@ -183,6 +183,9 @@ class Projector:
                 result = self._project(spec, raw, target, files, fresh_cache)
                 if result is not None:
                     out.append(result)
+            # every aggregate over this source now stands at `target`: older file sets are dead
+            for key in [k for k in self._files if k[0] == source and k[1] < target]:
+                del self._files[key]
         return out
 
     def project(self, spec: AggregateSpec) -> ProjectionResult | None:

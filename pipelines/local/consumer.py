@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ACK_REQUEST_SIZE = 2500  # ack ids per acknowledge / modify_ack_deadline request (Pub/Sub's limit)
 PULL_MAX = 1000  # messages per pull request
+CAUGHT_UP = 50  # a pull that returns fewer: the subscription is drained, pause before the next
 
 
 class Leased(NamedTuple):
@@ -282,7 +283,7 @@ class Consumer:
                 self.buffer.extend(items)
                 self.pulled += len(items)
                 self.cond.notify_all()
-            if len(received) < room // 2:
+            if len(received) < CAUGHT_UP:
                 # Caught up with the topic: let messages gather instead of spinning on tiny pulls
                 # (each pull + lease RPC costs Python time the batch needs; the batch is what
                 # sets latency, a few ms here do not).
