@@ -86,11 +86,11 @@ def _timed(distribution: Any) -> Iterator[None]:
     distribution.update(int((time.perf_counter() - started) * 1000))
 
 
-def _timed_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
-    """fn's result and how many milliseconds it took (a commit on a worker thread)."""
+def _timed_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int, float]:
+    """fn's result, how many milliseconds it took and when it was done (a commit on a thread)."""
     started = time.perf_counter()
     result = fn(*args, **kwargs)
-    return result, int((time.perf_counter() - started) * 1000)
+    return result, int((time.perf_counter() - started) * 1000), time.time()
 
 
 def _global(value: Any) -> WindowedValue:
@@ -247,6 +247,7 @@ class TableCommit:
     bytes: int = 0
     # quality commits: (event_type, expectation, column, success) per outcome, for lineage
     details: tuple[tuple[str, str, str | None, bool], ...] = ()
+    committed_at: float = 0.0  # epoch seconds when the commit was done: its rows are visible
 
     @classmethod
     def of(
@@ -257,6 +258,7 @@ class TableCommit:
         received: int,
         result: Any,  # lake.writer.CommitResult
         details: tuple[tuple[str, str, str | None, bool], ...] = (),
+        committed_at: float | None = None,
     ) -> TableCommit:
         return cls(
             kind,
@@ -270,6 +272,7 @@ class TableCommit:
             result.files,
             result.bytes,
             details,
+            time.time() if committed_at is None else committed_at,
         )
 
 
@@ -385,7 +388,7 @@ class WriteRawHistoryFn(_WriterFn):
                 done = list(pool.map(lambda c: c[2](), commits))
         else:
             done = [c[2]() for c in commits]
-        for (event_type, batch_ids, _), (result, ms) in zip(commits, done, strict=True):
+        for (event_type, batch_ids, _), (result, ms, finished) in zip(commits, done, strict=True):
             events = self.buffer[event_type]
             self.commit_ms.update(ms)
             self.written.inc(result.inserted)
@@ -402,7 +405,9 @@ class WriteRawHistoryFn(_WriterFn):
                     storage_options=self.config.storage,
                 )
                 yield TaggedOutput(ROWS, _global((event_type, rows)))  # one element per commit
-            yield _global(TableCommit.of("raw", event_type, batch_ids, len(events), result))
+            yield _global(
+                TableCommit.of("raw", event_type, batch_ids, len(events), result, committed_at=finished)
+            )
 
 
 class WriteQuarantineFn(_WriterFn):

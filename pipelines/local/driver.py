@@ -199,7 +199,10 @@ class LocalIngest:
         )
         try:
             run = self.runner.run(batch_id, messages)
-            committed_at = time.time()
+            # every message of the batch is visible in Delta once its raw and quarantine commits
+            # are done (the _quality commit and Beam's teardown come after)
+            data = [c.committed_at for c in run.commits if c.kind in ("raw", "quarantine")]
+            committed_at = max(data) if data else time.time()
             if run.poison:
                 poison = set(run.poison)
                 consumer.nack([leased[i] for i in run.poison])
