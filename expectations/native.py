@@ -18,7 +18,8 @@ validator evaluates them here with GX's pandas semantics, line for line:
 | `expect_column_values_to_be_in_set` | `column.isin(value_set)` | column, value_set, mostly |
 | `expect_column_values_to_be_between` | `min <= v <= max` (strict_min / strict_max: `<`) | column, min_value, max_value, strict_min, strict_max, mostly |
 
-As in GX's column-map expectations, nulls are outside the domain (never unexpected),
+As in GX's column-map expectations, nulls are outside the domain (never unexpected), a
+column the frame lacks fails the expectation without naming rows,
 `element_count` is every row, success is `unexpected == 0`, or with `mostly`
 `(nonnull - unexpected) / nonnull >= mostly`. Any other expectation type or kwarg (a
 `row_condition`, say) makes the whole suite run on GX, as before: `compile_suite` returns None.
@@ -71,6 +72,9 @@ class NativeExpectation:
     condition: Callable[[pd.Series], pd.Series]  # non-null values -> True where expected
 
     def evaluate(self, frame: pd.DataFrame) -> NativeResult:
+        if self.kwargs["column"] not in frame.columns:
+            # GX: the metric raises inside the validation, the expectation fails, no rows named
+            return NativeResult(self.type, self.kwargs, False, len(frame), 0, [])
         column = frame[self.kwargs["column"]]
         nonnull = column[~column.isnull()]
         ok = self.condition(nonnull).to_numpy(dtype=bool) if len(nonnull) else []

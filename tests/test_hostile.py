@@ -42,20 +42,11 @@ from lake.pii import PiiProtector
 from lake.rows import QUARANTINE_MAX_ORIGINAL_BYTES, quarantine_rows, raw_rows
 from lake.tables import raw_schema
 from lake.writer import insert_new
+from tests.test_contracts import ORDER
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 PROTECTOR = PiiProtector(b"k" * 40)
 ORDER_TYPE = "shop.order.placed"
-ORDER = {
-    "order_id": "ord_7Q2K9X4M",
-    "customer_id": "cus_3JX81QAB",
-    "customer_email": "lena.weber@web.de",
-    "amount": "129.90",
-    "currency": "EUR",
-    "item_count": 2,
-    "country": "DE",
-    "placed_at": "2026-11-26T10:15:00.123+01:00",
-}
 ORDER_JSON = json.dumps(ORDER)
 
 

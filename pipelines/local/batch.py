@@ -20,6 +20,10 @@ Failures are sorted the way tidegate.errors says:
   It is returned as `poison`: the driver nacks it and logs its id, and Pub/Sub's dead-letter
   policy moves it aside after `max_delivery_attempts`. The writers' insert-only MERGE makes the
   re-runs safe: whatever a failed half had already committed is skipped as a duplicate.
+- unless the crash is not about a message: when no part of the batch commits (or more than
+  `MAX_POISON` messages crash, or that many one-message batches crash in a row) the failure
+  is systematic (a bug, a broken table) and the original error stops the run with nothing
+  acked, instead of sending healthy messages towards the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_ATTEMPTS = 5  # runs of one batch before a TransientError stops ingestion
 TRANSIENT_BACKOFF = (0.5, 8.0)  # first and longest pause between them, seconds
+MAX_POISON = 10  # more crashing messages than this in one batch (or one-message batches in a row): systematic
 
 
 class Handoff:
@@ -119,49 +124,79 @@ class BatchRunner:
         self._runner = FnApiRunner()
         self._slot = f"batch-{uuid.uuid4().hex}"  # this runner's HANDOFF key
         self._proto: Any = None
+        self.successes = 0  # Beam runs that committed, over this runner's life
+        self.single_failures = 0  # one-message batches in a row whose message crashed
 
     def run(self, batch_id: str, messages: list[RawMessage]) -> BatchRun:
         out = BatchRun()
-        self._isolate(batch_id, messages, list(range(len(messages))), out)
-        return out
-
-    def _isolate(self, batch_id: str, messages: list[RawMessage], index: list[int], out: BatchRun) -> None:
         try:
-            self._with_retries(batch_id, [messages[i] for i in index], out)
+            self._with_retries(batch_id, messages, out)
+            return out
         except (TidegateError, TransientError):
             raise
-        except Exception as exc:  # noqa: BLE001 - a crash on some message: find it (module docstring)
-            if len(index) == 1:
-                m = messages[index[0]]
-                log.error(
-                    "poison message %s (ce-id %s) on %s crashed processing (%s: %s); left to Pub/Sub's "
-                    "dead-letter policy, the rest of batch %s is committed",
-                    m.message_id,
-                    m.attributes.get("ce-id", "?"),
-                    m.subscription,
-                    exc.__class__.__name__,
-                    str(exc)[:200],
-                    batch_id,
-                )
-                out.poison.append(index[0])
-                return
-            if len(index) == len(messages):
-                log.warning(
-                    "batch %s (%d messages) failed (%s: %s); splitting it to isolate the message",
-                    batch_id,
-                    len(messages),
-                    exc.__class__.__name__,
-                    str(exc)[:200],
-                )
-            half = len(index) // 2
-            self._isolate(batch_id, messages, index[:half], out)
-            self._isolate(batch_id, messages, index[half:], out)
+        except Exception as exc:  # noqa: BLE001 - a crash: poison or systematic (module docstring)
+            first = exc
+        log.warning(
+            "batch %s (%d messages) failed (%s: %s); splitting it to isolate the message",
+            batch_id,
+            len(messages),
+            first.__class__.__name__,
+            str(first)[:200],
+        )
+        before = self.successes
+        suspects: list[tuple[int, BaseException]] = [(0, first)] if len(messages) == 1 else []
+        if len(messages) > 1:
+            self._split(batch_id, messages, list(range(len(messages))), out, suspects)
+        # Poison only if the rest of this batch committed (a batch of one: if the last batch
+        # did); otherwise every part failed alike, which no single message explains: stop.
+        isolated = self.successes > before or (len(messages) == 1 and self.single_failures < MAX_POISON)
+        if not isolated or len(suspects) > MAX_POISON:
+            raise first
+        self.single_failures = self.single_failures + 1 if len(messages) == 1 else 0
+        for i, crash in suspects:
+            m = messages[i]
+            log.error(
+                "poison message %s (ce-id %s) on %s crashed processing (%s: %s); left to Pub/Sub's "
+                "dead-letter policy, the rest of batch %s is committed",
+                m.message_id,
+                m.attributes.get("ce-id", "?"),
+                m.subscription,
+                crash.__class__.__name__,
+                str(crash)[:200],
+                batch_id,
+            )
+            out.poison.append(i)
+        return out
+
+    def _split(
+        self,
+        batch_id: str,
+        messages: list[RawMessage],
+        index: list[int],
+        out: BatchRun,
+        suspects: list[tuple[int, BaseException]],
+    ) -> None:
+        half = len(index) // 2
+        for part in (index[:half], index[half:]):
+            try:
+                self._with_retries(batch_id, [messages[i] for i in part], out)
+            except (TidegateError, TransientError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - narrow it down
+                if len(part) > 1:
+                    self._split(batch_id, messages, part, out, suspects)
+                    continue
+                suspects.append((part[0], exc))
+                if len(suspects) > MAX_POISON:
+                    return  # systematic: run() raises
 
     def _with_retries(self, batch_id: str, messages: list[RawMessage], out: BatchRun) -> None:
         pause, longest = TRANSIENT_BACKOFF
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 self._run_once(batch_id, messages, out)
+                self.successes += 1
+                self.single_failures = 0
                 return
             except TransientError as exc:
                 if attempt == TRANSIENT_ATTEMPTS:
