@@ -115,7 +115,9 @@ def _between(kwargs: dict[str, Any]) -> Callable[[pd.Series], pd.Series]:
 
     def one(v: Any) -> bool:
         if isinstance(v, str) != isinstance(low if low is not None else high, str):
-            raise TypeError("Column values, min_value, and max_value must either be None or of the same type.")
+            raise TypeError(
+                "Column values, min_value, and max_value must either be None or of the same type."
+            )
         above = low is None or (v > low if strict_low else v >= low)
         below = high is None or (v < high if strict_high else v <= high)
         return bool(above and below)

@@ -159,7 +159,9 @@ class SuiteValidator:
             if contracts.suite_path is None:
                 continue
             self.fingerprints[event_type] = suite_fingerprint(contracts.suite_path)
-            compiled = compile_suite(load_suite_dict(contracts.suite_path)) if self.engine == "native" else None
+            compiled = (
+                compile_suite(load_suite_dict(contracts.suite_path)) if self.engine == "native" else None
+            )
             if compiled is not None:
                 self._native[event_type] = compiled
             else:

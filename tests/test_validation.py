@@ -273,7 +273,9 @@ def test_native_checks_follow_gx_on_nulls_mostly_strict_bounds_and_odd_types() -
         result = theirs.result
         assert (mine.type, mine.success) == (theirs.expectation_config.type, theirs.success), mine
         assert mine.unexpected_count == result.get("unexpected_count", 0), mine
-        assert mine.element_count == result.get("element_count", len(frame)), mine  # as SuiteValidator reads it
+        assert mine.element_count == result.get("element_count", len(frame)), (
+            mine
+        )  # as SuiteValidator reads it
         assert mine.unexpected_index_list == [int(i) for i in result.get("unexpected_index_list") or []], mine
 
 
