@@ -29,7 +29,7 @@ def test_shipped_catalog_declares_the_sample_domain(catalog) -> None:
 def test_streams_inherit_defaults_and_may_override_them(catalog) -> None:
     orders = catalog.stream("shop.order.placed")
     views = catalog.stream("shop.page.viewed")
-    assert orders.ack_deadline_seconds == 600  # batch processing needs the long deadline
+    assert orders.ack_deadline_seconds == 10  # leases are extended while held: a crash costs 10 s
     assert orders.message_retention_seconds == 7 * 86400
     assert views.message_retention_seconds == 3 * 86400  # overridden
     assert views.compatibility is Compatibility.BACKWARD
@@ -39,7 +39,7 @@ def test_streams_inherit_defaults_and_may_override_them(catalog) -> None:
 def test_minimal_catalog_gets_sensible_defaults(tmp_path: Path) -> None:
     cat = load_catalog(write_catalog(tmp_path, BASE))
     s = cat.stream("shop.order.placed")
-    assert s.ack_deadline_seconds == 600
+    assert s.ack_deadline_seconds == 10
     assert s.max_payload_bytes == 65536
     assert cat.dead_letter.topic == "tidegate-dead-letter"
 

@@ -54,7 +54,7 @@ def test_provisioning_is_idempotent_and_fixes_drift(pubsub_emulator, catalog, pr
         request={"subscription": subscription_path(project, "shop-pageviews-tidegate")}
     )
     client.close()
-    assert sub.ack_deadline_seconds == 600
+    assert sub.ack_deadline_seconds == 10
     assert sub.dead_letter_policy.dead_letter_topic == f"projects/{project}/topics/tidegate-dead-letter"
     assert sub.dead_letter_policy.max_delivery_attempts == 10
     assert int(sub.message_retention_duration.total_seconds()) == 3 * 86400

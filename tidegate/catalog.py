@@ -91,7 +91,7 @@ class _Strict(BaseModel):
 class StreamSettings(_Strict):
     """Settings a stream may inherit from `defaults`."""
 
-    ack_deadline_seconds: int = Field(default=600, ge=10, le=600)
+    ack_deadline_seconds: int = Field(default=10, ge=10, le=600)
     message_retention: str = "7d"
     exactly_once_delivery: bool = False
     max_payload_bytes: int = Field(default=65536, ge=1024, le=10_000_000)

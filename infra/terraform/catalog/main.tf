@@ -12,7 +12,7 @@ locals {
 
   # Stream settings every stream inherits unless it says otherwise (tidegate/catalog.py: StreamSettings).
   builtin_defaults = {
-    ack_deadline_seconds  = 600
+    ack_deadline_seconds  = 10
     message_retention     = "7d"
     exactly_once_delivery = false
     max_payload_bytes     = 65536
