@@ -134,8 +134,11 @@ class Consumer:
         self.stopping.set()
         with self.cond:
             self.cond.notify_all()
+        # Pullers finish their current RPC (daemon threads: one stuck retrying against a gone
+        # Pub/Sub must not hold the stop for its whole retry budget).
+        deadline = time.monotonic() + 5
         for t in self.threads:
-            t.join(timeout=self.options.rpc_timeout + 5)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         with self.cond:
             leftover = [Leased(p, a, _NO_MESSAGE, s) for p, ids in self.held.items() for a, s in ids.items()]
             self.buffer.clear()
