@@ -1,20 +1,10 @@
 """Benchmarks on this machine (`tidegate bench ...`): figures for notes and docs, never tests.
 
     tidegate bench produce --events 200000
-    tidegate bench ingest --events 500000 --rate 2000 --latency-seconds 60
+    tidegate bench replay --events 1000000
+    tidegate bench backlog --messages 60000
 
-`bench ingest` runs everything against a private emulator and a temporary lake:
-1. **ceiling**: the emulator's own pull + ack rate for N messages with the same client code
-   the pipeline uses (synchronous pulls, which the emulator caps at 100 messages, acks in
-   bulk), single stream;
-2. **throughput**: N messages of the realistic mix (3 types, 2% invalid, 1% duplicates)
-   published first, then `ingest --until-idle` from a warm process (imports, GX context and
-   the first Beam run paid by a warm-up batch); time from the first pull to the last commit;
-3. **latency**: `ingest --follow` while a separate producer process offers R events/s for S
-   seconds; per message, Pub/Sub publish time -> its Delta commit; p50 / p99;
-4. **aggregate freshness** (same run): per message, publish time -> the aggregate windows it
-   touched committed in Delta (the projection after its raw commit); p50 / p99;
-5. files the run created, and peak RSS of this process.
+`bench ingest` and `bench soak` live in `tidegate/bench_ingest.py`.
 
 `bench replay` builds (once, cached under $TIDEGATE_HOME/bench) raw tables of N events per
 source type, committed in 20k-event batches the way ingestion commits them (insert-only MERGE,
