@@ -51,6 +51,7 @@ class BatchOutcome:
     quarantine_version: int | None
     seconds: float
     poisoned: int = 0
+    published: list[float] = field(default_factory=list)  # publish times (epoch s) of its messages
     publish_latencies: list[float] = field(default_factory=list)  # publish -> raw/quarantine commit
     aggregate_latencies: list[float] = field(default_factory=list)  # publish -> window in Delta
     late: int = 0  # (event, window) pairs sent to the late ledger

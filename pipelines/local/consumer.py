@@ -111,8 +111,6 @@ class Consumer:
         self.error: BaseException | None = None
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.pulled = 0
-        self.lease_extensions = 0
         # per subscription: since when every pull came back empty (None: the last one did not)
         self.empty_since: dict[str, float | None] = dict.fromkeys(paths)
 
@@ -222,11 +220,17 @@ class Consumer:
             self.cond.notify_all()
 
     def _modack(self, path: str, ids: list[str], seconds: int) -> None:
-        self.client.modify_ack_deadline(
-            request={"subscription": path, "ack_ids": ids, "ack_deadline_seconds": seconds},
-            timeout=self.options.rpc_timeout,
-            retry=retry_for(self.options.rpc_timeout),
-        )
+        """Set the deadline of `ids` (any number: sent in requests of Pub/Sub's maximum size)."""
+        for i in range(0, len(ids), ACK_REQUEST_SIZE):
+            self.client.modify_ack_deadline(
+                request={
+                    "subscription": path,
+                    "ack_ids": ids[i : i + ACK_REQUEST_SIZE],
+                    "ack_deadline_seconds": seconds,
+                },
+                timeout=self.options.rpc_timeout,
+                retry=retry_for(self.options.rpc_timeout),
+            )
 
     def _room(self) -> int:
         """How many messages a pull may ask for now (0: wait for acks)."""
@@ -248,12 +252,7 @@ class Consumer:
                 received = pull_now(self.client, path, max_messages=room, timeout=self.options.rpc_timeout)
                 if received:
                     # shorten the subscription's ack deadline to our lease at once (module docstring)
-                    for i in range(0, len(received), ACK_REQUEST_SIZE):
-                        self._modack(
-                            path,
-                            [r.ack_id for r in received[i : i + ACK_REQUEST_SIZE]],
-                            self.options.lease_seconds,
-                        )
+                    self._modack(path, [r.ack_id for r in received], self.options.lease_seconds)
             except Exception as exc:  # noqa: BLE001 - any transport failure ends the run the same way
                 if self.stopping.is_set():
                     return
@@ -284,7 +283,6 @@ class Consumer:
                     self.held_bytes += item.size
                 self.held_messages += len(items)
                 self.buffer.extend(items)
-                self.pulled += len(items)
                 self.cond.notify_all()
             if len(received) < CAUGHT_UP:
                 # Caught up with the topic: let messages gather instead of spinning on tiny pulls
@@ -298,13 +296,10 @@ class Consumer:
             with self.cond:
                 snapshot = {p: list(ids) for p, ids in self.held.items() if ids}
             for path, ids in snapshot.items():
-                for i in range(0, len(ids), ACK_REQUEST_SIZE):
-                    try:
-                        self._modack(path, ids[i : i + ACK_REQUEST_SIZE], self.options.lease_seconds)
-                    except Exception as exc:  # noqa: BLE001 - a lapsed lease means redelivery, never loss
-                        log.warning("extending leases on %s failed: %s", self.paths[path], _first_line(exc))
-                        break
-                    self.lease_extensions += 1
+                try:
+                    self._modack(path, ids, self.options.lease_seconds)
+                except Exception as exc:  # noqa: BLE001 - a lapsed lease means redelivery, never loss
+                    log.warning("extending leases on %s failed: %s", self.paths[path], _first_line(exc))
 
 
 _NO_MESSAGE = RawMessage(b"", {})

@@ -221,9 +221,8 @@ class LocalIngest:
             raise
         outcome.stages["beam"] = run.beam_seconds
         # publish -> visible in Delta (the raw/quarantine commits are done at committed_at)
-        outcome.publish_latencies = [
-            committed_at - m.publish_time.timestamp() for m in messages if m.publish_time is not None
-        ]
+        outcome.published = [m.publish_time.timestamp() for m in messages if m.publish_time is not None]
+        outcome.publish_latencies = [committed_at - p for p in outcome.published]
         outcome.seconds = time.perf_counter() - t0
         bookkeeper.submit(outcome, leased, run, subscriptions)
         return outcome
@@ -351,8 +350,7 @@ class LocalIngest:
             beat_messages += outcome.received
             summary.add(outcome)
             if outcome.raw_versions and background is not None:
-                published = [x.message.publish_time.timestamp() for x in leased if x.message.publish_time]
-                background.submit(outcome, published, set(outcome.raw_versions))
+                background.submit(outcome, outcome.published, set(outcome.raw_versions))
             if self.on_batch:
                 self.on_batch(outcome)
         if not summary.stopped_by:
