@@ -18,6 +18,12 @@ from pathlib import Path
 from tidegate.errors import TidegateError
 
 
+def is_locked_lake(lake: str) -> bool:
+    """Whether `lake_lock` really excludes other writers of `lake`: a lake on the local file
+    system. An object-store lake (gs://) has no lock here, so its writers must MERGE."""
+    return lake.startswith("file://") or "://" not in lake
+
+
 @contextmanager
 def lake_lock(lake: str) -> Iterator[None]:
     if lake.startswith("file://"):

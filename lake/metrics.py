@@ -74,6 +74,42 @@ def beam_metric_rows(query: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+_COMMIT_STEPS = {"raw": "WriteRawHistory", "quarantine": "WriteQuarantine", "quality": "WriteQuality"}
+
+
+def commit_metric_rows(commits: list[Any]) -> list[dict[str, Any]]:
+    """The writers' counters and commit-time distributions from their `TableCommit`s: what the
+    writers put in Beam metrics when they commit inside the bundle (streaming mode), for local
+    mode's side-by-side commits, which finish after the bundle (`parallel_commits`)."""
+    rows: list[dict[str, Any]] = []
+
+    def counter(kind: str, name: str, value: float) -> None:
+        rows.append({"step": _COMMIT_STEPS[kind], "name": name, "kind": "counter", "value": float(value)})
+
+    for kind in ("raw", "quarantine", "quality"):
+        done = [c for c in commits if c.kind == kind]
+        if not done:
+            continue
+        if kind == "raw":
+            counter(kind, "raw_written", sum(c.inserted for c in done))
+            counter(kind, "duplicates_skipped", sum(c.received - c.inserted for c in done))
+        if kind == "quarantine":
+            counter(kind, "quarantined", sum(c.inserted for c in done))
+        ms = [c.ms for c in done]
+        rows.append(
+            {
+                "step": _COMMIT_STEPS[kind],
+                "name": f"{kind}_commit_ms",
+                "kind": "distribution",
+                "value": float(sum(ms)),
+                "count": len(ms),
+                "min": float(min(ms)),
+                "max": float(max(ms)),
+            }
+        )
+    return rows
+
+
 def latency_row(latencies: list[float]) -> dict[str, Any]:
     values = sorted(latencies)
     if not values:

@@ -195,6 +195,7 @@ class Lake:
                     except TidegateError:
                         continue
         consistent, notes = True, []
+        late_at = when  # the late ledger is read as of the newest aggregate commit pinned below
         for spec in self.catalog.aggregates:
             if spec.source not in raw_at or not self._exists(f"aggregates/{spec.name}"):
                 continue
@@ -205,7 +206,8 @@ class Lake:
                 )
                 consistent = False
                 continue
-            version, incorporated = commit
+            version, incorporated, committed = commit
+            late_at = max(late_at, committed)
             versions[f"aggregates/{spec.name}"] = version
             if incorporated != raw_at[spec.source]:
                 notes.append(
@@ -223,20 +225,25 @@ class Lake:
         for table in ("quarantine", "_ledger", "_quality", "_metrics", "aggregates/_late"):
             if self._exists(table):
                 try:
-                    versions[table] = self.delta(table, as_of=when).version()
+                    # The projector records a batch's late pairs just before the aggregate commit
+                    # that incorporates it, which may come after the run's last ledger row.
+                    at = late_at if table == "aggregates/_late" else when
+                    versions[table] = self.delta(table, as_of=at).version()
                 except TidegateError:
                     continue
         return Cut(self, versions, when, run_id, consistent, notes)
 
-    def _aggregate_commit(self, name: str, raw_version: int) -> tuple[int, int] | None:
-        """The newest commit of an aggregate table incorporating a raw version <= raw_version."""
-        best: tuple[int, int] | None = None
+    def _aggregate_commit(self, name: str, raw_version: int) -> tuple[int, int, datetime] | None:
+        """The newest commit of an aggregate table incorporating a raw version <= raw_version:
+        (its version, the raw version it incorporates, its commit time)."""
+        best: tuple[int, int, datetime] | None = None
         for h in self.delta(f"aggregates/{name}").history():
             incorporated = h.get("tidegate_raw_version")
             if incorporated is None or int(incorporated) < 0:
                 continue
             if int(incorporated) <= raw_version and (best is None or int(h["version"]) > best[0]):
-                best = (int(h["version"]), int(incorporated))
+                at = datetime.fromtimestamp(int(h["timestamp"]) / 1000, UTC)
+                best = (int(h["version"]), int(incorporated), at)
         return best
 
     # -- lineage -------------------------------------------------------------------------------
@@ -340,7 +347,14 @@ class Cut:
         return self.scan("_quality")
 
     def late(self) -> pl.LazyFrame:
-        return self.scan("aggregates/_late")
+        """Late pairs of the raw versions in this cut (the ledger may hold later ones)."""
+        pinned = [(t.removeprefix("raw/"), v) for t, v in self.versions.items() if t.startswith("raw/")]
+        if not pinned:
+            return self.scan("aggregates/_late").filter(pl.lit(False))
+        keep = pl.any_horizontal(
+            [(pl.col("event_type") == t) & (pl.col("raw_version") <= v) for t, v in pinned]
+        )
+        return self.scan("aggregates/_late").filter(keep)
 
     def describe(self) -> str:
         head = f"cut at {self.at.isoformat()}" + (f" (end of {self.run_id})" if self.run_id else "")

@@ -66,3 +66,23 @@ def test_many_crashing_messages_in_one_batch_are_systematic_not_poison(
     r.run("b0", messages[-1:])  # the runner has committed before
     with pytest.raises(Exception, match="injected crash"):
         r.run("b1", messages)
+
+
+def test_the_lakes_only_writer_lands_an_id_once_even_when_it_is_resent_with_another_date(
+    catalog, registry, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Local mode dedups by the in-memory key index (lake.keyindex), not by the batch's event
+    dates: a producer re-sending an event with a ce-time on another day lands it once."""
+    messages = orders(catalog, registry, 5)
+    resent = messages[2]
+    moved = dict(resent.attributes, **{"ce-time": "2031-05-05T10:00:00Z"})
+    again = RawMessage(resent.data, moved, "99", datetime.now(UTC), resent.subscription)
+    r = BatchRunner(
+        IngestConfig(str(tmp_path / "lake"), "run-t", str(catalog.path), "t", "t"), single_writer=True
+    )
+    r.run("b1", messages)
+    run = r.run("b2", [again])
+    raw = pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed"))
+    assert raw.height == 5
+    assert raw.get_column("event_id").n_unique() == 5
+    assert [(c.received, c.inserted) for c in run.commits if c.kind == "raw"] == [(1, 0)]

@@ -12,8 +12,12 @@ micro-batch is one chunk; in streaming mode `GroupIntoBatches` makes the chunks.
 Each validating composite returns `Validated(valid, invalid)`: callers never juggle tags,
 and the pipeline flattens every `invalid` into `WriteQuarantine`, so nothing is dropped.
 Writers buffer in `process` and commit in `finish_bundle` (one commit per table per bundle),
-through `lake.writer.insert_new`: an insert-only MERGE on the key, so a retried bundle or a
-redelivered message changes nothing. Only `TerminalError`-like data problems become
+idempotently on the key, so a retried bundle or a redelivered message changes nothing: through
+`lake.writer.insert_new` (an insert-only MERGE: streaming workers are many writers) or, when
+the process is the lake's only writer (`single_writer`, local mode under the lake lock),
+`lake.writer.append_new` (an in-memory key index, then an append). In local mode the writers
+hand their commits to `COMMITS` so every table of a batch commits side by side
+(`parallel_commits`). Only `TerminalError`-like data problems become
 quarantine rows; infrastructure errors propagate so the runner (or the local driver)
 retries and never acks.
 """
@@ -22,10 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -41,6 +46,7 @@ from expectations.checks import Rejection, ValidEvent, contract_stage, decode_st
 from expectations.envelope import Envelope, RawMessage
 from tidegate.faults import InjectedCrash, crash_on, fault_point, transient_fault
 from transforms import coders as _coders  # noqa: F401 - registers the chunk coders
+from transforms.dofn import TidegateDoFn
 from transforms.ingest_types import Chunk, Decoded, Rejected, Typed
 
 INVALID = "invalid"
@@ -72,6 +78,18 @@ class IngestConfig:
     commit_per_chunk: bool = False
     # Secret Manager secret version holding the PII key (workers fetch it; see lake/pii.py)
     pii_key_secret: str | None = None
+    # local mode: the writers hand their commits to COMMITS (all tables of a batch commit side by
+    # side, raw, quarantine and _quality alike) instead of committing one after the other in
+    # Beam's finish_bundle order; the caller drains them by batch id (pipelines/local/batch.py)
+    parallel_commits: bool = False
+    # local mode: this process is the lake's only writer (it holds the lake lock), so the writers
+    # dedup against an in-memory key index and append (lake.writer.append_new) instead of the
+    # insert-only MERGE that concurrent streaming workers need
+    single_writer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.parallel_commits and self.emit_rows:
+            raise ValueError("parallel_commits cannot emit committed rows downstream (streaming mode)")
 
     @property
     def storage(self) -> dict[str, str] | None:
@@ -119,7 +137,24 @@ def suite_validator(catalog_path: str) -> Any:
     return SuiteValidator(worker_state(catalog_path)[1])
 
 
-class _CatalogFn(beam.DoFn):
+@functools.lru_cache(maxsize=4)
+def suite_fingerprints(catalog_path: str) -> dict[str, str]:
+    """Per event type, the fingerprint of the suite this process validates with (loaded once,
+    like the validator itself: an edited suite file takes effect in the next run)."""
+    from expectations.suites import suite_fingerprint
+
+    registry = worker_state(catalog_path)[1]
+    return {t: suite_fingerprint(c.suite_path) for t, c in registry.types.items() if c.suite_path}
+
+
+@functools.lru_cache(maxsize=4)
+def raw_schemas(catalog_path: str) -> dict[str, Any]:
+    from lake.tables import raw_schema
+
+    return {t: raw_schema(c) for t, c in worker_state(catalog_path)[1].types.items()}
+
+
+class _CatalogFn(TidegateDoFn):
     """Loads the catalog and contracts once per worker (setup), not per element."""
 
     def __init__(self, config: IngestConfig) -> None:
@@ -248,6 +283,7 @@ class TableCommit:
     # quality commits: (event_type, expectation, column, success) per outcome, for lineage
     details: tuple[tuple[str, str, str | None, bool], ...] = ()
     committed_at: float = 0.0  # epoch seconds when the commit was done: its rows are visible
+    ms: int = 0  # how long the commit took
 
     @classmethod
     def of(
@@ -259,6 +295,7 @@ class TableCommit:
         result: Any,  # lake.writer.CommitResult
         details: tuple[tuple[str, str, str | None, bool], ...] = (),
         committed_at: float | None = None,
+        ms: int = 0,
     ) -> TableCommit:
         return cls(
             kind,
@@ -273,7 +310,58 @@ class TableCommit:
             result.bytes,
             details,
             time.time() if committed_at is None else committed_at,
+            ms,
         )
+
+
+def _commit_timed(
+    kind: str,
+    event_type: str | None,
+    batch_ids: list[str],
+    received: int,
+    commit: Callable[[], Any],
+    details: tuple[Any, ...] = (),
+) -> TableCommit:
+    """Run one table's commit (a `lake.writer` call) and describe it as a TableCommit."""
+    result, ms, finished = _timed_call(commit)
+    return TableCommit.of(kind, event_type, batch_ids, received, result, details, finished, ms)
+
+
+class CommitPool:
+    """Local mode's side-by-side commits (`IngestConfig.parallel_commits`).
+
+    Beam finishes a fused stage's DoFns one after the other, so the raw, quarantine and
+    _quality writers would commit in turn (each commit is mostly delta-rs work that releases
+    the GIL). With parallel commits each writer submits its commits here from `finish_bundle`
+    and returns; the local driver `drain`s the batch after the Beam run, which waits for every
+    commit of the batch (also when the run failed: nothing of a failed run may still be
+    committing when it is retried or split) and raises the first commit error.
+    """
+
+    def __init__(self, workers: int = 8) -> None:
+        self._lock = threading.Lock()
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[str, list[Future[TableCommit]]] = defaultdict(list)
+
+    def submit(self, key: str, commit: Callable[[], TableCommit]) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="commit")
+            self._pending[key].append(self._pool.submit(commit))
+
+    def drain(self, key: str) -> list[TableCommit]:
+        with self._lock:
+            futures = self._pending.pop(key, [])
+        wait(futures)
+        for f in futures:
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+        return [f.result() for f in futures]
+
+
+COMMITS = CommitPool()
 
 
 class _WriterFn(_CatalogFn):
@@ -298,18 +386,34 @@ class _WriterFn(_CatalogFn):
         )
 
 
+def _insert(config: IngestConfig, uri: str, rows: Any, keys: list[str], **kwargs: Any) -> Callable[[], Any]:
+    """The idempotent commit of `rows` to `uri`: append after an in-memory key check for the lake's
+    only writer (local mode), the insert-only MERGE otherwise (lake.writer)."""
+    from lake.writer import append_new, insert_new
+
+    if config.single_writer:
+        from lake.keyindex import key_index
+
+        kwargs.pop("prune_on", None)
+        return functools.partial(
+            append_new,
+            uri,
+            rows,
+            keys=keys,
+            index=key_index(uri, keys),
+            storage_options=config.storage,
+            **kwargs,
+        )
+    return functools.partial(insert_new, uri, rows, keys=keys, storage_options=config.storage, **kwargs)
+
+
 class WriteRawHistoryFn(_WriterFn):
     """Buffers valid events per type; one insert-only MERGE per type per bundle."""
 
     def setup(self) -> None:
         super().setup()
-        from expectations.suites import suite_fingerprint
-        from lake.tables import raw_schema
-
-        self.schemas = {t: raw_schema(c) for t, c in self.registry.types.items()}
-        self.fingerprints = {
-            t: suite_fingerprint(c.suite_path) for t, c in self.registry.types.items() if c.suite_path
-        }
+        self.schemas = raw_schemas(self.config.catalog_path)
+        self.fingerprints = suite_fingerprints(self.config.catalog_path)
         self.written = Metrics.counter("tidegate", "raw_written")
         self.duplicates = Metrics.counter("tidegate", "duplicates_skipped")
         self.commit_ms = Metrics.distribution("tidegate", "raw_commit_ms")
@@ -329,7 +433,6 @@ class WriteRawHistoryFn(_WriterFn):
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput]:
         from lake.rows import raw_rows, stamp_seen_max_event_time
         from lake.tables import raw_uri
-        from lake.writer import insert_new
 
         now = datetime.now(UTC)
         commits: list[tuple[str, list[str], Any]] = []  # event type, batch ids, insert_new call
@@ -366,21 +469,30 @@ class WriteRawHistoryFn(_WriterFn):
                     event_type,
                     batch_ids,
                     functools.partial(
-                        _timed_call,
-                        insert_new,
-                        raw_uri(self.config.lake, event_type),
-                        rows,
-                        keys=["event_id"],
-                        metadata=meta,
-                        partition_by=["event_date"],
-                        prune_on="event_date",
-                        storage_options=self.config.storage,
-                        prepare=lambda table, batch: stamp_seen_max_event_time(table, batch, now),
+                        _commit_timed,
+                        "raw",
+                        event_type,
+                        batch_ids,
+                        len(events),
+                        _insert(
+                            self.config,
+                            raw_uri(self.config.lake, event_type),
+                            rows,
+                            ["event_id"],
+                            metadata=meta,
+                            partition_by=["event_date"],
+                            prune_on="event_date",
+                            prepare=lambda table, batch: stamp_seen_max_event_time(table, batch, now),
+                        ),
                     ),
                 )
             )
         fault_point("before_commit")
         transient_fault()
+        if self.config.parallel_commits:
+            for _, batch_ids, commit in commits:
+                COMMITS.submit(",".join(batch_ids), commit)
+            return
         # One table per type: the commits are independent, and delta-rs releases the GIL while
         # it merges, so they run side by side (~half the wall time with two or three types).
         if len(commits) > 1:
@@ -388,11 +500,10 @@ class WriteRawHistoryFn(_WriterFn):
                 done = list(pool.map(lambda c: c[2](), commits))
         else:
             done = [c[2]() for c in commits]
-        for (event_type, batch_ids, _), (result, ms, finished) in zip(commits, done, strict=True):
-            events = self.buffer[event_type]
-            self.commit_ms.update(ms)
-            self.written.inc(result.inserted)
-            self.duplicates.inc(len(events) - result.inserted)
+        for (event_type, batch_ids, _), commit in zip(commits, done, strict=True):
+            self.commit_ms.update(commit.ms)
+            self.written.inc(commit.inserted)
+            self.duplicates.inc(commit.received - commit.inserted)
             emit = dict(self.config.emit_rows).get(event_type)
             if emit:
                 from lake.rows import committed_rows
@@ -400,14 +511,12 @@ class WriteRawHistoryFn(_WriterFn):
                 rows = committed_rows(
                     raw_uri(self.config.lake, event_type),
                     batch_id=",".join(batch_ids),
-                    dates=sorted({e.envelope.time.date() for e in events}),
+                    dates=sorted({e.envelope.time.date() for e in self.buffer[event_type]}),
                     columns=emit,
                     storage_options=self.config.storage,
                 )
                 yield TaggedOutput(ROWS, _global((event_type, rows)))  # one element per commit
-            yield _global(
-                TableCommit.of("raw", event_type, batch_ids, len(events), result, committed_at=finished)
-            )
+            yield _global(commit)
 
 
 class WriteQuarantineFn(_WriterFn):
@@ -433,7 +542,6 @@ class WriteQuarantineFn(_WriterFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         from lake.rows import quarantine_rows
         from lake.tables import quarantine_uri
-        from lake.writer import insert_new
 
         if not self.buffer:
             return
@@ -447,17 +555,28 @@ class WriteQuarantineFn(_WriterFn):
             now=datetime.now(UTC),
         )
         meta = self._meta(batch_ids, [r.message for r in self.buffer], extra={"tidegate_table": "quarantine"})
-        with _timed(Metrics.distribution("tidegate", "quarantine_commit_ms")):
-            result = insert_new(
+        commit = functools.partial(
+            _commit_timed,
+            "quarantine",
+            None,
+            batch_ids,
+            len(self.buffer),
+            _insert(
+                self.config,
                 quarantine_uri(self.config.lake),
                 rows,
-                keys=["subscription", "pubsub_message_id"],
+                ["subscription", "pubsub_message_id"],
                 metadata=meta,
                 partition_by=["quarantine_date"],
-                storage_options=self.config.storage,
-            )
-        self.quarantined.inc(result.inserted)
-        yield _global(TableCommit.of("quarantine", None, batch_ids, len(self.buffer), result))
+            ),
+        )
+        if self.config.parallel_commits:
+            COMMITS.submit(",".join(batch_ids), commit)
+            return
+        done = commit()
+        Metrics.distribution("tidegate", "quarantine_commit_ms").update(done.ms)
+        self.quarantined.inc(done.inserted)
+        yield _global(done)
 
 
 class WriteQualityFn(_WriterFn):
@@ -466,11 +585,7 @@ class WriteQualityFn(_WriterFn):
 
     def setup(self) -> None:
         super().setup()
-        from expectations.suites import suite_fingerprint
-
-        self.fingerprints = {
-            t: suite_fingerprint(c.suite_path) for t, c in self.registry.types.items() if c.suite_path
-        }
+        self.fingerprints = suite_fingerprints(self.config.catalog_path)
 
     def start_bundle(self) -> None:
         self.buffer: list[tuple[str, Any]] = []
@@ -484,7 +599,6 @@ class WriteQualityFn(_WriterFn):
 
         from lake.rows import lineage
         from lake.tables import QUALITY_KEYS, QUALITY_SCHEMA, quality_uri
-        from lake.writer import insert_new
 
         if not self.buffer:
             return
@@ -513,17 +627,29 @@ class WriteQualityFn(_WriterFn):
             message_ids=[],
             extra={"tidegate_table": "_quality"},
         )
-        with _timed(Metrics.distribution("tidegate", "quality_commit_ms")):
-            result = insert_new(
+        details = tuple((o.event_type, o.expectation, o.column, o.success) for _, o in self.buffer)
+        commit = functools.partial(
+            _commit_timed,
+            "quality",
+            None,
+            batch_ids,
+            len(self.buffer),
+            _insert(
+                self.config,
                 quality_uri(self.config.lake),
                 pa.Table.from_pydict(rows, schema=QUALITY_SCHEMA),
-                keys=list(QUALITY_KEYS),
+                list(QUALITY_KEYS),
                 metadata=meta,
                 partition_by=["quality_date"],
-                storage_options=self.config.storage,
-            )
-        details = tuple((o.event_type, o.expectation, o.column, o.success) for _, o in self.buffer)
-        yield _global(TableCommit.of("quality", None, batch_ids, len(self.buffer), result, details))
+            ),
+            details,
+        )
+        if self.config.parallel_commits:
+            COMMITS.submit(",".join(batch_ids), commit)
+            return
+        done = commit()
+        Metrics.distribution("tidegate", "quality_commit_ms").update(done.ms)
+        yield _global(done)
 
 
 class _Writer(beam.PTransform):

@@ -179,7 +179,7 @@ class Bookkeeper:
                 self.error = exc
 
     def _settle(self, work: _Work) -> None:
-        from lake.metrics import beam_metric_rows, latency_row, write_metrics
+        from lake.metrics import beam_metric_rows, commit_metric_rows, latency_row, write_metrics
 
         o = work.outcome
         t = time.perf_counter()
@@ -208,6 +208,7 @@ class Bookkeeper:
         t = time.perf_counter()
         try:
             rows = [r for q in work.run.metrics for r in beam_metric_rows(q)]
+            rows += commit_metric_rows(work.run.commits)
             stage_rows = [
                 {"step": "driver", "name": f"{k}_s", "kind": "counter", "value": v}
                 for k, v in o.stages.items()

@@ -8,7 +8,9 @@ Each run is **one bounded Beam pipeline** on the in-process `FnApiRunner`, pinne
 (`DirectRunner` would first try to download Prism; platform facts). The messages reach it in
 memory through `HANDOFF` (a `beam.Create` of 50k messages pickles them and costs seconds): the
 pipeline carries only a key, `TakeBatch` swaps it for the messages in the same process, and
-`CollectCommits` hands the writers' `TableCommit`s back the same way.
+`CollectCommits` hands back what the graph emits. The writers commit every table of the batch
+side by side on `transforms.ingest.COMMITS` (`parallel_commits`), and the run drains their
+`TableCommit`s by batch id once Beam returns.
 
 Failures are sorted the way tidegate.errors says:
 - `TidegateError` (a person must act) stops the run at once;
@@ -28,6 +30,8 @@ Failures are sorted the way tidegate.errors says:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -43,7 +47,7 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
 from expectations.envelope import RawMessage
 from tidegate.errors import PlatformError, TidegateError, TransientError
-from transforms.ingest import Ingest, IngestConfig, TableCommit
+from transforms.ingest import COMMITS, Ingest, IngestConfig, TableCommit
 from transforms.ingest_types import Chunk
 
 log = logging.getLogger(__name__)
@@ -117,8 +121,13 @@ def unwrap(exc: BaseException) -> BaseException:
 
 
 class BatchRunner:
-    def __init__(self, config: IngestConfig, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.config = config
+    def __init__(
+        self, config: IngestConfig, sleep: Callable[[float], None] = time.sleep, single_writer: bool = False
+    ) -> None:
+        """`single_writer`: the caller holds the lake lock, so the writers may dedup in memory and
+        append (lake.keyindex) instead of MERGE."""
+        # every table of a batch commits side by side (transforms.ingest.CommitPool)
+        self.config = dataclasses.replace(config, parallel_commits=True, single_writer=single_writer)
         self.sleep = sleep
         self.options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
         self._runner = FnApiRunner()
@@ -239,9 +248,19 @@ class BatchRunner:
             result.wait_until_finish()
         except Exception as exc:  # noqa: BLE001 - Beam wraps everything; surface ours
             HANDOFF.results(key)
+            # nothing of a failed run may still be committing when it is retried or split; the
+            # run's own error is the one to report
+            with contextlib.suppress(Exception):
+                COMMITS.drain(batch_id)
             raise unwrap(exc) from None
+        else:
+            try:
+                commits = COMMITS.drain(batch_id)
+            except Exception as exc:  # noqa: BLE001 - same handling as an error inside the run
+                HANDOFF.results(key)
+                raise unwrap(exc) from None
         finally:
             out.runs += 1
             out.beam_seconds += time.perf_counter() - started
-        out.commits += HANDOFF.results(key)
+        out.commits += HANDOFF.results(key) + commits
         out.metrics.append(result.metrics().query())

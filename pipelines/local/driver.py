@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infra.pubsub import subscriber, subscription_path
-from lake.lock import lake_lock
+from lake.lock import is_locked_lake, lake_lock
 from lake.tables import table_uris
 from tidegate.catalog import Catalog
 from transforms.ingest import IngestConfig, TableCommit, suite_validator, worker_state
@@ -128,7 +128,8 @@ class LocalIngest:
         self.stop_requested = False
         names = subscriptions or [s.subscription for s in catalog.streams]
         self.paths = {subscription_path(self.project, name): name for name in names}
-        self.runner = BatchRunner(config)
+        # the lake lock (taken before the first batch) makes this process the lake's only writer
+        self.runner = BatchRunner(config, single_writer=is_locked_lake(config.lake))
         self._seq = 0
         self._lineage: Any = None
 
