@@ -27,8 +27,10 @@ and recomputes the windows they cover, with the same result (slower once, never 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,6 +131,14 @@ def _ts(value: datetime) -> pa.Scalar:
     return pa.scalar(value, type=TS)
 
 
+@dataclass
+class _FreshRows:
+    """A source's new raw rows in one round, per raw version an aggregate stands at."""
+
+    rows: dict[int | None, pl.DataFrame] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class Projector:
     """Keeps a lake's aggregate tables equal to a recompute of its raw history."""
 
@@ -171,6 +181,8 @@ class Projector:
         for spec in self.catalog.aggregates:
             if sources is None or spec.source in sources:
                 by_source.setdefault(spec.source, []).append(spec)
+        jobs: list[tuple[AggregateSpec, DeltaTable, int, frozenset[str], _FreshRows]] = []
+        targets: dict[str, int] = {}
         for source, specs in by_source.items():
             raw = _open(raw_uri(self.lake, source), self.storage)
             if raw is None:
@@ -178,11 +190,18 @@ class Projector:
             target = raw.version()
             files = frozenset(data_files(raw))
             self._files[(source, target)] = files
-            fresh_cache: dict[int | None, pl.DataFrame] = {}
-            for spec in specs:
-                result = self._project(spec, raw, target, files, fresh_cache)
-                if result is not None:
-                    out.append(result)
+            targets[source] = target
+            fresh = _FreshRows()
+            jobs += [(spec, raw, target, files, fresh) for spec in specs]
+        # Each aggregate is its own table and commit: they run side by side (polars and delta-rs
+        # release the GIL), the raw reads of one source once, under that source's lock.
+        if len(jobs) > 1:
+            with ThreadPoolExecutor(len(jobs), thread_name_prefix="project") as pool:
+                results = list(pool.map(lambda job: self._project(*job), jobs))
+        else:
+            results = [self._project(*job) for job in jobs]
+        out = [r for r in results if r is not None]
+        for source, target in targets.items():
             # every aggregate over this source now stands at `target`: older file sets are dead
             for key in [k for k in self._files if k[0] == source and k[1] < target]:
                 del self._files[key]
@@ -237,28 +256,29 @@ class Projector:
         raw: DeltaTable,
         target: int,
         files: frozenset[str],
-        fresh_cache: dict[int | None, pl.DataFrame],
+        shared: _FreshRows,
     ) -> ProjectionResult | None:
         t0 = time.perf_counter()
         table = _open(aggregate_uri(self.lake, spec.name), self.storage)
         done = None if table is None else table.transaction_version(app_id(spec))
         if done is not None and done >= target:
             return None
-        changes = None if done is None else raw_changes(raw, done, target)
-        rebuild = changes is None or not changes.only_appends
-        key = None if rebuild else done
-        if key not in fresh_cache:
-            if rebuild:
-                # first projection, or raw files were rewritten (compaction): all of raw history
-                dataset = raw_dataset(raw)
-                names = set(dataset.schema.names)
-                columns = [c for c in self._source_columns[spec.source] if c in names]
-                fresh_cache[key] = _frame(dataset.to_table(columns=columns))
-            else:
-                assert done is not None
-                assert changes is not None
-                fresh_cache[key] = self._new_rows(spec, raw, done, files, changes.compacted_since)
-        fresh = fresh_cache[key]
+        with shared.lock:  # one reader of the source's raw table at a time, each read once
+            changes = None if done is None else raw_changes(raw, done, target)
+            rebuild = changes is None or not changes.only_appends
+            key = None if rebuild else done
+            if key not in shared.rows:
+                if rebuild:
+                    # first projection, or raw files were rewritten (compaction): all of raw history
+                    dataset = raw_dataset(raw)
+                    names = set(dataset.schema.names)
+                    columns = [c for c in self._source_columns[spec.source] if c in names]
+                    shared.rows[key] = _frame(dataset.to_table(columns=columns))
+                else:
+                    assert done is not None
+                    assert changes is not None
+                    shared.rows[key] = self._new_rows(spec, raw, done, files, changes.compacted_since)
+            fresh = shared.rows[key]
         parts = agg.split(fresh, spec)
         late = self._write_late(spec, parts.late, target)
         if rebuild:
