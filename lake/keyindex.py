@@ -45,7 +45,7 @@ import pyarrow as pa
 DEDUP_HORIZON = timedelta(days=7)
 # Operations that add no key to a table (compaction rewrites the same rows)
 NO_NEW_KEYS = {"OPTIMIZE", "VACUUM START", "VACUUM END"}
-_MERGE_RECENT = 250_000  # recent digests kept in a set before they are merged into the array
+_MERGE_RECENT = 50_000  # recent digests kept in a set before they are merged into the array
 _SEP = "\x1f"
 
 

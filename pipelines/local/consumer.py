@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 ACK_REQUEST_SIZE = 2500  # ack ids per acknowledge / modify_ack_deadline request (Pub/Sub's limit)
 PULL_MAX = 1000  # messages per pull request
 CAUGHT_UP = 50  # a pull that returns fewer: the subscription is drained, pause before the next
+# a pull that returns this many (or all it asked for) was limited by the request, not by what was
+# there (the emulator never returns more than 100); several in a row: a backlog
+FULL_PULL = 100
+BACKLOG_STREAK = 3
 
 
 class Leased(NamedTuple):
@@ -113,6 +117,7 @@ class Consumer:
         self.threads: list[threading.Thread] = []
         # per subscription: since when every pull came back empty (None: the last one did not)
         self.empty_since: dict[str, float | None] = dict.fromkeys(paths)
+        self.full_streak: dict[str, int] = dict.fromkeys(paths, 0)  # full pulls in a row
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -149,6 +154,10 @@ class Consumer:
     def buffered(self) -> int:
         return len(self.buffer)
 
+    def backlogged(self) -> bool:
+        """Some subscription's last pulls all came back full: it has a backlog."""
+        return any(n >= BACKLOG_STREAK for n in self.full_streak.values())
+
     def idle_for(self) -> float:
         """Seconds since every subscription last had something to pull and nothing is buffered
         (0 while any is still delivering, or before each has answered a pull)."""
@@ -157,10 +166,19 @@ class Consumer:
                 return 0.0
             return time.monotonic() - max(t for t in self.empty_since.values() if t is not None)
 
-    def take(self, max_messages: int, wait: float, fill: float) -> list[Leased]:
+    def take(
+        self,
+        max_messages: int,
+        wait: float,
+        fill: float,
+        backlog_rate: float = 0.0,
+        backlog_fill: float = 0.0,
+    ) -> list[Leased]:
         """Up to `max_messages` held messages. Waits at most `wait` for the first one, then at most
-        `fill` more seconds for others (a short fill keeps latency low when traffic is light; with
-        a backlog the buffer is full and this returns at once). Raises a puller's fatal error."""
+        `fill` more seconds for others (a short fill keeps latency low when traffic is light).
+        If messages arrived faster than `backlog_rate` per second during that fill, the pullers
+        are draining a backlog: keep filling up to `backlog_fill` seconds in all, so a batch's
+        fixed cost is paid for many messages, not a few hundred. Raises a puller's fatal error."""
         deadline = time.monotonic() + wait
         with self.cond:
             while not self.buffer:
@@ -169,15 +187,22 @@ class Consumer:
                 if left <= 0 or self.stopping.is_set():
                     return []
                 self.cond.wait(left)
-            filled = time.monotonic() + fill
-            while len(self.buffer) < max_messages and not self.stopping.is_set():
-                self._raise_error()
-                left = filled - time.monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
+            started, before = time.monotonic(), len(self.buffer)
+            self._fill(max_messages, started + fill)
+            arrived = len(self.buffer) - before
+            if backlog_rate and backlog_fill > fill and arrived >= backlog_rate * fill and self.backlogged():
+                self._fill(max_messages, started + backlog_fill)
             n = min(max_messages, len(self.buffer))
             return [self.buffer.popleft() for _ in range(n)]
+
+    def _fill(self, max_messages: int, until: float) -> None:
+        """Wait (holding the condition) until the buffer holds `max_messages` or `until`."""
+        while len(self.buffer) < max_messages and not self.stopping.is_set():
+            self._raise_error()
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self.cond.wait(left)
 
     def ack(self, items: list[Leased]) -> None:
         """Acknowledge committed messages (then they are no longer held)."""
@@ -272,6 +297,8 @@ class Consumer:
                 continue
             pause = self.options.idle_poll
             self.empty_since[path] = None
+            full = len(received) >= min(room, FULL_PULL)
+            self.full_streak[path] = self.full_streak[path] + 1 if full else 0
             items = []
             for r in received:
                 size = size_of(r.message)

@@ -55,7 +55,11 @@ class LocalOptions:
     max_wait: float = 2.0  # longest wait for a batch's first message before checking idle / stop
     until_idle: float | None = 5.0
     follow: bool = False
-    fill: float = 0.1  # once a message is there, how long to gather more when the buffer was empty
+    fill: float = 0.1  # once a message is there, how long to gather more
+    # messages arriving faster than this (per second) during the fill mean a backlog: then gather
+    # up to `backlog_fill` seconds (or max_batch) so the batch's fixed cost is spread wide
+    backlog_rate: float = 5_000.0
+    backlog_fill: float = 1.5
     heartbeat_seconds: float = 30.0
     # compaction on its own thread (follow mode, or any run longer than this): every this many
     # seconds, partitions with at least `compact_min_files` small files (lake.maintenance)
@@ -336,7 +340,13 @@ class LocalIngest:
             wait = min(o.max_wait, 0.5, o.heartbeat_seconds)
             if not o.follow and o.until_idle is not None:
                 wait = min(wait, max(o.until_idle, 0.05))
-            leased = consumer.take(o.max_batch, wait=wait, fill=min(o.fill, o.max_wait))
+            leased = consumer.take(
+                o.max_batch,
+                wait=wait,
+                fill=min(o.fill, o.max_wait),
+                backlog_rate=o.backlog_rate,
+                backlog_fill=min(o.backlog_fill, o.max_wait),
+            )
             if not leased:
                 if not o.follow and o.until_idle is not None and consumer.idle_for() >= o.until_idle:
                     summary.stopped_by = f"idle for {o.until_idle:g}s"
