@@ -70,13 +70,19 @@ def raw_rows(
         "pubsub_message_id": [m.message_id for m in msgs],
         "pubsub_publish_time": [m.publish_time for m in msgs],
         "subscription": [m.subscription for m in msgs],
-        "ingest_time": [ingest_time] * n,
-        "seen_max_event_time": [None] * n,  # stamped at commit time: see stamp_seen_max_event_time
-        "run_id": [run_id] * n,
-        "batch_id": [batch_id] * n,
+    }
+    # one value for every row: built in Arrow, not converted from n Python objects
+    constants: dict[str, Any] = {
+        "ingest_time": ingest_time,
+        "seen_max_event_time": None,  # stamped at commit time: see stamp_seen_max_event_time
+        "run_id": run_id,
+        "batch_id": batch_id,
     }
     arrays = []
     for field in schema:
+        if field.name in constants:
+            arrays.append(pa.repeat(pa.scalar(constants[field.name], type=field.type), n))
+            continue
         if field.name in columns:
             values = columns[field.name]
         else:
@@ -111,7 +117,7 @@ def stamp_seen_max_event_time(table: Any, rows: pa.Table, now: datetime) -> pa.T
     if seen is not None:
         seen = min(seen, now)
     i = rows.schema.get_field_index("seen_max_event_time")
-    column = pa.array([seen] * rows.num_rows, type=rows.schema.field(i).type)
+    column = pa.repeat(pa.scalar(seen, type=rows.schema.field(i).type), rows.num_rows)
     return rows.set_column(i, rows.schema.field(i), column)
 
 
