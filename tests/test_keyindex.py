@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -112,3 +113,18 @@ def test_many_keys_stay_exact_after_the_recent_set_is_merged(
     result = append(uri, index, rows([f"k{i}" for i in range(380, 420)]))
     assert result.inserted == 20
     assert len(ids_in(uri)) == 420
+
+
+def test_generations_past_the_horizon_are_dropped_and_newer_ones_kept(tmp_path: Path) -> None:
+    uri = str(tmp_path / "raw")
+    index = KeyIndex(uri, ["event_id"], horizon=timedelta(days=7))
+    append(uri, index, rows(["today"]))
+    long_ago = datetime.now(UTC).date() - timedelta(days=9)
+    week_ago = datetime.now(UTC).date() - timedelta(days=7)
+    index._generations[:0] = [
+        (long_ago, np.array([b"x" * 16], dtype="S16")),
+        (week_ago, np.array([b"y" * 16], dtype="S16")),
+    ]
+    index._merge()  # what happens every 50k keys
+    assert [day for day, _ in index._generations] == [week_ago, datetime.now(UTC).date()]
+    assert index.contains(rows(["today", "other"])) == [True, False]
