@@ -2,8 +2,9 @@
 
     index = key_index(uri, ["event_id"])           # one per table per process
     index.sync(table)                              # follow the table's log (or reload it)
-    seen = index.contains(rows, ["event_id"])      # -> list[bool]
-    index.added(rows, ["event_id"], version)       # after this process committed them
+    digests = index.digests(rows)                  # one per row, on the index's keys
+    seen = index.seen(digests)                     # -> list[bool]
+    index.added(new_digests, version, table)       # after this process committed them
 
 Why: an insert-only MERGE scans the key column of every file it cannot prune. Raw history is
 partitioned by event date, so the MERGE of a micro-batch read the whole day's partition: its
@@ -68,7 +69,7 @@ class KeyIndex:
         self.horizon = horizon
         self.version: int | None = None  # the table version the index reflects (None: not loaded)
         self.table_id: str | None = None  # the Delta table's metadata id (None: created by this index)
-        self._ours: set[int] = set()  # versions this process committed since the index was loaded
+        self._ours: set[int] = set()  # versions this process committed that `version` has not reached
         # generations of sorted digests, each tagged with the day its keys were added (or loaded):
         # a generation older than the horizon is dropped, so a long --follow run stays bounded
         self._generations: list[tuple[date, np.ndarray]] = []
@@ -104,11 +105,14 @@ class KeyIndex:
                 int(h["version"]) in self._ours or h.get("operation") in NO_NEW_KEYS for h in between
             ):
                 self.version = current
+                self._ours = {v for v in self._ours if v > current}
                 return
         self._load(table)
 
-    def contains(self, rows: pa.Table, keys: Sequence[str] | None = None) -> list[bool]:
-        digests = _digests(rows, keys or self.keys)
+    def digests(self, rows: pa.Table) -> list[bytes]:
+        return _digests(rows, self.keys)
+
+    def seen(self, digests: list[bytes]) -> list[bool]:
         if not digests:
             return []
         found = np.array([d in self._recent for d in digests], dtype=bool)
@@ -121,14 +125,15 @@ class KeyIndex:
             found |= base[idx] == cand
         return [bool(f) for f in found]
 
-    def added(self, rows: pa.Table, version: int, table: Any) -> None:
-        """Rows this process committed in `version` of `table`."""
+    def added(self, digests: list[bytes], version: int, table: Any) -> None:
+        """The keys (`digests`) this process committed in `version` of `table`."""
         if self.table_id is None:
             self.table_id = table.metadata().id
-        self._recent.update(_digests(rows, self.keys))
-        self._ours.add(version)
+        self._recent.update(digests)
         if self.version is not None and version == self.version + 1:
             self.version = version
+        else:
+            self._ours.add(version)  # for `sync`, which has to look past a commit it did not see
         if len(self._recent) >= _MERGE_RECENT:
             self._merge()
 

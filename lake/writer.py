@@ -222,7 +222,8 @@ def append_new(
             try:
                 table = _current(index, uri, storage_options)
                 index.sync(table)
-                seen = index.contains(rows, keys)
+                digests = index.digests(rows)
+                seen = index.seen(digests)
                 new = rows.filter(pa.array([not s for s in seen], pa.bool_())) if any(seen) else rows
                 if new.num_rows == 0:
                     return CommitResult(uri, rows.num_rows, 0, None)
@@ -241,7 +242,7 @@ def append_new(
                     table = DeltaTable(uri, storage_options=storage_options)
                 index.table = table
                 version = table.version()
-                index.added(new, version, table)
+                index.added([d for d, s in zip(digests, seen, strict=True) if not s], version, table)
                 files, size = _added(table, before)
                 return CommitResult(uri, rows.num_rows, new.num_rows, version, files, size)
             except (CommitFailedError, FileExistsError) as exc:

@@ -104,13 +104,6 @@ def _timed(distribution: Any) -> Iterator[None]:
     distribution.update(int((time.perf_counter() - started) * 1000))
 
 
-def _timed_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int, float]:
-    """fn's result, how many milliseconds it took and when it was done (a commit on a thread)."""
-    started = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, int((time.perf_counter() - started) * 1000), time.time()
-
-
 def _global(value: Any) -> WindowedValue:
     return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
 
@@ -293,9 +286,9 @@ class TableCommit:
         batch_ids: list[str],
         received: int,
         result: Any,  # lake.writer.CommitResult
-        details: tuple[tuple[str, str, str | None, bool], ...] = (),
-        committed_at: float | None = None,
-        ms: int = 0,
+        details: tuple[tuple[str, str, str | None, bool], ...],
+        committed_at: float,
+        ms: int,
     ) -> TableCommit:
         return cls(
             kind,
@@ -309,7 +302,7 @@ class TableCommit:
             result.files,
             result.bytes,
             details,
-            time.time() if committed_at is None else committed_at,
+            committed_at,
             ms,
         )
 
@@ -322,9 +315,12 @@ def _commit_timed(
     commit: Callable[[], Any],
     details: tuple[Any, ...] = (),
 ) -> TableCommit:
-    """Run one table's commit (a `lake.writer` call) and describe it as a TableCommit."""
-    result, ms, finished = _timed_call(commit)
-    return TableCommit.of(kind, event_type, batch_ids, received, result, details, finished, ms)
+    """Run one table's commit (a `lake.writer` call) and describe it as a TableCommit: how long it
+    took, and when it was done (its rows are visible from then on)."""
+    started = time.perf_counter()
+    result = commit()
+    ms = int((time.perf_counter() - started) * 1000)
+    return TableCommit.of(kind, event_type, batch_ids, received, result, details, time.time(), ms)
 
 
 class CommitPool:
@@ -365,6 +361,15 @@ COMMITS = CommitPool()
 
 
 class _WriterFn(_CatalogFn):
+    def _handed_off(self, commits: list[tuple[list[str], Callable[[], TableCommit]]]) -> bool:
+        """Local mode (`parallel_commits`): give the commits to COMMITS, keyed by their batch
+        ids, and let finish_bundle return without waiting. False: commit here, in the bundle."""
+        if not self.config.parallel_commits:
+            return False
+        for batch_ids, commit in commits:
+            COMMITS.submit(",".join(batch_ids), commit)
+        return True
+
     def setup(self) -> None:
         super().setup()
         from lake.pii import load_protector
@@ -386,15 +391,17 @@ class _WriterFn(_CatalogFn):
         )
 
 
-def _insert(config: IngestConfig, uri: str, rows: Any, keys: list[str], **kwargs: Any) -> Callable[[], Any]:
+def _insert(
+    config: IngestConfig, uri: str, rows: Any, keys: list[str], prune_on: str | None = None, **kwargs: Any
+) -> Callable[[], Any]:
     """The idempotent commit of `rows` to `uri`: append after an in-memory key check for the lake's
-    only writer (local mode), the insert-only MERGE otherwise (lake.writer)."""
+    only writer (local mode), the insert-only MERGE otherwise (lake.writer; `prune_on` is its
+    partition predicate, which the key index does not need)."""
     from lake.writer import append_new, insert_new
 
     if config.single_writer:
         from lake.keyindex import key_index
 
-        kwargs.pop("prune_on", None)
         return functools.partial(
             append_new,
             uri,
@@ -404,11 +411,13 @@ def _insert(config: IngestConfig, uri: str, rows: Any, keys: list[str], **kwargs
             storage_options=config.storage,
             **kwargs,
         )
-    return functools.partial(insert_new, uri, rows, keys=keys, storage_options=config.storage, **kwargs)
+    return functools.partial(
+        insert_new, uri, rows, keys=keys, prune_on=prune_on, storage_options=config.storage, **kwargs
+    )
 
 
 class WriteRawHistoryFn(_WriterFn):
-    """Buffers valid events per type; one insert-only MERGE per type per bundle."""
+    """Buffers valid events per type; one idempotent commit (`_insert`) per type per bundle."""
 
     def setup(self) -> None:
         super().setup()
@@ -435,7 +444,7 @@ class WriteRawHistoryFn(_WriterFn):
         from lake.tables import raw_uri
 
         now = datetime.now(UTC)
-        commits: list[tuple[str, list[str], Any]] = []  # event type, batch ids, insert_new call
+        commits: list[tuple[str, list[str], Any]] = []  # event type, batch ids, the commit
         for event_type in sorted(self.buffer):
             events = self.buffer[event_type]
             batch_ids = sorted(self.batch_ids[event_type])
@@ -489,9 +498,7 @@ class WriteRawHistoryFn(_WriterFn):
             )
         fault_point("before_commit")
         transient_fault()
-        if self.config.parallel_commits:
-            for _, batch_ids, commit in commits:
-                COMMITS.submit(",".join(batch_ids), commit)
+        if self._handed_off([(batch_ids, commit) for _, batch_ids, commit in commits]):
             return
         # One table per type: the commits are independent, and delta-rs releases the GIL while
         # it merges, so they run side by side (~half the wall time with two or three types).
@@ -520,7 +527,7 @@ class WriteRawHistoryFn(_WriterFn):
 
 
 class WriteQuarantineFn(_WriterFn):
-    """Buffers rejections; one insert-only MERGE (key: subscription + message id) per bundle."""
+    """Buffers rejections; one idempotent commit (key: subscription + message id) per bundle."""
 
     def setup(self) -> None:
         super().setup()
@@ -570,8 +577,7 @@ class WriteQuarantineFn(_WriterFn):
                 partition_by=["quarantine_date"],
             ),
         )
-        if self.config.parallel_commits:
-            COMMITS.submit(",".join(batch_ids), commit)
+        if self._handed_off([(batch_ids, commit)]):
             return
         done = commit()
         Metrics.distribution("tidegate", "quarantine_commit_ms").update(done.ms)
@@ -644,8 +650,7 @@ class WriteQualityFn(_WriterFn):
             ),
             details,
         )
-        if self.config.parallel_commits:
-            COMMITS.submit(",".join(batch_ids), commit)
+        if self._handed_off([(batch_ids, commit)]):
             return
         done = commit()
         Metrics.distribution("tidegate", "quality_commit_ms").update(done.ms)

@@ -20,7 +20,7 @@ Failures are sorted the way tidegate.errors says:
 - anything else is a crash on some message (a bug, a resource limit): the batch is split in
   halves and each half run again, until the rest has committed and the culprit stands alone.
   It is returned as `poison`: the driver nacks it and logs its id, and Pub/Sub's dead-letter
-  policy moves it aside after `max_delivery_attempts`. The writers' insert-only MERGE makes the
+  policy moves it aside after `max_delivery_attempts`. The writers' idempotent commits make the
   re-runs safe: whatever a failed half had already committed is skipped as a duplicate.
 - unless the crash is not about a message: when no part of the batch commits (or more than
   `MAX_POISON` messages crash, or that many one-message batches crash in a row) the failure

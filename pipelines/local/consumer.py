@@ -290,6 +290,7 @@ class Consumer:
                     self.cond.notify_all()
                 return
             if not received:
+                self.full_streak[path] = 0
                 if self.empty_since[path] is None:
                     self.empty_since[path] = time.monotonic()
                 self.stopping.wait(pause)

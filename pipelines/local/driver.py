@@ -17,8 +17,8 @@ How a message moves, and which thread owns it (docs/architecture.md has the pict
 
 Crash points (the exactly-once argument): killed before a commit, nothing was written and
 nothing acked, the leases lapse and Pub/Sub redelivers within `lease_seconds`; killed after the
-commits and before the ack, the redelivered messages are found by the insert-only MERGE and
-skipped as duplicates. A clean stop (Ctrl-C, an error) nacks whatever was not committed.
+commits and before the ack, the redelivered messages are found by the writers' dedup (the key
+index, lake.keyindex; the MERGE on an object-store lake) and skipped as duplicates. A clean stop (Ctrl-C, an error) nacks whatever was not committed.
 """
 
 from __future__ import annotations
