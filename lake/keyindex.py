@@ -76,6 +76,7 @@ class KeyIndex:
         self._recent: set[bytes] = set()
         self.lock = threading.Lock()
         self.table: Any = None  # the writer's open DeltaTable (lake.writer.append_new)
+        self.table_opened_at = -1  # the version `table` was opened at (lake.writer._current)
         self.loads = 0  # full loads from the table (bench and tests read it)
 
     def __len__(self) -> int:

@@ -39,6 +39,7 @@ from tidegate.errors import TransientError
 log = logging.getLogger(__name__)
 
 MAX_COMMIT_ATTEMPTS = 6
+REOPEN_AFTER = 100  # versions an open DeltaTable follows before it is opened afresh (see _current)
 
 
 @dataclass(frozen=True)
@@ -187,14 +188,21 @@ def insert_new(
 def _current(index: Any, uri: str, storage_options: dict[str, str] | None) -> DeltaTable | None:
     """The table at its latest version: the single writer keeps its DeltaTable open and reads
     only the log entries added since (opening replays the log from the last checkpoint, which
-    cost as much as the append itself)."""
+    cost as much as the append itself). Every `REOPEN_AFTER` versions it opens the table afresh:
+    an open DeltaTable keeps each incremental log segment it read (~27 KB a commit, measured
+    with deltalake 1.6), which grew a 10-minute `--follow` run by ~80 MiB; a fresh open reads
+    the checkpoint delta-rs writes every 100 versions, ~20 ms."""
     if index.table is not None:
         try:
             index.table.update_incremental()
-            return index.table  # type: ignore[no-any-return]
+            if index.table.version() - index.table_opened_at < REOPEN_AFTER:
+                return index.table  # type: ignore[no-any-return]
         except Exception:  # noqa: BLE001 - gone, replaced: open it afresh
-            index.table = None
+            pass
+        index.table = None
     index.table = _open(uri, storage_options)
+    if index.table is not None:
+        index.table_opened_at = index.table.version()
     return index.table  # type: ignore[no-any-return]
 
 
@@ -240,6 +248,7 @@ def append_new(
                 )
                 if table is None:
                     table = DeltaTable(uri, storage_options=storage_options)
+                    index.table_opened_at = table.version()
                 index.table = table
                 version = table.version()
                 index.added([d for d, s in zip(digests, seen, strict=True) if not s], version, table)

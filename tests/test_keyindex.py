@@ -128,3 +128,21 @@ def test_generations_past_the_horizon_are_dropped_and_newer_ones_kept(tmp_path: 
     index._merge()  # what happens every 50k keys
     assert [day for day, _ in index._generations] == [week_ago, datetime.now(UTC).date()]
     assert index.seen(index.digests(rows(["today", "other"]))) == [True, False]
+
+
+def test_the_writer_reopens_its_table_now_and_then_and_keeps_deduplicating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an open DeltaTable grows with every log segment it follows, so the writer opens it afresh
+    # every REOPEN_AFTER versions; the index must neither reload nor forget across that
+    monkeypatch.setattr("lake.writer.REOPEN_AFTER", 3)
+    uri = str(tmp_path / "raw")
+    index = KeyIndex(uri, ["event_id"])
+    tables = set()
+    for i in range(8):
+        result = append(uri, index, rows([f"e{i}", f"e{i - 1}"]))
+        assert result.inserted == (2 if i == 0 else 1)
+        tables.add(index.table_opened_at)
+    assert ids_in(uri) == sorted({"e-1", *(f"e{i}" for i in range(8))})
+    assert len(tables) >= 3  # it did open the table afresh
+    assert index.loads == 0  # it created the table and followed its own commits: never read it
