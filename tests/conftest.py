@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from expectations.contracts import ContractRegistry
-from expectations.suites import SuiteValidator
-from infra.emulator import EmulatorProcess, private_emulator
 from tidegate.catalog import Catalog, load_catalog
+from tidegate.expectations.contracts import ContractRegistry
+from tidegate.expectations.suites import SuiteValidator
+from tidegate.infra.emulator import EmulatorProcess, private_emulator
 
 _projects = itertools.count(1)
 # google-auth probes the GCE metadata server (a non-loopback address) when it finds no
@@ -103,4 +103,4 @@ def write_catalog(tmp_path: Path, text: str) -> Path:
     return p
 
 
-CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "expectations" / "contracts"
+CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "tidegate" / "expectations" / "contracts"

@@ -62,14 +62,14 @@ class FakeSecretManager:
 
 @contextmanager
 def secret_manager(secrets: dict[str, bytes], monkeypatch: Any) -> Iterator[FakeSecretManager]:
-    """A loopback Secret Manager, and `lake.pii` pointed at it (its per-process cache cleared)."""
+    """A loopback Secret Manager, and `tidegate.lake.pii` pointed at it (its per-process cache cleared)."""
     from google.cloud import secretmanager_v1
     from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
         SecretManagerServiceGrpcTransport,
     )
     from google.cloud.secretmanager_v1.types import AccessSecretVersionRequest, AccessSecretVersionResponse
 
-    import lake.pii
+    import tidegate.lake.pii
 
     fake = FakeSecretManager(secrets)
     methods = {"AccessSecretVersion": (fake.access, AccessSecretVersionRequest, AccessSecretVersionResponse)}
@@ -77,9 +77,9 @@ def secret_manager(secrets: dict[str, bytes], monkeypatch: Any) -> Iterator[Fake
         client = secretmanager_v1.SecretManagerServiceClient(
             transport=SecretManagerServiceGrpcTransport(channel=channel)
         )
-        monkeypatch.setattr(lake.pii, "secret_manager_client", lambda: client)
-        lake.pii.fetch_secret.cache_clear()
+        monkeypatch.setattr(tidegate.lake.pii, "secret_manager_client", lambda: client)
+        tidegate.lake.pii.fetch_secret.cache_clear()
         try:
             yield fake
         finally:
-            lake.pii.fetch_secret.cache_clear()
+            tidegate.lake.pii.fetch_secret.cache_clear()

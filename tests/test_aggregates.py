@@ -10,10 +10,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lake.aggregates import check_aggregates, compute
 from tests.conftest import CONTRACTS_DIR
 from tidegate.catalog import AggregateSpec, load_catalog
 from tidegate.errors import ConfigError
+from tidegate.lake.aggregates import check_aggregates, compute
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -127,7 +127,7 @@ def test_aggregate_mistakes_are_reported(tmp_path: Path, registry, aggregate: st
         "  - {event_type: shop.order.placed, topic: shop-orders, subscription: shop-orders-tidegate}\n"
         f"aggregates:\n  - name: test_agg\n    {body}\n"
     )
-    from expectations.contracts import ContractRegistry
+    from tidegate.expectations.contracts import ContractRegistry
 
     def load_and_check() -> None:
         catalog = load_catalog(p)

@@ -10,13 +10,13 @@ import polars as pl
 import pytest
 import yaml
 
-from infra.pubsub import provision
-from lake.tables import aggregate_uri, late_uri, raw_uri
-from lake.verify import verify
-from pipelines.local import ConsumerOptions
 from tests.conftest import CONTRACTS_DIR
 from tests.test_ingest import _cli, ingest, produce
 from tidegate.catalog import default_catalog_path, load_catalog
+from tidegate.infra.pubsub import provision
+from tidegate.lake.tables import aggregate_uri, late_uri, raw_uri
+from tidegate.lake.verify import verify
+from tidegate.pipelines.local import ConsumerOptions
 
 pytestmark = pytest.mark.emulator
 

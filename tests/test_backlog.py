@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 import pytest
 
-from infra.backlog import SNAPSHOT_PREFIX, count_backlog, monitoring_backlog
-from infra.pubsub import provision, pull_now, subscriber, subscription_path
-from lake.lock import lake_lock
 from tests.gcp_fakes import grpc_service
 from tests.test_ingest import ingest, produce
+from tidegate.infra.backlog import SNAPSHOT_PREFIX, count_backlog, monitoring_backlog
+from tidegate.infra.pubsub import provision, pull_now, subscriber, subscription_path
+from tidegate.lake.lock import lake_lock
 
 
 def _drain(client: Any, path: str) -> tuple[set[str], set[int]]:
@@ -115,7 +115,7 @@ def test_status_reports_the_backlog_of_every_subscription(
 
 
 def test_status_without_an_emulator_says_how_to_start_one(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    from infra.emulator import free_port
+    from tidegate.infra.emulator import free_port
 
     r = cli("status", "--lake", tmp_path / "none", "--emulator", f"127.0.0.1:{free_port()}")
     assert r.code == 2
@@ -219,11 +219,11 @@ def test_status_on_a_gcs_lake_reads_cloud_monitoring(monitoring, tmp_path: Path,
     import google.auth
     from google.auth.credentials import AnonymousCredentials
 
-    import infra.backlog
+    import tidegate.infra.backlog
 
     fake, client = monitoring
     monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "acme-data"))
-    monkeypatch.setattr(infra.backlog, "monitoring_client", lambda: client)
+    monkeypatch.setattr(tidegate.infra.backlog, "monitoring_client", lambda: client)
     lake = f"file://{tmp_path}/lake"
     r = cli("status", "--json", "--lake", lake, "--backlog", "monitoring", "--project", "acme-data")
     assert r.code == 0, r.text

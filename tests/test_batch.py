@@ -10,12 +10,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from expectations.envelope import RawMessage
-from lake.tables import raw_uri
-from pipelines.local.batch import MAX_POISON, BatchRunner
 from tidegate.catalog import Catalog
+from tidegate.expectations.envelope import RawMessage
+from tidegate.lake.tables import raw_uri
+from tidegate.pipelines.local.batch import MAX_POISON, BatchRunner
 from tidegate.producer import ProduceConfig, generate
-from transforms.ingest import IngestConfig
+from tidegate.transforms.ingest import IngestConfig
 
 
 def orders(catalog: Catalog, registry, count: int) -> list[RawMessage]:  # type: ignore[no-untyped-def]

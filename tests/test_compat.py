@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from expectations.compat import check_versions
-from expectations.contracts import load_event_type
 from tests.conftest import CONTRACTS_DIR
 from tidegate.catalog import Compatibility as C
+from tidegate.expectations.compat import check_versions
+from tidegate.expectations.contracts import load_event_type
 
 
 def field(name: str, type_: Any, **extra: Any) -> dict[str, Any]:

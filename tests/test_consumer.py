@@ -11,15 +11,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from expectations.contracts import ContractRegistry
-from infra.pubsub import provision, publisher, subscriber, subscription_path, topic_path
-from lake.lock import lake_lock
-from lake.tables import ledger_uri, quarantine_uri, raw_uri
-from pipelines.local import Heartbeat, LocalIngest, LocalOptions, new_run_id
 from tests.conftest import CONTRACTS_DIR
 from tidegate.catalog import Catalog, load_catalog
+from tidegate.expectations.contracts import ContractRegistry
+from tidegate.infra.pubsub import provision, publisher, subscriber, subscription_path, topic_path
+from tidegate.lake.lock import lake_lock
+from tidegate.lake.tables import ledger_uri, quarantine_uri, raw_uri
+from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions, new_run_id
 from tidegate.producer import ProduceConfig, generate
-from transforms.ingest import IngestConfig
+from tidegate.transforms.ingest import IngestConfig
 
 pytestmark = pytest.mark.emulator
 
@@ -125,7 +125,7 @@ def test_a_message_that_crashes_processing_is_isolated_and_left_to_the_dead_lett
     ids = publish_plain(pubsub_emulator.address, project, "shop-orders", orders)
     monkeypatch.setenv("TIDEGATE_FAULT_CRASH_ON", culprit)
 
-    with caplog.at_level(logging.ERROR, logger="pipelines.local.batch"):
+    with caplog.at_level(logging.ERROR, logger="tidegate.pipelines.local.batch"):
         # Each delivery of the culprit crashes its batch; the rest commits and is acked, the
         # culprit is nacked, redelivered, crashes again ... until Pub/Sub's dead-letter policy
         # (max_delivery_attempts in the catalog) moves it aside. The run then goes idle.

@@ -10,7 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from expectations.contracts import (
+from tidegate.errors import ConfigError
+from tidegate.expectations.contracts import (
     Contract,
     ContractRegistry,
     ContractViolation,
@@ -19,7 +20,6 @@ from expectations.contracts import (
     parse_rfc3339,
     version_from_dataschema,
 )
-from tidegate.errors import ConfigError
 
 ORDER = {
     "order_id": "ord_7Q2K9X4M",

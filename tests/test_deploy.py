@@ -17,7 +17,7 @@ import pytest
 from tidegate.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
-TF = ROOT / "infra" / "terraform"
+TF = ROOT / "tidegate" / "infra" / "terraform"
 TERRAFORM = shutil.which("terraform")
 needs_terraform = pytest.mark.skipif(
     TERRAFORM is None, reason="terraform is not installed (see README: Deploying)"
@@ -68,7 +68,7 @@ def terraform(args: list[str], cwd: Path, stdin: str | None = None) -> str:
 
 
 def evaluate_catalog(tmp_path: Path, catalog_path: Path, expr: str) -> Any:
-    """What infra/terraform/catalog computes from a catalog, evaluated by terraform console."""
+    """What tidegate/infra/terraform/catalog computes from a catalog, evaluated by terraform console."""
     module = tmp_path / "catalog-module"
     if not module.exists():
         shutil.copytree(TF / "catalog", module, ignore=shutil.ignore_patterns(".terraform*"))
@@ -88,11 +88,11 @@ def test_terraform_is_formatted() -> None:
 @pytest.mark.parametrize("which", ["shipped", "custom"])
 def test_terraform_derives_every_stream_from_the_catalog(tmp_path: Path, which: str) -> None:
     if which == "shipped":
-        path = ROOT / "infra" / "catalog.yaml"
+        path = ROOT / "tidegate" / "infra" / "catalog.yaml"
     else:  # defaults overridden, per-stream settings, a schema on one topic
         path = tmp_path / "catalog.yaml"
         path.write_text(
-            f"project: acme-data\ncontracts: {ROOT / 'expectations' / 'contracts'}\n"
+            f"project: acme-data\ncontracts: {ROOT / 'tidegate' / 'expectations' / 'contracts'}\n"
             "defaults: {ack_deadline_seconds: 120, message_retention: 12h, exactly_once_delivery: true}\n"
             "dead_letter: {topic: dlq, subscription: dlq-sub, max_delivery_attempts: 7}\n"
             "streams:\n"
@@ -199,8 +199,8 @@ def test_the_whole_flow_runs_on_a_lake_uri_not_a_local_path(
 ) -> None:  # type: ignore[no-untyped-def]
     """The lake as a URI (file://, the way gs:// reaches delta-rs and polars): nothing may assume
     a local path. Ingest, aggregates, replay, verify, lineage and maintain all go through it."""
-    from infra.pubsub import provision
     from tests.test_ingest import produce
+    from tidegate.infra.pubsub import provision
 
     provision(catalog, pubsub_emulator.address, project)
     produce(pubsub_emulator, catalog, project, tmp_path / "warm.jsonl", count=300, seed=4)
@@ -209,7 +209,10 @@ def test_the_whole_flow_runs_on_a_lake_uri_not_a_local_path(
     cat_file.write_text(
         catalog.path.read_text()
         .replace("project: local-lake", f"project: {project}")
-        .replace("contracts: ../expectations/contracts", f"contracts: {ROOT / 'expectations' / 'contracts'}")
+        .replace(
+            "contracts: ../expectations/contracts",
+            f"contracts: {ROOT / 'tidegate' / 'expectations' / 'contracts'}",
+        )
     )
     monkeypatch.setenv("TIDEGATE_STORAGE_OPTIONS", "allow_unsafe_rename=false")  # passed through untouched
     common = ["--lake", lake, "--catalog", str(cat_file)]
@@ -320,17 +323,17 @@ def test_deploy_launches_and_prints_the_console_url(cli, monkeypatch) -> None:  
     from apache_beam.io.gcp import gcsio
     from google.auth.credentials import AnonymousCredentials
 
-    import pipelines.dataflow
+    import tidegate.pipelines.dataflow
     from tests.gcp_fakes import secret_manager
 
     configs: list[Any] = []
-    build = pipelines.dataflow.build_streaming
+    build = tidegate.pipelines.dataflow.build_streaming
 
     def recording(p: Any, catalog: Any, target: Any, config: Any) -> None:
         configs.append(config)
         build(p, catalog, target, config)
 
-    monkeypatch.setattr(pipelines.dataflow, "build_streaming", recording)
+    monkeypatch.setattr(tidegate.pipelines.dataflow, "build_streaming", recording)
     secret = "projects/acme-data/secrets/tidegate-pii-key/versions/latest"
 
     monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "acme-data"))
@@ -414,7 +417,7 @@ def test_deploy_refuses_a_lake_or_temp_location_off_gcs(cli) -> None:  # type: i
 
 # -- the Flex Template --------------------------------------------------------------------------
 
-DOCKERFILE = ROOT / "infra" / "dataflow" / "Dockerfile"
+DOCKERFILE = ROOT / "tidegate" / "infra" / "dataflow" / "Dockerfile"
 
 
 def test_the_image_uses_the_beam_version_the_lock_pins() -> None:
@@ -436,9 +439,9 @@ def test_the_image_uses_the_beam_version_the_lock_pins() -> None:
 
 
 def test_template_parameters_are_the_entry_points_options() -> None:
-    from pipelines.flex_main import parser
+    from tidegate.pipelines.flex_main import parser
 
-    meta = json.loads((ROOT / "infra" / "dataflow" / "metadata.json").read_text())
+    meta = json.loads((ROOT / "tidegate" / "infra" / "dataflow" / "metadata.json").read_text())
     options = {a.dest for a in parser()._actions if a.dest != "help"}
     params = {p["name"] for p in meta["parameters"]}
     assert params == options
@@ -452,9 +455,9 @@ def test_the_entry_point_builds_a_replay_graph_offline(tmp_path: Path, monkeypat
     """The launcher's code path up to submission (planning reads the lake: a local one here)."""
     import apache_beam as beam
 
-    from expectations.contracts import ContractRegistry
-    from pipelines import flex_main
     from tests.test_projection import commit_raw, order
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.pipelines import flex_main
 
     catalog = load_catalog()
     lake = tmp_path / "lake"
@@ -463,7 +466,7 @@ def test_the_entry_point_builds_a_replay_graph_offline(tmp_path: Path, monkeypat
     )
     ran: list[beam.Pipeline] = []
     monkeypatch.setattr(beam.Pipeline, "run", lambda self: ran.append(self))
-    monkeypatch.setattr("pipelines.dataflow.DataflowTarget.check", lambda self: None)
+    monkeypatch.setattr("tidegate.pipelines.dataflow.DataflowTarget.check", lambda self: None)
     flex_main.main(
         [
             "--mode",

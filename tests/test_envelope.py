@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from expectations.envelope import (
+from tidegate.expectations.envelope import (
     MAX_JSON_DEPTH,
     EnvelopeError,
     RawMessage,
@@ -202,7 +202,7 @@ def test_the_fast_spec_check_accepts_only_what_the_cloudevents_sdk_accepts() -> 
     from cloudevents.core.exceptions import CloudEventValidationError
     from cloudevents.core.v1.event import CloudEvent
 
-    from expectations.envelope import spec_valid
+    from tidegate.expectations.envelope import spec_valid
 
     good = {
         "id": "e-1",

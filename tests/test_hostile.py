@@ -22,15 +22,16 @@ from typing import Any
 import polars as pl
 import pytest
 
-from expectations.checks import (
+from tests.test_contracts import ORDER
+from tidegate.expectations.checks import (
     Rejection,
     ValidEvent,
     contract_stage,
     decode_stage,
     expectations_stage,
 )
-from expectations.contracts import dataschema_uri
-from expectations.envelope import (
+from tidegate.expectations.contracts import dataschema_uri
+from tidegate.expectations.envelope import (
     MAX_JSON_DEPTH,
     Envelope,
     RawMessage,
@@ -38,11 +39,10 @@ from expectations.envelope import (
     to_binary,
     to_structured,
 )
-from lake.pii import PiiProtector
-from lake.rows import QUARANTINE_MAX_ORIGINAL_BYTES, quarantine_rows, raw_rows
-from lake.tables import raw_schema
-from lake.writer import insert_new
-from tests.test_contracts import ORDER
+from tidegate.lake.pii import PiiProtector
+from tidegate.lake.rows import QUARANTINE_MAX_ORIGINAL_BYTES, quarantine_rows, raw_rows
+from tidegate.lake.tables import raw_schema
+from tidegate.lake.writer import insert_new
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 PROTECTOR = PiiProtector(b"k" * 40)

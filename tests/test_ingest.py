@@ -16,15 +16,15 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from expectations.contracts import ContractRegistry
-from infra.pubsub import provision, subscriber, subscription_path
-from lake.tables import ledger_uri, quarantine_uri, raw_uri
-from lake.verify import verify
-from pipelines.local import ConsumerOptions, LocalIngest, LocalOptions, new_run_id
 from tests.conftest import CONTRACTS_DIR
 from tidegate.catalog import Catalog, load_catalog
+from tidegate.expectations.contracts import ContractRegistry
+from tidegate.infra.pubsub import provision, subscriber, subscription_path
+from tidegate.lake.tables import ledger_uri, quarantine_uri, raw_uri
+from tidegate.lake.verify import verify
+from tidegate.pipelines.local import ConsumerOptions, LocalIngest, LocalOptions, new_run_id
 from tidegate.producer import EXPECTED_RULE, FAULT_KINDS, ProduceConfig, generate, publish
-from transforms.ingest import IngestConfig
+from tidegate.transforms.ingest import IngestConfig
 
 pytestmark = pytest.mark.emulator
 LEASE = ConsumerOptions().lease_seconds
@@ -247,7 +247,7 @@ def test_production_mode_refuses_the_development_key(
 
 
 def test_ingest_without_an_emulator_says_what_to_do(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from infra.emulator import free_port
+    from tidegate.infra.emulator import free_port
 
     r = cli("ingest", "--lake", tmp_path / "lake", "--emulator", f"127.0.0.1:{free_port()}")
     assert r.code == 3
@@ -307,8 +307,8 @@ def test_lineage_leads_from_a_row_to_its_commit_and_maintain_compacts(
 def test_emulator_gone_stops_the_run_clearly_and_quarantines_nothing(
     catalog, registry, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from infra.emulator import private_emulator, stop_pid
     from tidegate.errors import PlatformError
+    from tidegate.infra.emulator import private_emulator, stop_pid
 
     with private_emulator(tmp_path / "logs") as proc:
         provision(catalog, proc.address)
@@ -378,7 +378,7 @@ def test_follow_runs_until_ctrl_c_and_finishes_the_batch_cleanly(
 def test_every_batch_leaves_its_data_quality_results_in_the_quality_table(
     pubsub_emulator, catalog, project, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from lake.tables import quality_uri
+    from tidegate.lake.tables import quality_uri
 
     provision(catalog, pubsub_emulator.address, project)
     manifest = tmp_path / "m.jsonl"
@@ -404,7 +404,7 @@ def test_every_batch_leaves_its_data_quality_results_in_the_quality_table(
 def test_every_batch_records_its_beam_metrics_and_latency(
     pubsub_emulator, catalog, project, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from lake.metrics import metrics_uri
+    from tidegate.lake.metrics import metrics_uri
 
     provision(catalog, pubsub_emulator.address, project)
     produce(

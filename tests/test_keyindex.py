@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from lake.keyindex import KeyIndex
-from lake.maintenance import compact_small_files
-from lake.writer import append_new, insert_new
+from tidegate.lake.keyindex import KeyIndex
+from tidegate.lake.maintenance import compact_small_files
+from tidegate.lake.writer import append_new, insert_new
 
 
 def rows(ids: list[str], day: date = date(2026, 12, 1), ingested: datetime | None = None) -> pa.Table:
@@ -103,7 +103,7 @@ def test_keys_older_than_the_horizon_are_not_loaded(tmp_path: Path) -> None:
 def test_many_keys_stay_exact_after_the_recent_set_is_merged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lake.keyindex as ki
+    import tidegate.lake.keyindex as ki
 
     monkeypatch.setattr(ki, "_MERGE_RECENT", 50)
     uri = str(tmp_path / "raw")
@@ -135,7 +135,7 @@ def test_the_writer_reopens_its_table_now_and_then_and_keeps_deduplicating(
 ) -> None:
     # an open DeltaTable grows with every log segment it follows, so the writer opens it afresh
     # every REOPEN_AFTER versions; the index must neither reload nor forget across that
-    monkeypatch.setattr("lake.writer.REOPEN_AFTER", 3)
+    monkeypatch.setattr("tidegate.lake.writer.REOPEN_AFTER", 3)
     uri = str(tmp_path / "raw")
     index = KeyIndex(uri, ["event_id"])
     tables = set()

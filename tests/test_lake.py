@@ -12,13 +12,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from expectations.checks import check_batch
-from expectations.envelope import RawMessage
-from lake.pii import DEV_KEY, PiiProtector, load_protector
-from lake.rows import lineage, quarantine_rows, raw_rows, trace_id
-from lake.tables import raw_schema
-from lake.writer import dedupe, insert_new
 from tidegate.errors import ConfigError
+from tidegate.expectations.checks import check_batch
+from tidegate.expectations.envelope import RawMessage
+from tidegate.lake.pii import DEV_KEY, PiiProtector, load_protector
+from tidegate.lake.rows import lineage, quarantine_rows, raw_rows, trace_id
+from tidegate.lake.tables import raw_schema
+from tidegate.lake.writer import dedupe, insert_new
 from tidegate.producer import EXPECTED_RULE, ProduceConfig, generate
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -142,8 +142,8 @@ SECRET = "projects/acme-data/secrets/tidegate-pii-key/versions/latest"
 def test_the_key_comes_from_secret_manager(monkeypatch: pytest.MonkeyPatch) -> None:
     """How Dataflow workers get the key: the config carries the secret's name, each worker
     process reads the value once (a loopback Secret Manager stands in for Google's)."""
-    from lake.pii import fetch_secret
     from tests.gcp_fakes import secret_manager
+    from tidegate.lake.pii import fetch_secret
 
     for var in ("TIDEGATE_PII_KEY", "TIDEGATE_PII_KEY_FILE", "TIDEGATE_PII_KEY_SECRET", "TIDEGATE_ENV"):
         monkeypatch.delenv(var, raising=False)
@@ -228,7 +228,7 @@ def test_quarantine_rows_never_hold_pii_in_clear(catalog, registry, validator) -
 def test_compaction_merges_partitions_with_many_small_files_and_never_changes_rows(tmp_path: Path) -> None:
     from deltalake import write_deltalake
 
-    from lake.maintenance import compact_small_files
+    from tidegate.lake.maintenance import compact_small_files
 
     uri = str(tmp_path / "t")
     for i in range(24):  # one file per "batch": 20 in partition busy, 4 in partition quiet

@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 import pytest
 from deltalake import DeltaTable
 
-from infra.pubsub import provision
-from lake.openlineage import run_uuid
-from lake.tables import raw_uri
 from tests.test_ingest import ingest, produce
+from tidegate.infra.pubsub import provision
+from tidegate.lake.openlineage import run_uuid
+from tidegate.lake.tables import raw_uri
 
 pytestmark = pytest.mark.emulator
 
@@ -102,7 +102,7 @@ class _Receiver(BaseHTTPRequestHandler):
 def test_http_transport_posts_to_a_configured_receiver(
     pubsub_emulator, catalog, project, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from pipelines.replay import replay
+    from tidegate.pipelines.replay import replay
 
     server = HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()

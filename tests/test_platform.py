@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import emulator as emu
-from infra.pubsub import provision, pull_now, subscriber, subscription_path
 from tests.conftest import CONTRACTS_DIR
+from tidegate.infra import emulator as emu
+from tidegate.infra.pubsub import provision, pull_now, subscriber, subscription_path
 from tidegate.producer import ProduceConfig, generate, publish
 
 pytestmark = pytest.mark.emulator

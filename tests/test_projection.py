@@ -16,12 +16,12 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from lake import aggregates as agg
-from lake.projection import Projector, app_id
-from lake.rows import stamp_seen_max_event_time
-from lake.tables import aggregate_uri, late_uri, raw_schema, raw_uri
-from lake.writer import insert_new
 from tidegate.catalog import Catalog
+from tidegate.lake import aggregates as agg
+from tidegate.lake.projection import Projector, app_id
+from tidegate.lake.rows import stamp_seen_max_event_time
+from tidegate.lake.tables import aggregate_uri, late_uri, raw_schema, raw_uri
+from tidegate.lake.writer import insert_new
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 NOW = datetime(2030, 1, 1, tzinfo=UTC)  # the commit clock (the watermark cap never bites here)
@@ -235,7 +235,7 @@ def test_random_histories_keep_parity_whatever_arrives_late_twice_or_across_a_cr
 
 
 def test_replay_rebuilds_every_aggregate_equal_to_the_projection(projector, registry, catalog) -> None:  # type: ignore[no-untyped-def]
-    from pipelines.replay import replay
+    from tidegate.pipelines.replay import replay
 
     lake = projector.lake
     rng = random.Random(3)
@@ -289,7 +289,7 @@ def test_replay_rebuilds_every_aggregate_equal_to_the_projection(projector, regi
 def test_a_ranged_replay_replaces_only_the_windows_starting_in_the_range(
     projector, registry, catalog
 ) -> None:  # type: ignore[no-untyped-def]
-    from pipelines.replay import replay
+    from tidegate.pipelines.replay import replay
 
     lake = projector.lake
     commit_raw(
@@ -348,7 +348,7 @@ def test_compaction_that_swallows_unprojected_commits_still_counts_them_once(pro
 
 
 def test_verify_names_the_windows_that_differ_from_raw(projector, registry, catalog) -> None:  # type: ignore[no-untyped-def]
-    from lake.verify import verify
+    from tidegate.lake.verify import verify
 
     lake = projector.lake
     commit_raw(lake, registry, "shop.order.placed", [order(1, 5), order(2, 65, "USD", "3.50")])

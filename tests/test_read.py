@@ -11,10 +11,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from infra.pubsub import provision
-from lake import aggregates as agg
-from lake.read import Lake
 from tests.test_ingest import ingest, produce
+from tidegate.infra.pubsub import provision
+from tidegate.lake import aggregates as agg
+from tidegate.lake.read import Lake
 
 pytestmark = pytest.mark.emulator
 

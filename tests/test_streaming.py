@@ -9,12 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from expectations.contracts import ContractRegistry
-from infra.pubsub import provision
-from pipelines.streaming import dataflow_dry_run, run_local_streaming
 from tidegate.errors import TidegateError
+from tidegate.expectations.contracts import ContractRegistry
+from tidegate.infra.pubsub import provision
+from tidegate.pipelines.streaming import dataflow_dry_run, run_local_streaming
 from tidegate.producer import ProduceConfig, generate, publish
-from transforms.ingest import IngestConfig
+from tidegate.transforms.ingest import IngestConfig
 
 
 def config(catalog, lake: str) -> IngestConfig:  # type: ignore[no-untyped-def]
@@ -176,8 +176,8 @@ def test_a_chunk_that_never_balances_still_gets_an_unbalanced_ledger_row() -> No
     as an unbalanced row (status and verify flag it) rather than state waiting forever."""
     from datetime import UTC, datetime
 
-    from transforms.ingest import TableCommit
-    from transforms.ledger import ChunkReceived, balanced, ledger_row
+    from tidegate.transforms.ingest import TableCommit
+    from tidegate.transforms.ledger import ChunkReceived, balanced, ledger_row
 
     got = ChunkReceived("c1", 10, ("shop-orders-tidegate",), datetime.now(UTC), "digest")
     raw = TableCommit("raw", "shop.order.placed", "raw/shop.order.placed", ("c1",), 7, 7, 6, 3)

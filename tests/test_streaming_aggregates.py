@@ -16,9 +16,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that
 
-from lake import aggregates as agg
 from tidegate.catalog import Catalog
-from transforms.aggregate import ComputeWindowedAggregates, StreamingAggregateConfig
+from tidegate.lake import aggregates as agg
+from tidegate.transforms.aggregate import ComputeWindowedAggregates, StreamingAggregateConfig
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 _SINK: dict[str, list[Any]] = {}  # the runner pickles callables: collect through a module global
@@ -75,10 +75,10 @@ def expected(rows: list[dict[str, Any]], spec: Any, schema: dict[str, Any]) -> p
 
 def sink(tmp_path: Path, spec: Any, panes: list[dict[str, Any]]) -> pl.DataFrame:
     """Apply panes one bundle at a time to a real Delta table through the streaming sink."""
-    from expectations.contracts import ContractRegistry
-    from lake.projection import apply_panes
-    from lake.tables import aggregate_uri, raw_schema
     from tidegate.catalog import load_catalog
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.lake.projection import apply_panes
+    from tidegate.lake.tables import aggregate_uri, raw_schema
 
     registry = ContractRegistry.from_catalog(load_catalog())
     schema = agg.output_schema(spec, raw_schema(registry.types[spec.source]))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from expectations.checks import Rejection, check_batch, check_message
-from expectations.envelope import RawMessage
-from expectations.suites import load_suite
+from tidegate.expectations.checks import Rejection, check_batch, check_message
+from tidegate.expectations.envelope import RawMessage
+from tidegate.expectations.suites import load_suite
 from tidegate.producer import EXPECTED_RULE, FAULT_KINDS, ProduceConfig, generate
 
 
@@ -54,7 +54,7 @@ def test_gx_failures_name_expectation_and_column_and_withhold_pii(catalog, regis
     )
     import json
 
-    from expectations.envelope import to_binary
+    from tidegate.expectations.envelope import to_binary
 
     attrs = {k[3:]: v for k, v in good.attributes.items() if k.startswith("ce-")}
     payload = json.loads(good.data)
@@ -100,10 +100,10 @@ def test_a_type_added_to_the_catalog_gets_traffic_from_its_contract(tmp_path) ->
     import shutil
     from collections import Counter
 
-    from expectations.contracts import ContractRegistry
-    from expectations.suites import SuiteValidator
     from tests.conftest import CONTRACTS_DIR
     from tidegate.catalog import load_catalog
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.expectations.suites import SuiteValidator
 
     contracts = tmp_path / "contracts"
     shutil.copytree(CONTRACTS_DIR, contracts)
@@ -160,7 +160,7 @@ def test_expectations_and_lake_import_no_beam() -> None:
     import sys
 
     code = (
-        "import sys, expectations.checks, expectations.compat, lake, tidegate.producer, infra.pubsub;"
+        "import sys, tidegate.expectations.checks, tidegate.expectations.compat, tidegate.lake, tidegate.producer, tidegate.infra.pubsub;"
         "print('apache_beam' in sys.modules)"
     )
     out = subprocess.run(
@@ -171,7 +171,7 @@ def test_expectations_and_lake_import_no_beam() -> None:
 
 @pytest.fixture(scope="module")
 def gx_validator(registry):  # type: ignore[no-untyped-def]
-    from expectations.suites import SuiteValidator
+    from tidegate.expectations.suites import SuiteValidator
 
     return SuiteValidator(registry, engine="gx")
 
@@ -189,7 +189,7 @@ def _comparable(result):  # type: ignore[no-untyped-def]
 def test_native_and_gx_engines_agree_on_every_fault_the_producer_makes(
     seed: int, catalog, registry, validator, gx_validator
 ) -> None:  # type: ignore[no-untyped-def]
-    from expectations.checks import contract_stage, decode_stage
+    from tidegate.expectations.checks import contract_stage, decode_stage
 
     assert {validator.engine_of(t) for t in registry.types} == {"native"}  # the shipped suites compile
     config = ProduceConfig(types=tuple(catalog.event_types), count=1500, seed=seed, invalid_rate=0.3)
@@ -212,8 +212,8 @@ def test_native_checks_follow_gx_on_nulls_mostly_strict_bounds_and_odd_types() -
     import great_expectations as gx
     import pandas as pd
 
-    from expectations.native import compile_suite
-    from expectations.suites import load_suite
+    from tidegate.expectations.native import compile_suite
+    from tidegate.expectations.suites import load_suite
 
     doc = {
         "name": "edges",
@@ -290,7 +290,7 @@ def load_suite_from(doc, load_suite):  # type: ignore[no-untyped-def]
 
 
 def test_a_suite_native_checks_cannot_express_runs_on_gx() -> None:
-    from expectations.native import compile_suite
+    from tidegate.expectations.native import compile_suite
 
     unique = {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "id"}}
     conditional = {

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from expectations.contracts import ContractRegistry
-from infra import emulator as emu
-from infra.pubsub import provision, subscriber
 from tidegate.catalog import Catalog
+from tidegate.expectations.contracts import ContractRegistry
+from tidegate.infra import emulator as emu
+from tidegate.infra.pubsub import provision, subscriber
 from tidegate.producer import ProduceConfig, generate, publish
 
 
@@ -47,9 +47,9 @@ def _synthetic_raw(
 
     import pyarrow as pa
 
-    from lake.rows import stamp_seen_max_event_time
-    from lake.tables import raw_schema, raw_uri
-    from lake.writer import insert_new
+    from tidegate.lake.rows import stamp_seen_max_event_time
+    from tidegate.lake.tables import raw_schema, raw_uri
+    from tidegate.lake.writer import insert_new
 
     rng = random.Random(11)
     start = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
@@ -118,9 +118,9 @@ def _synthetic_raw(
 def bench_replay(catalog: Catalog, events: int, group_rows: int, progress: Any = print) -> dict[str, Any]:
     import shutil
 
-    from pipelines.local import new_run_id
-    from pipelines.replay import replay
     from tidegate import settings
+    from tidegate.pipelines.local import new_run_id
+    from tidegate.pipelines.replay import replay
     from tidegate.version import code_version, git_sha
 
     registry = ContractRegistry.from_catalog(catalog)
@@ -159,7 +159,7 @@ def bench_replay(catalog: Catalog, events: int, group_rows: int, progress: Any =
 def bench_backlog(catalog: Catalog, messages: int, limit: int, progress: Any = print) -> dict[str, Any]:
     """How long `tidegate status` takes to count an emulator backlog of `messages` (spread over
     the catalog's subscriptions by the usual mix), and that counting left every message in place."""
-    from infra.backlog import count_backlog
+    from tidegate.infra.backlog import count_backlog
 
     registry = ContractRegistry.from_catalog(catalog)
     with (

@@ -41,13 +41,13 @@ from typing import Any
 
 import polars as pl
 
-from expectations.contracts import ContractRegistry
-from infra import emulator as emu
-from infra.pubsub import provision, pull_now, subscriber, subscription_path
-from pipelines.local import BatchOutcome, LocalIngest, LocalOptions, new_run_id
 from tidegate.catalog import Catalog
+from tidegate.expectations.contracts import ContractRegistry
+from tidegate.infra import emulator as emu
+from tidegate.infra.pubsub import provision, pull_now, subscriber, subscription_path
+from tidegate.pipelines.local import BatchOutcome, LocalIngest, LocalOptions, new_run_id
 from tidegate.producer import ProduceConfig, generate, publish
-from transforms.ingest import IngestConfig
+from tidegate.transforms.ingest import IngestConfig
 
 Progress = Callable[[str], None]
 
@@ -140,7 +140,7 @@ def ceiling(catalog: Catalog, address: str, events: int) -> float:
 def stage_costs(lake: Path, run_id: str) -> dict[str, float]:
     """Mean milliseconds per batch of each stage, from the run's `_metrics` rows: the Beam
     distributions (decode, contract, GX, each commit) and the driver's own stages."""
-    from lake.metrics import metrics_uri
+    from tidegate.lake.metrics import metrics_uri
 
     m = pl.read_delta(metrics_uri(str(lake))).filter(pl.col("run_id") == run_id)
     batches = max(1, m.get_column("batch_id").n_unique())
@@ -229,8 +229,8 @@ def follow_while_producing(
 
 def recovery(catalog: Catalog, address: str, work: Path, events: int, progress: Progress) -> dict[str, Any]:
     """SIGKILL at the first raw commit, restart, seconds until everything landed (module doc, 4)."""
-    from lake.tables import ledger_uri
-    from lake.verify import verify
+    from tidegate.lake.tables import ledger_uri
+    from tidegate.lake.verify import verify
 
     manifest = work / "recovery-manifest.jsonl"
     _publish_mix(catalog, address, events, 13, manifest)
@@ -268,7 +268,7 @@ def cold_start(catalog: Catalog, address: str, work: Path) -> float:
     """One message, a fresh `tidegate ingest --until-idle 1`: start -> first raw commit (module doc, 5)."""
     from deltalake import DeltaTable
 
-    from lake.tables import raw_uri
+    from tidegate.lake.tables import raw_uri
 
     registry = ContractRegistry.from_catalog(catalog)
     config = ProduceConfig(types=("shop.order.placed",), count=1, seed=17)
@@ -424,7 +424,7 @@ def bench_soak(catalog: Catalog, minutes: float, rate: float, progress: Progress
 
 def _raw_commit_ms_per_minute(lake: Path, run_id: str) -> dict[str, float]:
     """The longest raw commit per minute of the run, from its `_metrics` rows."""
-    from lake.metrics import metrics_uri
+    from tidegate.lake.metrics import metrics_uri
 
     m = pl.read_delta(metrics_uri(str(lake))).filter(
         (pl.col("run_id") == run_id) & (pl.col("name") == "raw_commit_ms")

@@ -8,7 +8,7 @@ it, so there is never a second list of topics to keep in sync.
     tidegate contracts list            # what the catalog declares
     TIDEGATE_CATALOG=my.yaml tidegate up
 
-The default catalog is `infra/catalog.yaml` (shipped inside the package, so an installed
+The default catalog is `tidegate/infra/catalog.yaml` (shipped inside the package, so an installed
 tidegate and a Dataflow worker read the same file as a checkout).
 """
 
@@ -97,7 +97,7 @@ class StreamSettings(_Strict):
     max_payload_bytes: int = Field(default=65536, ge=1024, le=10_000_000)
     compatibility: Compatibility = Compatibility.FULL_TRANSITIVE
     # GCP only: an Avro schema (the newest contract, JSON encoding) on the topic, so Pub/Sub
-    # rejects non-conforming messages at publish time (infra/terraform). Only for contracts whose
+    # rejects non-conforming messages at publish time (tidegate/infra/terraform). Only for contracts whose
     # JSON form is Avro's JSON encoding (no decimals, timestamps or unions with a value): the
     # pipeline's own checks still quarantine everything else.
     publish_schema: bool = False
@@ -365,7 +365,7 @@ def default_catalog_path() -> Path:
     env = os.environ.get(CATALOG_ENV)
     if env:
         return Path(env)
-    return Path(str(resources.files("infra").joinpath("catalog.yaml")))
+    return Path(str(resources.files("tidegate.infra").joinpath("catalog.yaml")))
 
 
 def load_catalog(path: Path | str | None = None) -> Catalog:
@@ -376,7 +376,7 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
     except FileNotFoundError:
         raise ConfigError(
             f"catalog file {p} does not exist",
-            hint=f"pass --catalog PATH or set {CATALOG_ENV}; the default is infra/catalog.yaml",
+            hint=f"pass --catalog PATH or set {CATALOG_ENV}; the default is tidegate/infra/catalog.yaml",
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"catalog {p} is not valid YAML: {exc}") from None

@@ -33,8 +33,8 @@ from tidegate.catalog import Catalog, load_catalog
 from tidegate.errors import PlatformError, TidegateError
 
 if TYPE_CHECKING:
-    from infra.pubsub import Change
-    from pipelines.local import BatchOutcome, RunSummary
+    from tidegate.infra.pubsub import Change
+    from tidegate.pipelines.local import BatchOutcome, RunSummary
     from tidegate.producer import ProduceConfig, PublishReport
 
 console = Console()
@@ -61,7 +61,7 @@ CatalogOpt = Annotated[
     Path | None,
     typer.Option(
         "--catalog",
-        help="Stream catalog file (default: $TIDEGATE_CATALOG or infra/catalog.yaml).",
+        help="Stream catalog file (default: $TIDEGATE_CATALOG or tidegate/infra/catalog.yaml).",
         show_default=False,
     ),
 ]
@@ -113,9 +113,9 @@ def _changes_table(changes: list[Change]) -> Table:
 @app.command()
 def up(catalog_path: CatalogOpt = None, emulator: EmulatorOpt = None) -> None:
     """Start the Pub/Sub emulator in the background (or reuse a running one) and provision the catalog's topics and subscriptions. Safe to run again: it says what changed."""
-    from infra import emulator as emu
-    from infra.pubsub import provision
     from tidegate import settings
+    from tidegate.infra import emulator as emu
+    from tidegate.infra.pubsub import provision
 
     catalog = load_catalog(catalog_path)
     address = settings.emulator_address(catalog, emulator)
@@ -145,8 +145,8 @@ def up(catalog_path: CatalogOpt = None, emulator: EmulatorOpt = None) -> None:
 @app.command()
 def down() -> None:
     """Stop the Pub/Sub emulator that `tidegate up` started (and only that one)."""
-    from infra import emulator as emu
     from tidegate import settings
+    from tidegate.infra import emulator as emu
 
     state_file = settings.emulator_state_file()
     state = emu.read_state(state_file)
@@ -185,7 +185,7 @@ def _duration(text: str, name: str) -> timedelta:
 def _parse_time(text: str | None) -> datetime | None:
     if text is None:
         return None
-    from expectations.contracts import parse_rfc3339
+    from tidegate.expectations.contracts import parse_rfc3339
 
     try:
         return parse_rfc3339(text)
@@ -194,8 +194,8 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 def _require_emulator(address: str) -> None:
-    from infra import emulator as emu
     from tidegate import settings
+    from tidegate.infra import emulator as emu
 
     host, port = settings.split_address(address)
     if not emu.is_up(host, port):
@@ -208,7 +208,7 @@ def _require_emulator(address: str) -> None:
 def _publish_with_progress(
     catalog: Catalog, address: str, config: ProduceConfig, manifest: Path | None, quiet: bool = False
 ) -> PublishReport:
-    from expectations.contracts import ContractRegistry
+    from tidegate.expectations.contracts import ContractRegistry
     from tidegate.producer import generate, publish
 
     registry = ContractRegistry.from_catalog(catalog)
@@ -382,8 +382,8 @@ def run_local_ingest(
     subscriptions: list[str] | None = None,
     project: str | None = None,
 ) -> RunSummary:
-    from lake.pii import is_production, load_protector
-    from pipelines.local import Heartbeat, LocalIngest, LocalOptions, ingest_config
+    from tidegate.lake.pii import is_production, load_protector
+    from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions, ingest_config
 
     production = is_production(production)
     _protector, warning = load_protector(production)
@@ -527,7 +527,7 @@ def ingest(
         return
     address: str | None
     if gcp:
-        from pipelines.dataflow import require_credentials
+        from tidegate.pipelines.dataflow import require_credentials
 
         require_credentials("to pull from Pub/Sub with")
         address = None
@@ -565,8 +565,8 @@ def _streaming(
     temp_location: str | None,
     job_file: Path | None,
 ) -> None:
-    from pipelines.local import ingest_config
-    from pipelines.streaming import dataflow_dry_run
+    from tidegate.pipelines.local import ingest_config
+    from tidegate.pipelines.streaming import dataflow_dry_run
 
     if not dry_run:
         raise TidegateError(
@@ -621,7 +621,8 @@ def deploy_dataflow(
     image: Annotated[
         str | None,
         typer.Option(
-            help="Worker image: the Flex Template image (infra/dataflow/Dockerfile).", show_default=False
+            help="Worker image: the Flex Template image (tidegate/infra/dataflow/Dockerfile).",
+            show_default=False,
         ),
     ] = None,
     service_account: Annotated[
@@ -660,24 +661,24 @@ def deploy_dataflow(
         str | None,
         typer.Option(
             help="--streaming: Secret Manager secret version the workers read the PII key from "
-            "(default: projects/<project>/secrets/tidegate-pii-key/versions/latest, made by infra/terraform).",
+            "(default: projects/<project>/secrets/tidegate-pii-key/versions/latest, made by tidegate/infra/terraform).",
             show_default=False,
         ),
     ] = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Launch (or with --dry-run, build offline and print) the streaming ingest or a batch replay on Dataflow."""
-    from pipelines.dataflow import (
+    from tidegate import settings
+    from tidegate.pipelines.dataflow import (
         DataflowTarget,
         build_replay,
         build_streaming,
         run,
     )
-    from pipelines.dataflow import (
+    from tidegate.pipelines.dataflow import (
         job_name as default_name,
     )
-    from pipelines.local import new_run_id
-    from tidegate import settings
+    from tidegate.pipelines.local import new_run_id
     from tidegate.version import code_version, git_sha
 
     catalog = load_catalog(catalog_path)
@@ -704,12 +705,12 @@ def deploy_dataflow(
         update=update,
     )
     if streaming:
-        from lake.pii import load_protector, worker_secret
-        from pipelines.local import ingest_config
+        from tidegate.lake.pii import load_protector, worker_secret
+        from tidegate.pipelines.local import ingest_config
 
         secret = worker_secret(project, pii_key_secret, production)
         if not dry_run:
-            from pipelines.dataflow import require_credentials
+            from tidegate.pipelines.dataflow import require_credentials
 
             require_credentials()
             # the launcher reads it once too: a missing secret or grant fails here, not on workers
@@ -815,11 +816,11 @@ def status(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """The lake at a glance: every table's version, rows, last commit and age; subscription backlog; ledger balance, quarantine, late and data-quality rates; latest publish->commit latency."""
-    from lake.read import Lake
-    from lake.status import BACKLOG_MODES
-    from lake.status import backlog as lake_backlog
-    from lake.status import status as lake_status
     from tidegate import settings
+    from tidegate.lake.read import Lake
+    from tidegate.lake.status import BACKLOG_MODES
+    from tidegate.lake.status import backlog as lake_backlog
+    from tidegate.lake.status import status as lake_status
 
     if backlog not in BACKLOG_MODES:
         raise TidegateError(
@@ -911,10 +912,10 @@ def docs(
     """Build Great Expectations Data Docs (static HTML) from the data-quality results stored in the lake's _quality table."""
     import polars as pl
 
-    from expectations.contracts import ContractRegistry
-    from expectations.data_docs import build_data_docs
-    from lake.read import Lake
     from tidegate import settings
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.expectations.data_docs import build_data_docs
+    from tidegate.lake.read import Lake
 
     catalog = load_catalog(catalog_path)
     reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
@@ -944,9 +945,9 @@ def report(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Write a self-contained HTML report: throughput, latency, quarantine reasons, data-quality pass rate and the aggregates, as charts."""
-    from lake.read import Lake
-    from lake.report import build_report
     from tidegate import settings
+    from tidegate.lake.read import Lake
+    from tidegate.lake.report import build_report
 
     reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
     path = build_report(reader, out or settings.home() / "report.html")
@@ -963,8 +964,8 @@ def verify(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Check the lake: one row per event id, one quarantine row per message, balanced ledger; with --manifest, that every message sent landed where it must, exactly once."""
-    from lake.verify import verify as run_verify
     from tidegate import settings
+    from tidegate.lake.verify import verify as run_verify
 
     catalog = load_catalog(catalog_path)
     if manifest is not None and not manifest.is_file():
@@ -1011,8 +1012,8 @@ def lineage(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Where a table's versions, or one row, came from: run, batch, messages, code version and git sha, contracts and GX suite."""
-    from lake.lineage import commits, resolve_table, row_lineage
     from tidegate import settings
+    from tidegate.lake.lineage import commits, resolve_table, row_lineage
 
     catalog = load_catalog(catalog_path)
     uri = resolve_table(
@@ -1105,13 +1106,13 @@ def replay(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Rebuild an aggregate table from the raw history (a bounded Beam pipeline; the same windows, lateness and combine logic as ingestion)."""
-    from pipelines.local import new_run_id
     from tidegate import settings
+    from tidegate.pipelines.local import new_run_id
     from tidegate.version import code_version, git_sha
 
     catalog = load_catalog(catalog_path)
     catalog.aggregate(aggregate)  # a clear error for an unknown name, before Beam is imported
-    from pipelines.replay import replay as run_replay
+    from tidegate.pipelines.replay import replay as run_replay
 
     lake_path = settings.lake_path(lake)
     with console.status(f"Replaying {aggregate} from raw history ..."):
@@ -1143,9 +1144,9 @@ def maintain(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Compact each table's small per-batch files into large ones and vacuum files older than --retain-hours (rows are never changed)."""
-    from lake.lineage import maintain as run_maintain
-    from lake.tables import table_uris
     from tidegate import settings
+    from tidegate.lake.lineage import maintain as run_maintain
+    from tidegate.lake.tables import table_uris
 
     catalog = load_catalog(catalog_path)
     root = settings.lake_path(lake)
@@ -1175,7 +1176,7 @@ def maintain(
 @contracts_app.command("list")
 def contracts_list(catalog_path: CatalogOpt = None) -> None:
     """Every event type, its versions, compatibility mode, PII fields and suite."""
-    from expectations.contracts import ContractRegistry
+    from tidegate.expectations.contracts import ContractRegistry
 
     catalog = load_catalog(catalog_path)
     registry = ContractRegistry.from_catalog(catalog)
@@ -1204,7 +1205,7 @@ def contracts_show(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """A contract's fields and the Delta column types derived from it."""
-    from expectations.contracts import ContractRegistry
+    from tidegate.expectations.contracts import ContractRegistry
 
     catalog = load_catalog(catalog_path)
     catalog.stream(event_type)
@@ -1233,9 +1234,9 @@ def contracts_show(
 @contracts_app.command("check")
 def contracts_check(catalog_path: CatalogOpt = None) -> None:
     """Check every contract version against its predecessors per the catalog's compatibility mode; exit 1 naming type, versions, field and rule if one breaks."""
-    from expectations.compat import check_registry
-    from expectations.contracts import ContractRegistry
-    from expectations.suites import load_suite
+    from tidegate.expectations.compat import check_registry
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.expectations.suites import load_suite
 
     catalog = load_catalog(catalog_path)
     registry = ContractRegistry.from_catalog(catalog)
@@ -1246,7 +1247,7 @@ def contracts_check(catalog_path: CatalogOpt = None) -> None:
                 hint='value rules live in a GX suite; an empty one is {"name": ..., "expectations": []}',
             )
         load_suite(t.suite_path)
-    from lake.aggregates import check_aggregates
+    from tidegate.lake.aggregates import check_aggregates
 
     check_aggregates(catalog, registry)  # keys and metric fields exist in their source tables
     report = check_registry(registry, {s.event_type: s.compatibility for s in catalog.streams})
@@ -1281,11 +1282,11 @@ def demo(
     """The whole story on a private emulator: provision, publish a messy mix, ingest it into a fresh demo lake until idle, verify every message against the manifest, and show what landed where."""
     import shutil
 
-    from infra import emulator as emu
-    from infra.backlog import emulator_backlog
-    from infra.pubsub import desired_subscriptions, provision
-    from lake.verify import verify as run_verify
     from tidegate import settings
+    from tidegate.infra import emulator as emu
+    from tidegate.infra.backlog import emulator_backlog
+    from tidegate.infra.pubsub import desired_subscriptions, provision
+    from tidegate.lake.verify import verify as run_verify
     from tidegate.producer import ProduceConfig
 
     catalog = load_catalog(catalog_path)
@@ -1359,7 +1360,7 @@ def _print_landing(lake: str, catalog: Catalog) -> None:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    from lake.tables import quarantine_uri, raw_uri
+    from tidegate.lake.tables import quarantine_uri, raw_uri
 
     table = Table(title="6. What landed where")
     table.add_column("table")
@@ -1379,7 +1380,7 @@ def _print_landing(lake: str, catalog: Catalog) -> None:
     if q is not None:
         for r in q.sort("stage", "rule").iter_rows(named=True):
             table.add_row("quarantine", r["stage"], r["rule"], f"{r['len']:,}")
-    from lake.tables import aggregate_uri, late_uri
+    from tidegate.lake.tables import aggregate_uri, late_uri
 
     try:
         late = pl.from_arrow(DeltaTable(late_uri(lake)).to_pyarrow_table(columns=["aggregate"]))
@@ -1427,10 +1428,10 @@ def bench_produce(
     """Producer throughput: generation alone, then publishing to a private emulator."""
     import resource
 
-    from expectations.contracts import ContractRegistry
-    from infra import emulator as emu
-    from infra.pubsub import provision
     from tidegate import settings
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.infra import emulator as emu
+    from tidegate.infra.pubsub import provision
     from tidegate.producer import ProduceConfig, generate, publish
 
     catalog = load_catalog(catalog_path)

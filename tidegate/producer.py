@@ -43,9 +43,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from expectations.contracts import ContractRegistry, dataschema_uri
-from expectations.envelope import to_binary, to_structured
 from tidegate.catalog import Catalog
+from tidegate.expectations.contracts import ContractRegistry, dataschema_uri
+from tidegate.expectations.envelope import to_binary, to_structured
 
 FAULT_KINDS: tuple[str, ...] = (
     "malformed_json",
@@ -685,7 +685,7 @@ def publish(
 
     from google.pubsub_v1 import types as gapic_types
 
-    from infra.pubsub import gapic_publisher, topic_path
+    from tidegate.infra.pubsub import gapic_publisher, topic_path
 
     client = gapic_publisher(address)
     raw_message = gapic_types.PubsubMessage.pb()

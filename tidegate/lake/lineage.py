@@ -1,0 +1,164 @@
+"""Where a table version or a row came from (`tidegate lineage`), and table upkeep.
+
+    tidegate lineage raw/shop.order.placed                  # every commit: run, batch, code, rules
+    tidegate lineage raw/shop.order.placed --row <ce-id>     # one event: message, run, code, rules
+    tidegate lineage quarantine --row <pubsub message id>
+    tidegate maintain                                       # compact small files, vacuum old ones
+
+Every commit tidegate makes carries `tidegate_*` keys in its commit info (see
+`tidegate.lake.rows.lineage`); a raw row carries its message id, run id and batch id, so a row leads to
+its commit and a commit to its messages (by digest) and its code (version + git sha).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from tidegate.errors import TidegateError
+from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quality_uri, quarantine_uri, raw_uri
+
+LINEAGE_KEYS = (
+    "tidegate_run_id",
+    "tidegate_batch_id",
+    "tidegate_version",
+    "tidegate_git_sha",
+    "tidegate_subscriptions",
+    "tidegate_message_count",
+    "tidegate_message_id_min",
+    "tidegate_message_id_max",
+    "tidegate_message_digest",
+    "tidegate_contracts",
+    "tidegate_gx_suite_fingerprint",
+    "tidegate_pii_key_id",
+    "tidegate_operation",
+)
+
+
+def resolve_table(lake: str, name: str, event_types: list[str], aggregates: Sequence[str] = ()) -> str:
+    """'raw/shop.order.placed', 'shop.order.placed', 'quarantine', '_ledger',
+    'aggregates/<name>' (or just the name), 'aggregates/_late' -> table URI."""
+    if name in ("quarantine",):
+        return quarantine_uri(lake)
+    if name in ("_ledger", "ledger"):
+        return ledger_uri(lake)
+    if name in ("_late", "late", "aggregates/_late"):
+        return late_uri(lake)
+    if name in ("_quality", "quality"):
+        return quality_uri(lake)
+    if name.removeprefix("aggregates/") in aggregates:
+        return aggregate_uri(lake, name.removeprefix("aggregates/"))
+    event_type = name.removeprefix("raw/")
+    if event_type in event_types:
+        return raw_uri(lake, event_type)
+    known = ", ".join(
+        [
+            "quarantine",
+            "_ledger",
+            *(f"raw/{t}" for t in event_types),
+            *(f"aggregates/{a}" for a in aggregates),
+        ]
+        + (["aggregates/_late"] if aggregates else [])
+    )
+    raise TidegateError(f"unknown table {name!r}", hint=f"tables: {known}")
+
+
+def open_table(uri: str, storage_options: dict[str, str] | None = None) -> DeltaTable:
+    try:
+        return DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        raise TidegateError(f"no Delta table at {uri}", hint="run `tidegate ingest` first") from None
+
+
+def commits(uri: str, storage_options: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The table's history, newest first, with tidegate's lineage keys and row counts."""
+    out = []
+    for h in open_table(uri, storage_options).history():
+        metrics = h.get("operationMetrics") or {}
+        rows = metrics.get(
+            "num_target_rows_inserted", metrics.get("num_added_rows", metrics.get("numOutputRows"))
+        )
+        ts = h.get("timestamp")
+        entry = {
+            "version": h.get("version"),
+            "timestamp": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds") if ts else None,
+            "operation": h.get("operation"),
+            "rows_added": rows,
+        }
+        entry.update({k: h[k] for k in LINEAGE_KEYS if k in h})
+        out.append(entry)
+    return out
+
+
+def row_lineage(uri: str, key: str, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
+    """One row (by event id, or by Pub/Sub message id) and the commit that added it."""
+    table = open_table(uri, storage_options)
+    names = table.schema().to_arrow().names
+    cols = [c for c in ("event_id", "pubsub_message_id") if c in names]
+    if not cols:
+        raise TidegateError(f"{uri} has no event or message ids to look a row up by")
+    from tidegate.lake.read import scan_table
+
+    match = pl.any_horizontal([pl.col(c) == key for c in cols])
+    found = scan_table(table, storage_options).filter(match).collect()
+    if found.height == 0:
+        raise TidegateError(
+            f"no row with id {key!r} in {uri}", hint=f"ids are matched against {', '.join(cols)}"
+        )
+    row = found.drop([c for c in ("payload_encrypted",) if c in found.columns]).to_dicts()[0]
+    batch_ids = set(str(row.get("batch_id", "")).split(","))
+    commit = next(
+        (
+            c
+            for c in reversed(commits(uri, storage_options))
+            if batch_ids & set(str(c.get("tidegate_batch_id", "")).split(","))
+        ),
+        None,
+    )
+    contract = None
+    if commit and commit.get("tidegate_contracts") and row.get("schema_version") is not None:
+        contract = json.loads(commit["tidegate_contracts"]).get(f"v{row['schema_version']}")
+    return {"row": row, "commit": commit, "contract_fingerprint": contract, "copies": found.height}
+
+
+def maintain(
+    lake: str, tables: list[str], retain_hours: int, storage_options: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Compact small files into large ones and vacuum files older than the retention."""
+    from deltalake import CommitProperties
+
+    report = []
+    for uri in tables:
+        try:
+            table = DeltaTable(uri, storage_options=storage_options)
+        except TableNotFoundError:
+            continue
+        before = len(table.file_uris())
+        props = CommitProperties(custom_metadata={"tidegate_operation": "maintain"})
+        metrics = table.optimize.compact(commit_properties=props)
+        vacuumed = table.vacuum(
+            retention_hours=retain_hours,
+            enforce_retention_duration=False,
+            dry_run=False,
+            commit_properties=props,
+        )
+        report.append(
+            {
+                "table": uri,
+                "files_before": before,
+                "files_after": len(DeltaTable(uri, storage_options=storage_options).file_uris()),
+                "compacted_from": metrics.get("numFilesRemoved", 0),
+                "compacted_into": metrics.get("numFilesAdded", 0),
+                "vacuumed": len(vacuumed),
+            }
+        )
+    return report
+
+
+__all__ = ["commits", "maintain", "resolve_table", "row_lineage"]

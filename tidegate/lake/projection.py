@@ -1,0 +1,660 @@
+"""Aggregates as a projection of the raw history (local mode), healed from Delta app transactions.
+
+After each raw commit, `Projector.project_all()` brings every aggregate table up to the raw
+table's current version:
+
+1. the aggregate table's Delta app transaction `tidegate.raw/<type>` says which raw version it
+   already incorporates (absent: none); the raw files added since then are the new rows;
+2. the new rows' (event, window) pairs are split into on-time and late by the watermark
+   recorded on each row (`tidegate.lake.aggregates`); late pairs go to the late ledger
+   (`<lake>/aggregates/_late`, insert-only on aggregate + event id + window: idempotent);
+3. the windows the on-time pairs touch are recomputed **from the raw table** (all rows, not
+   just the new ones) with the same combine logic, and written in one MERGE that also records
+   the new raw version as the app transaction. Fixed and sliding windows are upserted by
+   (window_start, keys); sessions of the touched keys that overlap new events are replaced by
+   the recomputed (possibly merged) sessions.
+
+A crash anywhere in here (SIGKILL between the raw commit and the aggregate commit included)
+heals itself: the next projection starts from the recorded raw version and recomputes the
+same windows; rewriting a window with the values it already has changes nothing (revision
+unchanged). The app transaction is written in the same commit as the rows, so the two never
+disagree. One projector per lake at a time (the ingest lake lock); replays take the same lock.
+
+Compaction (`tidegate maintain`) rewrites raw files: the next projection sees them as new
+and recomputes the windows they cover, with the same result (slower once, never wrong).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from tidegate.catalog import AggregateSpec, Catalog
+from tidegate.faults import fault_point
+from tidegate.lake import aggregates as agg
+from tidegate.lake.tables import LATE_KEYS, LATE_SCHEMA, aggregate_uri, data_files, late_uri, raw_uri
+
+log = logging.getLogger(__name__)
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+def app_id(spec: AggregateSpec) -> str:
+    """The Delta app transaction id that holds the raw version an aggregate incorporates."""
+    return f"tidegate.raw/{spec.source}"
+
+
+@dataclass
+class ProjectionResult:
+    aggregate: str
+    from_version: int | None
+    to_version: int
+    new_rows: int
+    windows_written: int
+    windows_deleted: int
+    late: int
+    seconds: float
+    committed_at: float  # time.time() after the aggregate commit
+
+
+def _open(uri: str, storage: dict[str, str] | None, version: int | None = None) -> DeltaTable | None:
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage)
+    except TableNotFoundError:
+        return None
+
+
+def _columns(spec: AggregateSpec, schema: pa.Schema) -> list[str]:
+    return [c for c in agg.source_columns(spec) if c in schema.names]
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    out = pl.from_arrow(table)
+    assert isinstance(out, pl.DataFrame)
+    if "seen_max_event_time" not in out.columns:
+        out = out.with_columns(pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("seen_max_event_time"))
+    return out
+
+
+def raw_dataset(table: DeltaTable) -> ds.FileSystemDataset:
+    dataset = table.to_pyarrow_dataset()
+    assert isinstance(dataset, ds.FileSystemDataset)
+    return dataset
+
+
+@dataclass(frozen=True)
+class RawChanges:
+    """What the raw commits after version `done` did, as far as projection cares."""
+
+    only_appends: bool  # WRITE / MERGE (and compaction), nothing that changed rows otherwise
+    compacted_since: datetime | None  # the commit time of `done` if an OPTIMIZE came after it
+
+
+def raw_changes(raw: DeltaTable, done: int, target: int) -> RawChanges:
+    """Compaction (OPTIMIZE, which `ingest --follow` runs itself) rewrites files: their rows would
+    look new. Every raw row carries `ingest_time`, set just before the commit that inserts it,
+    and one writer commits a raw table at a time, so the rows added after version `done` are
+    exactly those with `ingest_time` later than `done`'s commit time: new files are filtered on
+    that instead of rebuilding from the whole history."""
+    compacted = False
+    done_ts: datetime | None = None
+    for commit in raw.history(limit=target - done + 1):
+        version = int(commit.get("version", -1))
+        if version == done:
+            done_ts = datetime.fromtimestamp(int(commit["timestamp"]) / 1000, UTC)
+        elif done < version <= target:
+            op = commit.get("operation")
+            if op == "OPTIMIZE":
+                compacted = True
+            elif op not in _APPENDS:
+                return RawChanges(False, None)
+    if compacted and done_ts is None:
+        return RawChanges(False, None)  # history too short to say: rebuild
+    return RawChanges(True, done_ts if compacted else None)
+
+
+_APPENDS = {"WRITE", "MERGE", "CREATE TABLE"}
+
+
+def _ts(value: datetime) -> pa.Scalar:
+    return pa.scalar(value, type=TS)
+
+
+@dataclass
+class _FreshRows:
+    """A source's new raw rows in one round, per raw version an aggregate stands at."""
+
+    rows: dict[int | None, pl.DataFrame] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Projector:
+    """Keeps a lake's aggregate tables equal to a recompute of its raw history."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        registry: Any,  # expectations.contracts.ContractRegistry
+        lake: str,
+        *,
+        run_id: str,
+        code_version: str,
+        git_sha: str,
+        storage: dict[str, str] | None = None,
+    ) -> None:
+        from tidegate.lake.tables import raw_schema
+
+        self.catalog = catalog
+        self.lake = lake
+        self.run_id = run_id
+        self.code_version = code_version
+        self.git_sha = git_sha
+        self.storage = storage
+        self.schemas = {
+            spec.name: agg.output_schema(spec, raw_schema(registry.types[spec.source]))
+            for spec in catalog.aggregates
+        }
+        self._files: dict[tuple[str, int], frozenset[str]] = {}  # (source, version) -> data files
+        self._source_columns: dict[str, list[str]] = {}
+        for spec in catalog.aggregates:
+            cols = self._source_columns.setdefault(spec.source, [])
+            cols += [c for c in _columns(spec, raw_schema(registry.types[spec.source])) if c not in cols]
+
+    def project_all(self, sources: set[str] | None = None) -> list[ProjectionResult]:
+        """Bring every aggregate (of the given source types) up to its raw table's version.
+
+        Per source, the raw table is opened once and the new rows are read once for all the
+        aggregates over it (grouped by the raw version each incorporates)."""
+        out = []
+        by_source: dict[str, list[AggregateSpec]] = {}
+        for spec in self.catalog.aggregates:
+            if sources is None or spec.source in sources:
+                by_source.setdefault(spec.source, []).append(spec)
+        jobs: list[tuple[AggregateSpec, DeltaTable, int, frozenset[str], _FreshRows]] = []
+        targets: dict[str, int] = {}
+        for source, specs in by_source.items():
+            raw = _open(raw_uri(self.lake, source), self.storage)
+            if raw is None:
+                continue
+            target = raw.version()
+            files = frozenset(data_files(raw))
+            self._files[(source, target)] = files
+            targets[source] = target
+            fresh = _FreshRows()
+            jobs += [(spec, raw, target, files, fresh) for spec in specs]
+        # Each aggregate is its own table and commit: they run side by side (polars and delta-rs
+        # release the GIL), the raw reads of one source once, under that source's lock.
+        if len(jobs) > 1:
+            with ThreadPoolExecutor(len(jobs), thread_name_prefix="project") as pool:
+                results = list(pool.map(lambda job: self._project(*job), jobs))
+        else:
+            results = [self._project(*job) for job in jobs]
+        out = [r for r in results if r is not None]
+        for source, target in targets.items():
+            # every aggregate over this source now stands at `target`: older file sets are dead
+            for key in [k for k in self._files if k[0] == source and k[1] < target]:
+                del self._files[key]
+        return out
+
+    def project(self, spec: AggregateSpec) -> ProjectionResult | None:
+        results = [r for r in self.project_all({spec.source}) if r.aggregate == spec.name]
+        return results[0] if results else None
+
+    def incorporated(self, spec: AggregateSpec) -> int | None:
+        table = _open(aggregate_uri(self.lake, spec.name), self.storage)
+        return None if table is None else table.transaction_version(app_id(spec))
+
+    def _new_rows(
+        self,
+        spec: AggregateSpec,
+        raw: DeltaTable,
+        done: int,
+        files: frozenset[str],
+        compacted_since: datetime | None = None,
+    ) -> pl.DataFrame:
+        """Rows of the raw files added after version `done` (file sets are remembered per run,
+        so only the first round after a restart loads the old snapshot). After a compaction the
+        new files hold old rows too: only rows ingested after `compacted_since` count."""
+        before = self._files.get((spec.source, done))
+        if before is None:
+            old = _open(raw_uri(self.lake, spec.source), self.storage, version=done)
+            assert old is not None
+            before = frozenset(data_files(old))
+        fresh = sorted(files - before)
+        arrow_schema = pa.schema(raw.schema().to_arrow())
+        names = set(arrow_schema.names)
+        wanted = [c for c in self._source_columns[spec.source] if c in names]
+        if not fresh:
+            return _frame(arrow_schema.empty_table().select(wanted))
+        read = wanted if compacted_since is None else list(dict.fromkeys([*wanted, "ingest_time"]))
+        schema = pl.from_arrow(arrow_schema.empty_table().select(read)).schema  # type: ignore[union-attr]
+        scan = pl.scan_parquet(
+            fresh,
+            schema=schema,
+            missing_columns="insert",
+            extra_columns="ignore",
+            storage_options=self.storage,
+        )
+        if compacted_since is not None:
+            scan = scan.filter(pl.col("ingest_time") > compacted_since).select(wanted)
+        return _frame(scan.collect().to_arrow())
+
+    def _project(
+        self,
+        spec: AggregateSpec,
+        raw: DeltaTable,
+        target: int,
+        files: frozenset[str],
+        shared: _FreshRows,
+    ) -> ProjectionResult | None:
+        t0 = time.perf_counter()
+        table = _open(aggregate_uri(self.lake, spec.name), self.storage)
+        done = None if table is None else table.transaction_version(app_id(spec))
+        if done is not None and done >= target:
+            return None
+        with shared.lock:  # one reader of the source's raw table at a time, each read once
+            changes = None if done is None else raw_changes(raw, done, target)
+            rebuild = changes is None or not changes.only_appends
+            key = None if rebuild else done
+            if key not in shared.rows:
+                if rebuild:
+                    # first projection, or raw files were rewritten (compaction): all of raw history
+                    dataset = raw_dataset(raw)
+                    names = set(dataset.schema.names)
+                    columns = [c for c in self._source_columns[spec.source] if c in names]
+                    shared.rows[key] = _frame(dataset.to_table(columns=columns))
+                else:
+                    assert done is not None
+                    assert changes is not None
+                    shared.rows[key] = self._new_rows(spec, raw, done, files, changes.compacted_since)
+            fresh = shared.rows[key]
+        parts = agg.split(fresh, spec)
+        late = self._write_late(spec, parts.late, target)
+        if rebuild:
+            upserts, deletes = self._rebuild(spec, table, parts.on_time)
+        elif spec.window.type == "session":
+            upserts, deletes = self._sessions(spec, table, parts.on_time)
+        else:
+            upserts, deletes = self._windows(spec, table, parts.on_time)
+        fault_point("before_aggregates_commit")
+        result = self._commit(spec, upserts, deletes, target)
+        return ProjectionResult(
+            aggregate=spec.name,
+            from_version=done,
+            to_version=target,
+            new_rows=fresh.height,
+            windows_written=result.inserted,
+            windows_deleted=deletes.height,
+            late=late,
+            seconds=time.perf_counter() - t0,
+            committed_at=time.time(),
+        )
+
+    # -- what to rewrite -------------------------------------------------------------------
+
+    def _stored(self, spec: AggregateSpec, table: DeltaTable | None, filt: pl.Expr) -> pl.DataFrame:
+        """Stored aggregate rows matching `filt`, with every column partials need."""
+        cols = [*agg.WINDOW, *spec.keys, *dict.fromkeys(agg.state_columns(spec).values())]
+        if table is None:
+            return pl.DataFrame()
+        files = data_files(table)  # aggregate tables are unpartitioned: every column is in the files
+        if not files:
+            return pl.DataFrame()
+        return pl.scan_parquet(files, storage_options=self.storage).filter(filt).select(cols).collect()
+
+    def _rebuild(
+        self, spec: AggregateSpec, table: DeltaTable | None, on_time: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Every window from all of raw history; stored windows that no longer exist go."""
+        upserts = agg.finalize(agg.merge(agg.partials(on_time, spec), spec), spec)
+        stored = self._stored(spec, table, pl.lit(True))
+        if stored.is_empty():
+            return upserts, pl.DataFrame()
+        deletes = stored.select(["window_start", *spec.keys]).join(
+            upserts.select(["window_start", *spec.keys]),
+            on=["window_start", *spec.keys],
+            how="anti",
+            nulls_equal=True,
+        )
+        return upserts, deletes
+
+    def _windows(
+        self, spec: AggregateSpec, table: DeltaTable | None, on_time: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Fixed / sliding: the new pairs' partials merged with the stored rows of the same windows."""
+        new = agg.partials(on_time, spec)
+        if new.is_empty():
+            return agg.finalize(new, spec), pl.DataFrame()
+        starts = new.get_column("window_start").unique()
+        stored = self._stored(spec, table, pl.col("window_start").is_in(starts.implode()))
+        if not stored.is_empty():
+            stored = stored.join(
+                new.select([*agg.WINDOW, *spec.keys]).unique(),
+                on=[*agg.WINDOW, *spec.keys],
+                how="semi",
+                nulls_equal=True,
+            )
+            new = pl.concat([agg.stored_partials(stored, spec), new], how="vertical_relaxed")
+        return agg.finalize(agg.merge(new, spec), spec), pl.DataFrame()
+
+    def _sessions(
+        self, spec: AggregateSpec, table: DeltaTable | None, on_time: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Sessions: new events' proto-windows merged with the stored sessions of their keys that
+        they overlap (stored sessions are maximal and disjoint, so no others can join); the
+        stored sessions absorbed into a merged one are deleted."""
+        keys = spec.keys
+        new = agg.partials(on_time, spec)
+        if new.is_empty():
+            return agg.finalize(new, spec), pl.DataFrame()
+        lo, hi = new.get_column("window_start").min(), new.get_column("window_end").max()
+        stored = self._stored(spec, table, (pl.col("window_end") > lo) & (pl.col("window_start") < hi))
+        if stored.is_empty():
+            return agg.finalize(new, spec), pl.DataFrame()
+        candidates = agg.stored_partials(stored, spec)
+        overlap = candidates.join(
+            new.select([*keys, *agg.WINDOW]), on=keys, how="inner", suffix="_new", nulls_equal=True
+        ).filter(
+            (pl.col("window_start") < pl.col("window_end_new"))
+            & (pl.col("window_start_new") < pl.col("window_end"))
+        )
+        touched = overlap.select([*keys, *agg.WINDOW]).unique()
+        absorbed = candidates.join(touched, on=[*keys, *agg.WINDOW], how="semi", nulls_equal=True)
+        upserts = agg.finalize(agg.merge(pl.concat([absorbed, new], how="vertical_relaxed"), spec), spec)
+        deletes = absorbed.select(["window_start", *keys]).join(
+            upserts.select(["window_start", *keys]), on=["window_start", *keys], how="anti", nulls_equal=True
+        )
+        return upserts, deletes
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _commit(
+        self, spec: AggregateSpec, upserts: pl.DataFrame, deletes: pl.DataFrame, raw_version: int
+    ) -> Any:
+        from tidegate.lake.writer import replace_windows
+
+        schema = self.schemas[spec.name]
+        key_cols = ["window_start", *spec.keys]
+        del_table = (
+            pa.Table.from_arrays(
+                [deletes.to_arrow().column(k).cast(schema.field(k).type) for k in key_cols], names=key_cols
+            )
+            if deletes.height
+            else pa.table({k: pa.array([], schema.field(k).type) for k in key_cols})
+        )
+        meta = aggregate_commit_meta(
+            spec,
+            run_id=self.run_id,
+            code_version=self.code_version,
+            git_sha=self.git_sha,
+            written_by="projection",
+            source=raw_uri(self.lake, spec.source),
+            raw_version=raw_version,
+        )
+        return replace_windows(
+            aggregate_uri(self.lake, spec.name),
+            aggregate_rows(self.schemas[spec.name], upserts, raw_version, self.run_id, "projection"),
+            del_table,
+            keys=key_cols,
+            values=["window_end", *agg.metric_columns(spec), *agg.extra_state(spec)],
+            app_id=app_id(spec),
+            app_version=raw_version,
+            metadata=meta,
+            storage_options=self.storage,
+        )
+
+    def _write_late(self, spec: AggregateSpec, late: pl.DataFrame, raw_version: int) -> int:
+        if late.is_empty():
+            return 0
+        return write_late(
+            self.lake, spec, agg.late_pairs_of(late, spec), raw_version, self.run_id, self.storage
+        )
+
+
+def aggregate_commit_meta(
+    spec: AggregateSpec,
+    *,
+    run_id: str,
+    code_version: str,
+    git_sha: str,
+    written_by: str,
+    source: str | None = None,
+    raw_version: int | None = None,
+    **extra: Any,
+) -> dict[str, str]:
+    """Lineage metadata of a commit to an aggregate table (projection, replay or stream):
+    the usual tidegate_* keys plus the source table, the raw version and the declaration."""
+    from tidegate.lake.rows import lineage
+
+    keys: dict[str, Any] = {
+        "tidegate_table": f"aggregates/{spec.name}",
+        "tidegate_aggregate_spec": spec.model_dump_json(),
+        "tidegate_written_by": written_by,
+        **{f"tidegate_{k}": v for k, v in extra.items()},
+    }
+    if source is not None:
+        keys["tidegate_source"] = source
+    if raw_version is not None:
+        keys["tidegate_raw_version"] = raw_version
+    return lineage(
+        run_id=run_id,
+        batch_ids=[],
+        code_version=code_version,
+        git_sha=git_sha,
+        subscriptions=[],
+        message_ids=[],
+        extra=keys,
+    )
+
+
+def aggregate_rows(
+    schema: pa.Schema, frame: pl.DataFrame, raw_version: int, run_id: str, written_by: str
+) -> pa.Table:
+    """Window rows (window, keys, metrics) in the aggregate table's schema, lineage filled in."""
+    n = frame.height
+    now = datetime.now(UTC)
+    lineage = {
+        "revision": pa.array([1] * n, pa.int64()),
+        "raw_version": pa.array([raw_version] * n, pa.int64()),
+        "updated_at": pa.array([now] * n, TS),
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "written_by": pa.array([written_by] * n, pa.string()),
+    }
+    data = frame.to_arrow()
+    arrays = [lineage[f.name] if f.name in lineage else data.column(f.name).cast(f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_late(
+    lake: str,
+    spec: AggregateSpec,
+    pairs: pl.DataFrame,
+    raw_version: int,
+    run_id: str,
+    storage: dict[str, str] | None,
+) -> int:
+    """Record late (event, window) pairs in the late ledger (insert-only: idempotent)."""
+    from tidegate.lake.writer import insert_new
+
+    if pairs.is_empty():
+        return 0
+    data = pairs.with_columns(
+        pl.lit(spec.source).alias("event_type"),
+        pl.lit(raw_version, dtype=pl.Int64).alias("raw_version"),
+        pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias("recorded_at"),
+        pl.lit(run_id).alias("run_id"),
+    ).to_arrow()
+    table = pa.Table.from_arrays([data.column(f.name).cast(f.type) for f in LATE_SCHEMA], schema=LATE_SCHEMA)
+    result = insert_new(
+        late_uri(lake),
+        table,
+        keys=list(LATE_KEYS),
+        partition_by=["aggregate"],
+        prune_on="aggregate",
+        metadata={"tidegate_run_id": run_id, "tidegate_table": "aggregates/_late"},
+        storage_options=storage,
+    )
+    log.info(
+        "%s: %d late (event, window) pairs, %d new in the ledger", spec.name, pairs.height, result.inserted
+    )
+    return pairs.height
+
+
+def replace_all(
+    lake: str,
+    spec: AggregateSpec,
+    rows: pa.Table,
+    *,
+    raw_version: int,
+    since: datetime | None,
+    until: datetime | None,
+    metadata: dict[str, str],
+    storage: dict[str, str] | None,
+) -> int:
+    """A replay's write: replace the aggregate's windows starting in [since, until) (all of them
+    when neither is given) in one commit. A full replay records `raw_version` as the app
+    transaction (the table now incorporates exactly that version); a ranged one leaves the marker
+    alone, so the next projection still recomputes whatever is newer. Returns the version."""
+    from deltalake import CommitProperties, Transaction, write_deltalake
+
+    uri = aggregate_uri(lake, spec.name)
+    full = since is None and until is None
+    txns = [Transaction(app_id(spec), raw_version)] if full else None
+    existing = _open(uri, storage)
+    if existing is not None and full:
+        done = existing.transaction_version(app_id(spec))
+        if done is not None and done > raw_version:
+            from tidegate.errors import TransientError
+
+            raise TransientError(
+                f"{uri} already incorporates raw version {done}, newer than this replay's {raw_version}"
+            )
+    predicate = None
+    if not full:
+        parts = []
+        if since is not None:
+            parts.append(f"window_start >= '{since.isoformat()}'")
+        if until is not None:
+            parts.append(f"window_start < '{until.isoformat()}'")
+        predicate = " AND ".join(parts)
+        if existing is None:
+            predicate = None
+    write_deltalake(
+        uri,
+        rows,
+        mode="overwrite",
+        predicate=predicate,
+        schema_mode=None if predicate else "overwrite",
+        commit_properties=CommitProperties(custom_metadata=metadata, app_transactions=txns),
+        storage_options=storage,
+    )
+    table = _open(uri, storage)
+    assert table is not None
+    return int(table.version())
+
+
+def apply_panes(
+    lake: str,
+    spec: AggregateSpec,
+    schema: pa.Schema,
+    panes: list[dict[str, Any]],
+    *,
+    run_id: str,
+    metadata: dict[str, str],
+    storage: dict[str, str] | None = None,
+) -> int:
+    """Streaming mode's sink: upsert window panes (accumulating: each pane is the whole window
+    so far) with a guard, in one commit. Returns the rows written.
+
+    - per (window, keys) the pane with the highest index wins: an older pane never overwrites a
+      newer one, and a retried bundle (same panes again) changes nothing;
+    - sessions: a pane of a merged session replaces the stored sessions of its key that it
+      contains; a pane contained in a stored, larger session of its key (it merged since) is
+      dropped."""
+    from tidegate.lake.writer import replace_windows
+
+    if not panes:
+        return 0
+    keys = list(spec.keys)
+    incoming = pl.DataFrame(panes).select([*agg.value_columns(spec), "revision"])
+    # newest pane per window within the bundle
+    incoming = incoming.sort("revision").unique([*agg.WINDOW, *keys], keep="last")
+    uri = aggregate_uri(lake, spec.name)
+    table = _open(uri, storage)
+    stored = (
+        pl.from_arrow(table.to_pyarrow_table(columns=[*agg.WINDOW, *keys, "revision"]))
+        if table is not None
+        else pl.DataFrame(schema={**incoming.select([*agg.WINDOW, *keys, "revision"]).schema})
+    )
+    assert isinstance(stored, pl.DataFrame)
+    stored = stored.cast(dict(incoming.select([*agg.WINDOW, *keys, "revision"]).schema))  # type: ignore[arg-type]
+    deletes = pl.DataFrame(schema={**incoming.select(["window_start", *keys]).schema})
+    if spec.window.type == "session":
+        both = pl.concat(
+            [incoming.select([*agg.WINDOW, *keys]), stored.select([*agg.WINDOW, *keys])]
+        ).unique()
+        pairs = incoming.select([*agg.WINDOW, *keys]).join(
+            both, on=keys, how="inner", suffix="_o", nulls_equal=True
+        )
+        inside = (pl.col("window_start_o") <= pl.col("window_start")) & (
+            pl.col("window_end") <= pl.col("window_end_o")
+        )
+        same = (pl.col("window_start_o") == pl.col("window_start")) & (
+            pl.col("window_end_o") == pl.col("window_end")
+        )
+        swallowed = pairs.filter(inside & ~same).select([*agg.WINDOW, *keys])
+        incoming = incoming.join(swallowed, on=[*agg.WINDOW, *keys], how="anti", nulls_equal=True)
+        contains = (pl.col("window_start") <= pl.col("window_start_o")) & (
+            pl.col("window_end_o") <= pl.col("window_end")
+        )
+        replaced = (
+            incoming.select([*agg.WINDOW, *keys])
+            .join(stored.select([*agg.WINDOW, *keys]), on=keys, how="inner", suffix="_o", nulls_equal=True)
+            .filter(contains & ~same)
+        )
+        deletes = replaced.select(pl.col("window_start_o").alias("window_start"), *keys).join(
+            incoming.select(["window_start", *keys]), on=["window_start", *keys], how="anti", nulls_equal=True
+        )  # same start: the upsert rewrites that row in place
+    # the guard: only panes newer than what is stored
+    newer = incoming.join(
+        stored.select([*agg.WINDOW, *keys, pl.col("revision").alias("_stored")]),
+        on=[*agg.WINDOW, *keys],
+        how="left",
+        nulls_equal=True,
+    ).filter(pl.col("_stored").is_null() | (pl.col("revision") > pl.col("_stored")))
+    rows = aggregate_rows(schema, newer.drop("revision", "_stored"), -1, run_id, "stream")
+    rows = rows.set_column(
+        schema.get_field_index("revision"),
+        schema.field("revision"),
+        pa.array(newer.get_column("revision").to_list(), pa.int64()),
+    )
+    if rows.num_rows == 0 and deletes.height == 0:
+        return 0
+    key_cols = ["window_start", *keys]
+    del_table = pa.Table.from_arrays(
+        [pa.array(deletes.get_column(k).to_list(), schema.field(k).type) for k in key_cols], names=key_cols
+    )
+    result = replace_windows(
+        uri,
+        rows,
+        del_table,
+        keys=key_cols,
+        values=["window_end", *agg.metric_columns(spec), "revision"],
+        app_id="tidegate.stream",
+        app_version=0,
+        metadata=metadata,
+        storage_options=storage,
+        revision_from_source=True,
+    )
+    return int(result.inserted)

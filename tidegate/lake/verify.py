@@ -1,0 +1,383 @@
+"""Reconcile the lake with itself and with a producer manifest (`tidegate verify`).
+
+Checks, each with a readable list of what is wrong:
+- every raw table holds each event id once, the quarantine each (subscription, message id) once;
+- every ledger row balances: received = written + duplicates skipped + quarantined
+  + quarantine duplicates;
+- parity: every aggregate table equals a recompute from the raw version it says it
+  incorporates (its Delta app transaction), exactly (count, sum, min, max, mean), and the late
+  ledger holds exactly the late pairs of that raw history; the differing windows are listed;
+- with a manifest: every message sent landed where it must, exactly once: a valid event
+  (or its duplicate) by ce-id in `raw/<type>`, a faulty one by Pub/Sub message id in the
+  quarantine with the stage and rule the fault must produce; every event the producer sent
+  late is in the late ledger of each aggregate over its type (unless no watermark existed
+  yet when it landed), and no other event is.
+
+    tidegate verify --manifest .tidegate/demo/manifest.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from tidegate.catalog import AggregateSpec
+from tidegate.lake import aggregates as agg
+from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quarantine_uri, raw_uri
+
+
+@dataclass
+class Report:
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(passed for _, passed, _ in self.checks)
+
+    def check(self, name: str, passed: bool, detail: str, problems: list[str] | None = None) -> None:
+        self.checks.append((name, passed, detail))
+        if not passed:
+            self.problems += problems or []
+
+
+def _read(uri: str, columns: list[str], storage_options: dict[str, str] | None) -> pl.DataFrame | None:
+    try:
+        table = DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        return None
+    return pl.from_arrow(table.to_pyarrow_table(columns=columns))  # type: ignore[return-value]
+
+
+def verify(
+    lake: str,
+    event_types: list[str],
+    manifest: Path | None = None,
+    storage_options: dict[str, str] | None = None,
+    aggregates: Sequence[AggregateSpec] = (),
+) -> Report:
+    report = Report()
+    raw: dict[str, pl.DataFrame] = {}
+    for t in event_types:
+        df = _read(raw_uri(lake, t), ["event_id", "pubsub_message_id"], storage_options)
+        if df is None:
+            continue
+        raw[t] = df
+        dup = df.group_by("event_id").len().filter(pl.col("len") > 1)
+        report.check(
+            f"raw/{t}: one row per event id",
+            dup.height == 0,
+            f"{df.height:,} rows",
+            [f"raw/{t}: event id {r['event_id']} is there {r['len']} times" for r in dup.head(20).to_dicts()],
+        )
+    quarantine = _read(
+        quarantine_uri(lake),
+        ["subscription", "pubsub_message_id", "stage", "rule", "event_id", "event_type"],
+        storage_options,
+    )
+    if quarantine is not None:
+        dup = quarantine.group_by("subscription", "pubsub_message_id").len().filter(pl.col("len") > 1)
+        report.check(
+            "quarantine: one row per message",
+            dup.height == 0,
+            f"{quarantine.height:,} rows",
+            [
+                f"quarantine: message {r['pubsub_message_id']} is there {r['len']} times"
+                for r in dup.head(20).to_dicts()
+            ],
+        )
+    ledger = _read(
+        ledger_uri(lake),
+        ["batch_id", "received", "raw_written", "duplicates_skipped", "quarantined", "quarantine_duplicates"],
+        storage_options,
+    )
+    if ledger is not None:
+        off = ledger.filter(
+            pl.col("received")
+            != pl.col("raw_written")
+            + pl.col("duplicates_skipped")
+            + pl.col("quarantined")
+            + pl.col("quarantine_duplicates")
+        )
+        totals = ledger.select(pl.all().exclude("batch_id").sum()).to_dicts()[0]
+        report.check(
+            "ledger: every batch balances",
+            off.height == 0,
+            f"{ledger.height:,} batches, {totals['received']:,} received = {totals['raw_written']:,} written + "
+            f"{totals['duplicates_skipped']:,} duplicates + {totals['quarantined']:,} quarantined + "
+            f"{totals['quarantine_duplicates']:,} re-quarantined",
+            [f"ledger: batch {r['batch_id']} does not balance: {r}" for r in off.head(20).to_dicts()],
+        )
+    for spec in aggregates:
+        if spec.source in raw:
+            _parity(report, lake, spec, storage_options)
+    if manifest is not None:
+        _reconcile(report, manifest, raw, quarantine)
+        if aggregates:
+            _late_vs_manifest(report, lake, manifest, aggregates, storage_options)
+    if not report.checks:
+        report.check(
+            "lake has tables",
+            False,
+            f"nothing under {lake}",
+            [f"no tidegate tables under {lake}: run `tidegate ingest` first"],
+        )
+    return report
+
+
+def _reconcile(
+    report: Report, manifest: Path, raw: dict[str, pl.DataFrame], quarantine: pl.DataFrame | None
+) -> None:
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raw_count: dict[tuple[str, str], int] = {}
+    for t, df in raw.items():
+        for eid, n in Counter(df.get_column("event_id").to_list()).items():
+            raw_count[(t, eid)] = n
+    q_by_mid: dict[str, list[dict[str, str]]] = {}
+    if quarantine is not None:
+        for r in quarantine.to_dicts():
+            q_by_mid.setdefault(r["pubsub_message_id"], []).append(r)
+    missing: list[str] = []
+    wrong: list[str] = []
+    expected_raw: set[tuple[str, str]] = set()
+    for row in rows:
+        mid = row.get("message_id")
+        where = f"#{row['seq']} {row['kind']} ({row['type']}, ce-id {row['ce_id']}, message {mid})"
+        if row["expect"] == "raw":
+            expected_raw.add((row["type"], row["ce_id"]))
+            n = raw_count.get((row["type"], row["ce_id"]), 0)
+            if n == 0:
+                in_q = q_by_mid.get(mid or "")
+                wrong.append(
+                    f"{where}: expected in raw/{row['type']}, "
+                    + (
+                        f"found in quarantine: {in_q[0]['stage']}/{in_q[0]['rule']}"
+                        if in_q
+                        else "found nowhere"
+                    )
+                )
+            continue
+        got = q_by_mid.get(mid or "", [])
+        if not got:
+            n = raw_count.get((row["type"], row["ce_id"]), 0)
+            (wrong if n else missing).append(
+                f"{where}: expected in quarantine ({row['stage']}/{row['rule']}), "
+                + ("found in raw" if n else "found nowhere")
+            )
+        elif (got[0]["stage"], got[0]["rule"]) != (row["stage"], row["rule"]):
+            wrong.append(
+                f"{where}: quarantined as {got[0]['stage']}/{got[0]['rule']}, expected {row['stage']}/{row['rule']}"
+            )
+    doubled = [
+        f"raw/{t}: ce-id {eid} landed {raw_count[(t, eid)]} times"
+        for (t, eid) in sorted(expected_raw)
+        if raw_count.get((t, eid), 0) > 1
+    ]
+    kinds = Counter(r["expect"] for r in rows)
+    report.check(
+        "manifest: every message landed where expected, exactly once",
+        not (missing or wrong or doubled),
+        f"{len(rows):,} messages sent: {kinds['raw']:,} to raw ({len(expected_raw):,} distinct events), "
+        f"{kinds['quarantine']:,} to quarantine",
+        [*missing, *wrong, *doubled],
+    )
+
+
+def _open(uri: str, storage: dict[str, str] | None, version: int | None = None) -> DeltaTable | None:
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage)
+    except TableNotFoundError:
+        return None
+
+
+def _fmt(row: dict[str, object], cols: Sequence[str]) -> str:
+    return ", ".join(f"{c}={row.get(c)}" for c in cols)
+
+
+def _same(a: object, b: object) -> bool:
+    """Exact equality, except floats (a sum of a float field, in a different order, can differ
+    in its last bits; means are computed from exact sums and compare equal anyway)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def window_diff(expected: pl.DataFrame, got: pl.DataFrame, spec: AggregateSpec) -> list[str]:
+    """Readable differences between two aggregate frames (window, keys, metrics)."""
+    key = [*agg.WINDOW, *spec.keys]
+    metrics = agg.metric_columns(spec)
+    got = got.select(agg.value_columns(spec)).cast(dict(expected.schema))  # type: ignore[arg-type]
+    joined = expected.with_columns(pl.lit(True).alias("_raw")).join(
+        got.with_columns(pl.lit(True).alias("_table")),
+        on=key,
+        how="full",
+        suffix="_table",
+        nulls_equal=True,
+        coalesce=True,
+    )
+    out: list[str] = []
+    for r in joined.to_dicts():
+        where = _fmt(r, key)
+        if not r["_table"]:
+            out.append(
+                f"{spec.name}: window {where} is missing from the table (raw gives {_fmt(r, metrics)})"
+            )
+        elif not r["_raw"]:
+            out.append(f"{spec.name}: window {where} is in the table but not in a recompute from raw")
+        else:
+            diffs = [
+                f"{m}: table {r[f'{m}_table']} != raw {r[m]}"
+                for m in metrics
+                if not _same(r[m], r[f"{m}_table"])
+            ]
+            if diffs:
+                out.append(f"{spec.name}: window {where}: " + "; ".join(diffs))
+    return out
+
+
+def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, str] | None) -> None:
+    from tidegate.lake.projection import app_id
+
+    name = f"aggregates/{spec.name}: equals a recompute from raw"
+    table = _open(aggregate_uri(lake, spec.name), storage)
+    current = _open(raw_uri(lake, spec.source), storage)
+    assert current is not None
+    if table is None:
+        report.check(
+            name,
+            False,
+            "table missing",
+            [
+                f"aggregates/{spec.name} does not exist: `tidegate ingest` builds it, `tidegate replay {spec.name}` rebuilds it"
+            ],
+        )
+        return
+    version = table.transaction_version(app_id(spec))
+    raw_at = _open(raw_uri(lake, spec.source), storage, version=version) if version is not None else None
+    cols = agg.source_columns(spec)
+    if raw_at is None:
+        rows = pl.DataFrame()
+        expected = pl.DataFrame(schema=dict.fromkeys(agg.value_columns(spec), pl.Null))
+    else:
+        names = set(pa.schema(raw_at.schema().to_arrow()).names)
+        rows = pl.from_arrow(raw_at.to_pyarrow_table(columns=[c for c in dict.fromkeys(cols) if c in names]))  # type: ignore[assignment]
+        if "seen_max_event_time" not in rows.columns:
+            rows = rows.with_columns(
+                pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("seen_max_event_time")
+            )
+        expected = agg.compute(rows, spec)
+    got = pl.from_arrow(table.to_pyarrow_table(columns=agg.value_columns(spec)))
+    assert isinstance(got, pl.DataFrame)
+    problems = (
+        window_diff(expected, got, spec)
+        if raw_at is not None
+        else [f"{spec.name}: table has no raw version marker"]
+    )
+    behind = current.version() - (version if version is not None else -1)
+    report.check(
+        name,
+        not problems,
+        f"{got.height:,} windows, raw version {version}"
+        + (f" ({behind} raw version(s) not projected yet: the next ingest catches up)" if behind > 0 else ""),
+        problems[:50],
+    )
+    if raw_at is None:
+        return
+    expected_late = agg.late_pairs(rows, spec).select("event_id", "window_start")
+    ledger_table = _open(late_uri(lake), storage)
+    ledger = (
+        pl.from_arrow(ledger_table.to_pyarrow_table(columns=["aggregate", "event_id", "window_start"]))
+        if ledger_table is not None
+        else pl.DataFrame(
+            schema={"aggregate": pl.String, "event_id": pl.String, "window_start": pl.Datetime("us", "UTC")}
+        )
+    )
+    assert isinstance(ledger, pl.DataFrame)
+    ledger = ledger.filter(pl.col("aggregate") == spec.name).select("event_id", "window_start")
+    missing = expected_late.join(ledger, on=["event_id", "window_start"], how="anti")
+    extra = (
+        ledger.join(expected_late, on=["event_id", "window_start"], how="anti")
+        if behind <= 0
+        else ledger.head(0)
+    )
+    report.check(
+        f"aggregates/_late: {spec.name} late pairs match raw history",
+        missing.height == 0 and extra.height == 0,
+        f"{expected_late.height:,} late (event, window) pairs",
+        [f"{spec.name}: late pair {r} missing from the ledger" for r in missing.head(20).to_dicts()]
+        + [
+            f"{spec.name}: ledger holds {r}, which raw history does not make late"
+            for r in extra.head(20).to_dicts()
+        ],
+    )
+
+
+def _late_vs_manifest(
+    report: Report,
+    lake: str,
+    manifest: Path,
+    aggregates: Sequence[AggregateSpec],
+    storage: dict[str, str] | None,
+) -> None:
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    sent_late = {(r["type"], r["ce_id"]) for r in rows if r["kind"] == "late"}
+    table = _open(late_uri(lake), storage)
+    ledger = (
+        pl.from_arrow(table.to_pyarrow_table(columns=["aggregate", "event_type", "event_id"])).unique()
+        if table is not None
+        else pl.DataFrame(schema={"aggregate": pl.String, "event_type": pl.String, "event_id": pl.String})
+    )
+    assert isinstance(ledger, pl.DataFrame)
+    in_ledger = {(r["aggregate"], r["event_id"]) for r in ledger.to_dicts()}
+    no_watermark: set[tuple[str, str]] = set()
+    anonymous: dict[str, set[str]] = {}  # per session aggregate: events without a session key
+    for t in {t for t, _ in sent_late}:
+        raw = _open(raw_uri(lake, t), storage)
+        if raw is None:
+            continue
+        keys = sorted({k for s in aggregates if s.source == t and s.window.type == "session" for k in s.keys})
+        df = pl.from_arrow(raw.to_pyarrow_table(columns=["event_id", "seen_max_event_time", *keys]))
+        assert isinstance(df, pl.DataFrame)
+        no_watermark |= {
+            (t, e) for e in df.filter(pl.col("seen_max_event_time").is_null()).get_column("event_id")
+        }
+        for s in aggregates:
+            if s.source == t and s.window.type == "session" and s.keys:
+                nulls = df.filter(pl.any_horizontal([pl.col(k).is_null() for k in s.keys]))
+                anonymous[s.name] = set(nulls.get_column("event_id"))
+    problems = []
+    for spec in aggregates:
+        for t, eid in sorted(sent_late):
+            if (
+                t == spec.source
+                and (spec.name, eid) not in in_ledger
+                and (t, eid) not in no_watermark
+                and eid not in anonymous.get(spec.name, set())  # never sessionized: not late either
+            ):
+                problems.append(f"{spec.name}: event {eid} was sent late but is not in the late ledger")
+    on_time = {
+        (r["type"], r["ce_id"]) for r in rows if r["expect"] == "raw"
+    } - sent_late  # duplicates of late ones are late
+    for r in ledger.to_dicts():
+        if (r["event_type"], r["event_id"]) in on_time:
+            problems.append(
+                f"{r['aggregate']}: event {r['event_id']} was not sent late but is in the late ledger"
+            )
+    report.check(
+        "manifest: late events are in the late ledger, and only they",
+        not problems,
+        f"{len(sent_late):,} events sent late, {ledger.height:,} ledger entries",
+        problems,
+    )
+
+
+__all__ = ["Report", "verify", "window_diff"]

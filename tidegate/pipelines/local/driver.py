@@ -1,0 +1,368 @@
+"""The local micro-batch loop: take leased messages, run them through Beam, account, ack.
+
+    tidegate ingest --until-idle 5        # drain the subscriptions, stop after 5 s of nothing
+    tidegate ingest --follow              # run until Ctrl-C (the current batch finishes)
+
+How a message moves, and which thread owns it (docs/architecture.md has the picture):
+1. a **puller** thread per subscription pulls it and puts it on a short lease (`consumer.py`);
+   the **lease** thread extends it every few seconds while tidegate holds it;
+2. the **driver** (this module, the caller's thread) takes up to `max_batch` buffered messages
+   and runs them as one Beam pipeline (`batch.py`); a message that crashes it is isolated and
+   nacked, the rest commits raw history, quarantine and `_quality`;
+3. the driver accounts for every message from the commits (`accounting.account`), or stops
+   without acking;
+4. the **bookkeeper** thread appends the ledger row, then acks, then writes lineage and metrics
+   (`accounting.Bookkeeper`), while the driver already runs the next batch;
+5. the **projector** thread brings the aggregates up to the new raw versions (`projection.py`).
+
+Crash points (the exactly-once argument): killed before a commit, nothing was written and
+nothing acked, the leases lapse and Pub/Sub redelivers within `lease_seconds`; killed after the
+commits and before the ack, the redelivered messages are found by the writers' dedup (the key
+index, lake.keyindex; the MERGE on an object-store lake) and skipped as duplicates. A clean stop (Ctrl-C, an error) nacks whatever was not committed.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tidegate.catalog import Catalog
+from tidegate.infra.pubsub import subscriber, subscription_path
+from tidegate.lake.lock import is_locked_lake, lake_lock
+from tidegate.lake.tables import table_uris
+from tidegate.transforms.ingest import IngestConfig, TableCommit, suite_validator, worker_state
+
+from .accounting import BatchOutcome, Bookkeeper, RunSummary, account
+from .batch import BatchRunner
+from .compaction import Compactor
+from .consumer import Consumer, ConsumerOptions, Leased
+from .projection import BackgroundProjector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    max_batch: int = 20_000
+    max_wait: float = 2.0  # longest wait for a batch's first message before checking idle / stop
+    until_idle: float | None = 5.0
+    follow: bool = False
+    fill: float = 0.1  # once a message is there, how long to gather more
+    # messages arriving faster than this (per second) during the fill mean a backlog: then gather
+    # up to `backlog_fill` seconds (or max_batch) so the batch's fixed cost is spread wide
+    backlog_rate: float = 5_000.0
+    backlog_fill: float = 1.5
+    heartbeat_seconds: float = 30.0
+    # compaction on its own thread (follow mode, or any run longer than this): every this many
+    # seconds, partitions with at least `compact_min_files` small files (lake.maintenance)
+    compact_every: float = 20.0
+    compact_min_files: int = 16
+    consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What `--follow` prints every `heartbeat_seconds`."""
+
+    seconds: float  # since the run started
+    messages: int  # accounted in the last interval
+    rate: float  # msg/s over the last interval
+    held: int  # leased by this process: buffered + in the batch being committed
+    buffered: int
+    last_commit: datetime | None
+    batches: int
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+
+
+def ingest_config(
+    catalog: Catalog, lake: str, production: bool, pii_key_secret: str | None = None
+) -> IngestConfig:
+    """A fresh run's IngestConfig (new run id, this code's version and git sha, the lake's
+    storage options): the CLI, the Dataflow launcher and the Flex Template entry point."""
+    from tidegate import settings
+    from tidegate.version import code_version, git_sha
+
+    return IngestConfig(
+        lake=lake,
+        run_id=new_run_id(),
+        catalog_path=str(catalog.path),
+        code_version=code_version(),
+        git_sha=git_sha(),
+        production=production,
+        storage_options=tuple(sorted((settings.storage_options() or {}).items())),
+        pii_key_secret=pii_key_secret,
+    )
+
+
+class LocalIngest:
+    """The micro-batch loop. `run()` until idle or interrupted (`stop_requested = True` from
+    another thread stops it after the current batch)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        address: str | None,
+        config: IngestConfig,
+        options: LocalOptions,
+        project: str | None = None,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
+        subscriptions: list[str] | None = None,
+        on_heartbeat: Callable[[Heartbeat], None] | None = None,
+    ) -> None:
+        """`subscriptions`: read these instead of the catalog streams' (e.g. the dead-letter
+        subscription: messages are validated by their content, not by where they came from)."""
+        self.catalog = catalog
+        self.address = address
+        self.config = config
+        self.options = options
+        self.project = project or catalog.project
+        self.on_batch = on_batch
+        self.on_heartbeat = on_heartbeat
+        self.stop_requested = False
+        names = subscriptions or [s.subscription for s in catalog.streams]
+        self.paths = {subscription_path(self.project, name): name for name in names}
+        # the lake lock (taken before the first batch) makes this process the lake's only writer
+        self.runner = BatchRunner(config, single_writer=is_locked_lake(config.lake))
+        self._seq = 0
+        self._lineage: Any = None
+
+    # -- lineage ---------------------------------------------------------------------------
+
+    @property
+    def lineage(self) -> Any:
+        """OpenLineage events of this run and its batches (lake.openlineage)."""
+        if self._lineage is None:
+            from tidegate.lake.openlineage import LineageEmitter
+
+            self._lineage = LineageEmitter(self.config.lake)
+        return self._lineage
+
+    def _inputs(self, subscriptions: set[str]) -> list[tuple[str, str]]:
+        from tidegate.lake.openlineage import subscription_dataset
+
+        return [subscription_dataset(self.project, s) for s in sorted(subscriptions)]
+
+    def _outputs(self, commits: list[TableCommit]) -> list[Any]:
+        from tidegate.lake.openlineage import OutputTable
+        from tidegate.lake.tables import raw_schema
+
+        _, registry = worker_state(self.config.catalog_path)
+        quality = [d for c in commits if c.kind == "quality" for d in c.details]
+        out = []
+        for c in commits:
+            if c.version is None:
+                continue
+            schema = raw_schema(registry.types[c.event_type]) if c.kind == "raw" else None
+            assertions = [
+                {"expectation": e, "column": col, "success": ok}
+                for t, e, col, ok in quality
+                if t == c.event_type
+            ]
+            out.append(
+                OutputTable(c.table, c.version, c.inserted, c.files, c.bytes, schema, assertions or None)
+            )
+        return out
+
+    def _projector(self) -> Any:
+        from tidegate.lake.projection import Projector
+
+        catalog, registry = worker_state(self.config.catalog_path)
+        return Projector(
+            catalog,
+            registry,
+            self.config.lake,
+            run_id=self.config.run_id,
+            code_version=self.config.code_version,
+            git_sha=self.config.git_sha,
+            storage=self.config.storage,
+        )
+
+    # -- one micro-batch -------------------------------------------------------------------
+
+    def run_batch(self, leased: list[Leased], consumer: Consumer, bookkeeper: Bookkeeper) -> BatchOutcome:
+        """Run, account, hand to the bookkeeper; the caller hands it to the projector."""
+        self._seq += 1
+        batch_id = f"{self.config.run_id}-{self._seq:06d}"
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        messages = [x.message for x in leased]
+        subscriptions = {m.subscription for m in messages}
+        parent = ("ingest", self.config.run_id)
+        self.lineage.emit(
+            "START", "ingest.batch", batch_id, parent=parent, inputs=self._inputs(subscriptions)
+        )
+        try:
+            run = self.runner.run(batch_id, messages)
+            # every message of the batch is visible in Delta once its raw and quarantine commits
+            # are done (the _quality commit and Beam's teardown come after)
+            data = [c.committed_at for c in run.commits if c.kind in ("raw", "quarantine")]
+            committed_at = max(data) if data else time.time()
+            if run.poison:
+                poison = set(run.poison)
+                consumer.nack([leased[i] for i in run.poison])
+                leased = [x for i, x in enumerate(leased) if i not in poison]
+                messages = [x.message for x in leased]
+            outcome = account(batch_id, self.config.run_id, run, messages, started_at)
+        except BaseException as exc:
+            self.lineage.emit(
+                "FAIL",
+                "ingest.batch",
+                batch_id,
+                parent=parent,
+                inputs=self._inputs(subscriptions),
+                error=f"{exc.__class__.__name__}: {exc}",
+            )
+            raise
+        outcome.stages["beam"] = run.beam_seconds
+        # publish -> visible in Delta (the raw/quarantine commits are done at committed_at)
+        outcome.published = [m.publish_time.timestamp() for m in messages if m.publish_time is not None]
+        outcome.publish_latencies = [committed_at - p for p in outcome.published]
+        outcome.seconds = time.perf_counter() - t0
+        bookkeeper.submit(outcome, leased, run, subscriptions)
+        return outcome
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        summary = RunSummary(self.config.run_id)
+        t0 = time.perf_counter()
+        with lake_lock(self.config.lake):  # first: a second ingest must touch nothing of the lake
+            self._run(summary)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    def _run(self, summary: RunSummary) -> None:
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_requested:  # second Ctrl-C: give up at once (nothing acked is lost)
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, request_stop)
+        inputs = self._inputs(set(self.paths.values()))
+        self.lineage.emit(
+            "START", "ingest", self.config.run_id, inputs=inputs, tidegate_run_id=self.config.run_id
+        )
+        client = subscriber(self.address)
+        consumer = Consumer(client, self.paths, self.options.consumer)
+        failed: BaseException | None = None
+        background: BackgroundProjector | None = None
+        try:
+            consumer.start()  # pull (and lease) while the rest warms up
+            # Contracts and GX suites once per process, before the first message needs them (in
+            # --follow the first batch after an idle start would otherwise wait seconds for GX).
+            suite_validator(self.config.catalog_path)
+            if self.catalog.aggregates:
+                # its first round heals: whatever an earlier run committed to raw but never
+                # projected is projected before any batch of this run
+                background = BackgroundProjector(self._projector(), heal=True)
+            bookkeeper = Bookkeeper(self.config, consumer, self.lineage, self._inputs, self._outputs)
+            compactor = Compactor(
+                table_uris(
+                    self.config.lake, self.catalog.event_types, [a.name for a in self.catalog.aggregates]
+                ),
+                self.options.compact_every,
+                self.options.compact_min_files,
+                self.config.storage,
+            )
+            try:
+                self._loop(consumer, bookkeeper, background, summary)
+            finally:
+                compactor.close()
+                bookkeeper.close()
+            if background is not None:
+                # leave the aggregates up to date with everything this run committed
+                summary.late = background.close()
+                background = None
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            self.lineage.emit(
+                "FAIL" if failed is not None else "COMPLETE",
+                "ingest",
+                self.config.run_id,
+                inputs=inputs,
+                error=f"{failed.__class__.__name__}: {failed}" if failed is not None else None,
+                tidegate_run_id=self.config.run_id,
+            )
+            self.stop_requested = True
+            if background is not None:
+                background.close(catch_up=False)
+            returned = consumer.close()
+            if returned:
+                log.info("handed %d uncommitted message(s) back to Pub/Sub", returned)
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+            client.close()
+
+    def _loop(
+        self,
+        consumer: Consumer,
+        bookkeeper: Bookkeeper,
+        background: BackgroundProjector | None,
+        summary: RunSummary,
+    ) -> None:
+        o = self.options
+        started = last_beat = time.monotonic()
+        beat_messages = 0
+        last_commit: datetime | None = None
+        while not self.stop_requested:
+            bookkeeper.raise_error()
+            now = time.monotonic()
+            if o.follow and self.on_heartbeat and now - last_beat >= o.heartbeat_seconds:
+                self.on_heartbeat(
+                    Heartbeat(
+                        now - started,
+                        beat_messages,
+                        beat_messages / (now - last_beat),
+                        consumer.held_messages,
+                        consumer.buffered,
+                        last_commit,
+                        summary.batches,
+                    )
+                )
+                last_beat, beat_messages = now, 0
+            wait = min(o.max_wait, 0.5, o.heartbeat_seconds)
+            if not o.follow and o.until_idle is not None:
+                wait = min(wait, max(o.until_idle, 0.05))
+            leased = consumer.take(
+                o.max_batch,
+                wait=wait,
+                fill=min(o.fill, o.max_wait),
+                backlog_rate=o.backlog_rate,
+                backlog_fill=min(o.backlog_fill, o.max_wait),
+            )
+            if not leased:
+                if not o.follow and o.until_idle is not None and consumer.idle_for() >= o.until_idle:
+                    summary.stopped_by = f"idle for {o.until_idle:g}s"
+                    return
+                continue
+            outcome = self.run_batch(leased, consumer, bookkeeper)
+            if summary.batches == 0:
+                # everything built so far (modules, contracts, GX, the batch graph) lives as long
+                # as the process: keep it out of the collector's full passes (120-350 ms pauses)
+                gc.freeze()
+            last_commit = datetime.now(UTC)
+            beat_messages += outcome.received
+            summary.add(outcome)
+            if outcome.raw_versions and background is not None:
+                background.submit(outcome, outcome.published, set(outcome.raw_versions))
+            if self.on_batch:
+                self.on_batch(outcome)
+        if not summary.stopped_by:
+            summary.stopped_by = "interrupted (current batch finished)"

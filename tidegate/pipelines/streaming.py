@@ -1,0 +1,238 @@
+"""Streaming mode: the same composites behind `ReadFromPubSub`, for Dataflow.
+
+    tidegate ingest --mode streaming --runner DataflowRunner --project P --region R \
+        --lake gs://bucket/lake --dry-run --job-file job.json     # build the job offline
+
+    ReadEvents (one ReadFromPubSub per catalog subscription, with attributes)
+      -> ToChunks (GroupIntoBatches per shard: up to N messages or S seconds)
+      -> Ingest (DecodeEnvelope -> ValidateContract -> ValidateExpectations
+                 -> WriteRawHistory / WriteQuarantine)
+      -> per aggregate: ComputeWindowedAggregates/<name> (the committed raw rows, split by the
+         same lateness rule as local mode, then Beam windows: watermark trigger, early firings,
+         a late firing per late element, accumulating panes)
+         -> WriteAggregates/<name> (guarded upsert: the newest pane wins; late pairs to the ledger)
+      -> BalanceLedger -> WriteLedger (one `_ledger` row per chunk once its messages are all
+         accounted for; tidegate/transforms/ledger.py)
+
+On Dataflow, `ReadFromPubSub` acks a message only once the step that read it is durably
+checkpointed, so a crash replays unacked messages; the insert-only MERGE on event id makes the
+replay harmless (exactly once in the table). Options that matter there:
+- `id_label="ce-id"`: Dataflow drops redeliveries of the same ce-id within ~10 minutes before
+  they cost anything (the MERGE catches the rest). Beam's local runners do not implement it.
+- `timestamp_attribute="ce-time"`: element timestamps and the watermark follow event time
+  (what aggregates window on). A message whose ce-time is missing or not RFC 3339 cannot be
+  read with it; Pub/Sub redelivers it and, after the catalog's max_delivery_attempts, moves it
+  to the dead-letter topic (never silently dropped). Off by default locally.
+- Step names are stable ("ReadEvents/<subscription>", "ToChunks", "Ingest/...") so
+  `--update` can replace a running job in place.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.pvalue import PCollection
+
+from tidegate.catalog import Catalog
+from tidegate.expectations.envelope import RawMessage
+from tidegate.transforms.ingest import Ingest, IngestConfig
+from tidegate.transforms.ingest_types import Chunk
+
+
+def _to_raw(message: Any, subscription: str) -> RawMessage:
+    publish_time = message.publish_time
+    return RawMessage(
+        data=message.data or b"",
+        attributes=dict(message.attributes or {}),
+        message_id=message.message_id or "",
+        publish_time=publish_time,
+        subscription=subscription,
+    )
+
+
+class ReadEvents(beam.PTransform):
+    """One ReadFromPubSub per subscription of the catalog, flattened to RawMessages."""
+
+    def __init__(
+        self, catalog: Catalog, project: str, id_label: str | None, timestamp_attribute: str | None
+    ) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.project = project
+        self.id_label = id_label
+        self.timestamp_attribute = timestamp_attribute
+
+    def expand(self, pbegin: Any) -> PCollection:
+        from apache_beam.io.gcp.pubsub import ReadFromPubSub
+
+        reads = []
+        for stream in self.catalog.streams:
+            path = f"projects/{self.project}/subscriptions/{stream.subscription}"
+            kwargs: dict[str, Any] = {"subscription": path, "with_attributes": True}
+            if self.id_label:
+                kwargs["id_label"] = self.id_label
+            if self.timestamp_attribute:
+                kwargs["timestamp_attribute"] = self.timestamp_attribute
+            reads.append(
+                pbegin
+                | f"Read/{stream.subscription}" >> ReadFromPubSub(**kwargs)
+                | f"ToRaw/{stream.subscription}" >> beam.Map(_to_raw, stream.subscription)
+            )
+        return tuple(reads) | "Merge" >> beam.Flatten()
+
+
+class ToChunks(beam.PTransform):
+    """Messages -> chunks of up to `size` messages or `seconds` of buffering, per shard."""
+
+    def __init__(self, size: int, seconds: float, shards: int) -> None:
+        super().__init__()
+        self.size = size
+        self.seconds = seconds
+        self.shards = shards
+
+    def expand(self, messages: PCollection) -> PCollection:
+        shards = self.shards
+        return (
+            messages
+            | "Shard" >> beam.WithKeys(lambda _m: random.randrange(shards))
+            | "Batch" >> beam.GroupIntoBatches(self.size, max_buffering_duration_secs=self.seconds)
+            | "Chunk"
+            >> beam.MapTuple(lambda _k, ms: Chunk(f"{uuid.uuid4().hex[:12]}", list(ms))).with_output_types(
+                Chunk
+            )
+        )
+
+
+def build(
+    pipeline: beam.Pipeline,
+    catalog: Catalog,
+    config: IngestConfig,
+    *,
+    project: str,
+    chunk_size: int = 5000,
+    chunk_seconds: float = 5.0,
+    shards: int = 4,
+    id_label: str | None = "ce-id",
+    timestamp_attribute: str | None = "ce-time",
+    early_firing_seconds: int = 30,
+) -> PCollection:
+    from dataclasses import replace
+
+    from tidegate.lake.aggregates import source_columns
+    from tidegate.transforms.aggregate import (
+        ComputeWindowedAggregates,
+        StreamingAggregateConfig,
+        StreamSinkConfig,
+        WriteAggregatePanes,
+    )
+    from tidegate.transforms.ledger import BalanceLedger, WriteLedger
+
+    specs = [a for a in catalog.aggregates if a.source in catalog.event_types]
+    columns: dict[str, list[str]] = {}
+    for spec in specs:
+        columns.setdefault(spec.source, []).extend(source_columns(spec))
+    config = replace(
+        config,
+        emit_rows=tuple((t, tuple(dict.fromkeys(c))) for t, c in sorted(columns.items())),
+        commit_per_chunk=True,  # every commit belongs to one chunk: the ledger balances per chunk
+    )
+    messages = pipeline | "ReadEvents" >> ReadEvents(catalog, project, id_label, timestamp_attribute)
+    chunks = messages | "ToChunks" >> ToChunks(chunk_size, chunk_seconds, shards)
+    ingested = chunks | "Ingest" >> Ingest(config)
+    ledger = chunks | "BalanceLedger" >> BalanceLedger(config, ingested.commits)
+    _ = ledger | "WriteLedger" >> WriteLedger(config)
+    for spec in specs:
+        rows = ingested.rows | f"Rows/{spec.name}" >> beam.Filter(lambda c, t=spec.source: c[0] == t)
+        windowed = rows | f"ComputeWindowedAggregates/{spec.name}" >> ComputeWindowedAggregates(
+            StreamingAggregateConfig(spec.model_dump_json(), early_firing_seconds)
+        )
+        _ = windowed | f"WriteAggregates/{spec.name}" >> WriteAggregatePanes(
+            StreamSinkConfig(
+                lake=config.lake,
+                catalog_path=config.catalog_path,
+                spec_json=spec.model_dump_json(),
+                run_id=config.run_id,
+                code_version=config.code_version,
+                git_sha=config.git_sha,
+                storage_options=config.storage_options,
+            )
+        )
+    return ingested.commits
+
+
+def dataflow_dry_run(
+    catalog: Catalog,
+    config: IngestConfig,
+    *,
+    project: str,
+    region: str,
+    temp_location: str,
+) -> dict[str, Any]:
+    """Build the streaming Dataflow job offline (`DataflowRunner --dry_run`): nothing is
+    staged or submitted, no credentials are needed. Returns the job type, its options and the
+    portable pipeline graph (what Dataflow Runner v2 executes). See tidegate/pipelines/dataflow.py."""
+    from tidegate.pipelines.dataflow import DataflowTarget, build_streaming, job_name, run
+
+    target = DataflowTarget(project=project, region=region, temp_location=temp_location, lake=config.lake)
+    return run(
+        "streaming",
+        target,
+        lambda p: build_streaming(p, catalog, target, config),
+        dry_run=True,
+        name=job_name("ingest", target),
+    )
+
+
+def run_local_streaming(
+    catalog: Catalog,
+    config: IngestConfig,
+    *,
+    address: str,
+    project: str,
+    seconds: float,
+    chunk_size: int = 100,
+    until: Any = None,
+) -> None:
+    """Smoke run on Beam's local streaming runner against the emulator, for at most `seconds`
+    (or until `until()` is true, checked every second).
+
+    Only for checking the streaming graph end to end: that runner acks before processing
+    (a crash loses data) and does not implement `id_label`, so production local ingestion is
+    the micro-batch mode (pipelines.local).
+    """
+    import os
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+    previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+    os.environ["PUBSUB_EMULATOR_HOST"] = address  # Beam's Pub/Sub client reads only this
+    options = PipelineOptions(["--streaming"])
+    pipeline = beam.Pipeline(runner=BundleBasedDirectRunner(), options=options)
+    build(
+        pipeline,
+        catalog,
+        config,
+        project=project,
+        chunk_size=chunk_size,
+        chunk_seconds=1.0,
+        shards=1,
+        id_label=None,
+        timestamp_attribute=None,
+    )
+    import time
+
+    try:
+        result = pipeline.run()  # the direct runner executes in background threads
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until is not None and until()):
+            time.sleep(1.0)
+        result.cancel()
+    finally:
+        if previous is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = previous

@@ -1,0 +1,720 @@
+"""Beam composites of the ingest pipeline: thin adapters over pure functions.
+
+    chunks -> DecodeEnvelope -> ValidateContract -> ValidateExpectations -> WriteRawHistory
+                    \\                  \\                    \\
+                     +------------------+--------------------+--> WriteQuarantine
+
+The element is a **chunk** (`Chunk`: a batch id and a list of messages), never a single
+message: every DoFn pays Beam's per-element overhead once per chunk, GX validates a whole
+chunk per event type, and each writer commits once per bundle per table. In local mode a
+micro-batch is one chunk; in streaming mode `GroupIntoBatches` makes the chunks.
+
+Each validating composite returns `Validated(valid, invalid)`: callers never juggle tags,
+and the pipeline flattens every `invalid` into `WriteQuarantine`, so nothing is dropped.
+Writers buffer in `process` and commit in `finish_bundle` (one commit per table per bundle),
+idempotently on the key, so a retried bundle or a redelivered message changes nothing: through
+`tidegate.lake.writer.insert_new` (an insert-only MERGE: streaming workers are many writers) or, when
+the process is the lake's only writer (`single_writer`, local mode under the lake lock),
+`tidegate.lake.writer.append_new` (an in-memory key index, then an append). In local mode the writers
+hand their commits to `COMMITS` so every table of a batch commits side by side
+(`parallel_commits`). Only `TerminalError`-like data problems become
+quarantine rows; infrastructure errors propagate so the runner (or the local driver)
+retries and never acks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics.metric import Metrics
+from apache_beam.pvalue import PCollection, TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from tidegate.expectations.checks import (
+    Rejection,
+    ValidEvent,
+    contract_stage,
+    decode_stage,
+    expectations_stage,
+)
+from tidegate.expectations.envelope import Envelope, RawMessage
+from tidegate.faults import InjectedCrash, crash_on, fault_point, transient_fault
+from tidegate.transforms import coders as _coders  # noqa: F401 - registers the chunk coders
+from tidegate.transforms.dofn import TidegateDoFn
+from tidegate.transforms.ingest_types import Chunk, Decoded, Rejected, Typed
+
+INVALID = "invalid"
+QUALITY = "quality"
+ROWS = "rows"
+
+
+class Validated(NamedTuple):
+    valid: PCollection
+    invalid: PCollection
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything a worker needs, small and picklable (never PipelineOptions)."""
+
+    lake: str
+    run_id: str
+    catalog_path: str
+    code_version: str
+    git_sha: str
+    production: bool = False
+    storage_options: tuple[tuple[str, str], ...] = ()
+    # streaming mode: per event type, the columns of committed raw rows to emit downstream
+    # (to the windowed aggregates); empty in local mode, where aggregates project from Delta
+    emit_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # streaming mode: the raw and quarantine writers commit once per chunk (not per bundle), so
+    # every commit belongs to exactly one chunk and the ledger can balance chunk by chunk
+    commit_per_chunk: bool = False
+    # Secret Manager secret version holding the PII key (workers fetch it; see tidegate/lake/pii.py)
+    pii_key_secret: str | None = None
+    # local mode: the writers hand their commits to COMMITS (all tables of a batch commit side by
+    # side, raw, quarantine and _quality alike) instead of committing one after the other in
+    # Beam's finish_bundle order; the caller drains them by batch id (tidegate/pipelines/local/batch.py)
+    parallel_commits: bool = False
+    # local mode: this process is the lake's only writer (it holds the lake lock), so the writers
+    # dedup against an in-memory key index and append (lake.writer.append_new) instead of the
+    # insert-only MERGE that concurrent streaming workers need
+    single_writer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.parallel_commits and self.emit_rows:
+            raise ValueError("parallel_commits cannot emit committed rows downstream (streaming mode)")
+
+    @property
+    def storage(self) -> dict[str, str] | None:
+        return dict(self.storage_options) or None
+
+
+@contextlib.contextmanager
+def _timed(distribution: Any) -> Iterator[None]:
+    """Milliseconds of the block into a Beam distribution (per-stage cost in `_metrics`)."""
+    started = time.perf_counter()
+    yield
+    distribution.update(int((time.perf_counter() - started) * 1000))
+
+
+def _global(value: Any) -> WindowedValue:
+    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
+
+
+@functools.lru_cache(maxsize=4)
+def worker_state(catalog_path: str) -> tuple[Any, Any]:
+    """Catalog and contracts, loaded once per worker process (not per DoFn, run or bundle).
+
+    The local driver runs one short Beam pipeline per micro-batch in this same process, so
+    caching here (rather than in `DoFn.setup`) keeps GX contexts and contract compilation
+    from being rebuilt every batch. On Dataflow it is once per worker process.
+    """
+    from tidegate.catalog import load_catalog
+    from tidegate.expectations.contracts import ContractRegistry
+
+    catalog = load_catalog(catalog_path)
+    return catalog, ContractRegistry.from_catalog(catalog)
+
+
+@functools.lru_cache(maxsize=4)
+def suite_validator(catalog_path: str) -> Any:
+    from tidegate.expectations.suites import SuiteValidator
+
+    return SuiteValidator(worker_state(catalog_path)[1])
+
+
+@functools.lru_cache(maxsize=4)
+def suite_fingerprints(catalog_path: str) -> dict[str, str]:
+    """Per event type, the fingerprint of the suite this process validates with (loaded once,
+    like the validator itself: an edited suite file takes effect in the next run)."""
+    from tidegate.expectations.suites import suite_fingerprint
+
+    registry = worker_state(catalog_path)[1]
+    return {t: suite_fingerprint(c.suite_path) for t, c in registry.types.items() if c.suite_path}
+
+
+@functools.lru_cache(maxsize=4)
+def raw_schemas(catalog_path: str) -> dict[str, Any]:
+    from tidegate.lake.tables import raw_schema
+
+    return {t: raw_schema(c) for t, c in worker_state(catalog_path)[1].types.items()}
+
+
+class _CatalogFn(TidegateDoFn):
+    """Loads the catalog and contracts once per worker (setup), not per element."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+
+    def setup(self) -> None:
+        self.catalog, self.registry = worker_state(self.config.catalog_path)
+
+
+class DecodeEnvelopeFn(_CatalogFn):
+    def setup(self) -> None:
+        super().setup()
+        self.decoded = Metrics.counter("tidegate", "events_in")
+        self.rejected = Metrics.counter("tidegate", "rejected_envelope")
+        self.crash_on = crash_on()
+        self.ms = Metrics.distribution("tidegate", "decode_ms")
+
+    def process(self, chunk: Chunk) -> Iterator[Any]:
+        items: list[tuple[RawMessage, Envelope]] = []
+        bad: list[Rejection] = []
+        with _timed(self.ms):
+            for m in chunk.messages:
+                if self.crash_on is not None and m.attributes.get("ce-id") == self.crash_on:
+                    raise InjectedCrash(f"injected crash on ce-id {self.crash_on}")
+                result = decode_stage(m, self.catalog)
+                if isinstance(result, Rejection):
+                    bad.append(result)
+                else:
+                    items.append((m, result))
+        self.decoded.inc(len(chunk.messages))
+        self.rejected.inc(len(bad))
+        yield Decoded(chunk.batch_id, items)
+        if bad:
+            yield beam.pvalue.TaggedOutput(INVALID, Rejected(chunk.batch_id, bad))
+
+
+class ValidateContractFn(_CatalogFn):
+    def setup(self) -> None:
+        super().setup()
+        self.rejected = Metrics.counter("tidegate", "rejected_contract")
+        self.ms = Metrics.distribution("tidegate", "contract_ms")
+
+    def process(self, decoded: Decoded) -> Iterator[Any]:
+        good: list[ValidEvent] = []
+        bad: list[Rejection] = []
+        with _timed(self.ms):
+            for m, env in decoded.items:
+                result = contract_stage(m, env, self.registry)
+                (bad if isinstance(result, Rejection) else good).append(result)  # type: ignore[arg-type]
+        self.rejected.inc(len(bad))
+        yield Typed(decoded.batch_id, good)
+        if bad:
+            yield beam.pvalue.TaggedOutput(INVALID, Rejected(decoded.batch_id, bad))
+
+
+class ValidateExpectationsFn(_CatalogFn):
+    def setup(self) -> None:
+        super().setup()
+        self.validator = suite_validator(self.config.catalog_path)  # GX context: once per worker
+        self.rejected = Metrics.counter("tidegate", "rejected_expectations")
+        self.ms = Metrics.distribution("tidegate", "gx_ms")
+
+    def process(self, typed: Typed) -> Iterator[Any]:
+        with _timed(self.ms):
+            valid, rejected, outcomes = expectations_stage(typed.events, self.validator)
+        self.rejected.inc(len(rejected))
+        yield Typed(typed.batch_id, valid)
+        if rejected:
+            yield beam.pvalue.TaggedOutput(INVALID, Rejected(typed.batch_id, rejected))
+        if outcomes:
+            yield beam.pvalue.TaggedOutput(QUALITY, (typed.batch_id, outcomes))
+
+
+class _ValidationStage(beam.PTransform):
+    """One validation stage: a ParDo with a `valid` and an `invalid` output (+ extra tags)."""
+
+    fn: type[beam.DoFn]
+    valid_type: type
+    extra_tags: tuple[str, ...] = ()
+
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, pcoll: PCollection) -> Validated:
+        out = pcoll | beam.ParDo(self.fn(self.config)).with_outputs(INVALID, *self.extra_tags, main="valid")
+        self.extra = {tag: out[tag] for tag in self.extra_tags}
+        # Declared element types make Beam pick the chunk coders (cheap size sampling).
+        out.valid.element_type = self.valid_type
+        out[INVALID].element_type = Rejected
+        return Validated(out.valid, out[INVALID])
+
+
+class DecodeEnvelope(_ValidationStage):
+    fn = DecodeEnvelopeFn
+    valid_type = Decoded
+
+
+class ValidateContract(_ValidationStage):
+    fn = ValidateContractFn
+    valid_type = Typed
+
+
+class ValidateExpectations(_ValidationStage):
+    """GX suites per event type per chunk; the per-expectation outcomes go to `extra[QUALITY]`."""
+
+    fn = ValidateExpectationsFn
+    valid_type = Typed
+    extra_tags = (QUALITY,)
+
+
+@dataclass(frozen=True)
+class TableCommit:
+    """What a writer committed for one table in one bundle."""
+
+    kind: str  # raw | quarantine | quality
+    event_type: str | None
+    table: str
+    batch_ids: tuple[str, ...]
+    received: int
+    offered: int
+    inserted: int
+    version: int | None
+    files: int = 0  # data files the commit added, and their bytes (lineage statistics)
+    bytes: int = 0
+    # quality commits: (event_type, expectation, column, success) per outcome, for lineage
+    details: tuple[tuple[str, str, str | None, bool], ...] = ()
+    committed_at: float = 0.0  # epoch seconds when the commit was done: its rows are visible
+    ms: int = 0  # how long the commit took
+
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        event_type: str | None,
+        batch_ids: list[str],
+        received: int,
+        result: Any,  # lake.writer.CommitResult
+        details: tuple[tuple[str, str, str | None, bool], ...],
+        committed_at: float,
+        ms: int,
+    ) -> TableCommit:
+        return cls(
+            kind,
+            event_type,
+            result.table,
+            tuple(batch_ids),
+            received,
+            result.offered,
+            result.inserted,
+            result.version,
+            result.files,
+            result.bytes,
+            details,
+            committed_at,
+            ms,
+        )
+
+
+def _commit_timed(
+    kind: str,
+    event_type: str | None,
+    batch_ids: list[str],
+    received: int,
+    commit: Callable[[], Any],
+    details: tuple[Any, ...] = (),
+) -> TableCommit:
+    """Run one table's commit (a `tidegate.lake.writer` call) and describe it as a TableCommit: how long it
+    took, and when it was done (its rows are visible from then on)."""
+    started = time.perf_counter()
+    result = commit()
+    ms = int((time.perf_counter() - started) * 1000)
+    return TableCommit.of(kind, event_type, batch_ids, received, result, details, time.time(), ms)
+
+
+class CommitPool:
+    """Local mode's side-by-side commits (`IngestConfig.parallel_commits`).
+
+    Beam finishes a fused stage's DoFns one after the other, so the raw, quarantine and
+    _quality writers would commit in turn (each commit is mostly delta-rs work that releases
+    the GIL). With parallel commits each writer submits its commits here from `finish_bundle`
+    and returns; the local driver `drain`s the batch after the Beam run, which waits for every
+    commit of the batch (also when the run failed: nothing of a failed run may still be
+    committing when it is retried or split) and raises the first commit error.
+    """
+
+    def __init__(self, workers: int = 8) -> None:
+        self._lock = threading.Lock()
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[str, list[Future[TableCommit]]] = defaultdict(list)
+
+    def submit(self, key: str, commit: Callable[[], TableCommit]) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="commit")
+            self._pending[key].append(self._pool.submit(commit))
+
+    def drain(self, key: str) -> list[TableCommit]:
+        with self._lock:
+            futures = self._pending.pop(key, [])
+        wait(futures)
+        for f in futures:
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+        return [f.result() for f in futures]
+
+
+COMMITS = CommitPool()
+
+
+class _WriterFn(_CatalogFn):
+    def _handed_off(self, commits: list[tuple[list[str], Callable[[], TableCommit]]]) -> bool:
+        """Local mode (`parallel_commits`): give the commits to COMMITS, keyed by their batch
+        ids, and let finish_bundle return without waiting. False: commit here, in the bundle."""
+        if not self.config.parallel_commits:
+            return False
+        for batch_ids, commit in commits:
+            COMMITS.submit(",".join(batch_ids), commit)
+        return True
+
+    def setup(self) -> None:
+        super().setup()
+        from tidegate.lake.pii import load_protector
+
+        self.protector, _warning = load_protector(self.config.production, self.config.pii_key_secret)
+
+    def _meta(self, batch_ids: list[str], messages: list[RawMessage], **extra: Any) -> dict[str, str]:
+        from tidegate.lake.rows import lineage
+
+        return lineage(
+            run_id=self.config.run_id,
+            batch_ids=batch_ids,
+            code_version=self.config.code_version,
+            git_sha=self.config.git_sha,
+            subscriptions={m.subscription for m in messages},
+            message_ids=[m.message_id for m in messages],
+            pii_key_id=self.protector.key_id,
+            **extra,
+        )
+
+
+def _insert(
+    config: IngestConfig, uri: str, rows: Any, keys: list[str], prune_on: str | None = None, **kwargs: Any
+) -> Callable[[], Any]:
+    """The idempotent commit of `rows` to `uri`: append after an in-memory key check for the lake's
+    only writer (local mode), the insert-only MERGE otherwise (lake.writer; `prune_on` is its
+    partition predicate, which the key index does not need)."""
+    from tidegate.lake.writer import append_new, insert_new
+
+    if config.single_writer:
+        from tidegate.lake.keyindex import key_index
+
+        return functools.partial(
+            append_new,
+            uri,
+            rows,
+            keys=keys,
+            index=key_index(uri, keys),
+            storage_options=config.storage,
+            **kwargs,
+        )
+    return functools.partial(
+        insert_new, uri, rows, keys=keys, prune_on=prune_on, storage_options=config.storage, **kwargs
+    )
+
+
+class WriteRawHistoryFn(_WriterFn):
+    """Buffers valid events per type; one idempotent commit (`_insert`) per type per bundle."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.schemas = raw_schemas(self.config.catalog_path)
+        self.fingerprints = suite_fingerprints(self.config.catalog_path)
+        self.written = Metrics.counter("tidegate", "raw_written")
+        self.duplicates = Metrics.counter("tidegate", "duplicates_skipped")
+        self.commit_ms = Metrics.distribution("tidegate", "raw_commit_ms")
+
+    def start_bundle(self) -> None:
+        self.buffer: dict[str, list[ValidEvent]] = defaultdict(list)
+        self.batch_ids: dict[str, set[str]] = defaultdict(set)
+
+    def process(self, typed: Typed) -> Iterator[WindowedValue | TaggedOutput]:
+        for e in typed.events:
+            self.buffer[e.contract.event_type].append(e)
+            self.batch_ids[e.contract.event_type].add(typed.batch_id)
+        if self.config.commit_per_chunk:
+            yield from self.finish_bundle()
+            self.start_bundle()
+
+    def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput]:
+        from tidegate.lake.rows import raw_rows, stamp_seen_max_event_time
+        from tidegate.lake.tables import raw_uri
+
+        now = datetime.now(UTC)
+        commits: list[tuple[str, list[str], Any]] = []  # event type, batch ids, the commit
+        for event_type in sorted(self.buffer):
+            events = self.buffer[event_type]
+            batch_ids = sorted(self.batch_ids[event_type])
+            contracts = self.registry.types[event_type]
+            rows = raw_rows(
+                events,
+                self.schemas[event_type],
+                contracts.latest.pii_fields,
+                self.protector,
+                run_id=self.config.run_id,
+                batch_id=",".join(batch_ids),
+                ingest_time=now,
+            )
+            used = sorted({e.contract.version for e in events})
+            meta = self._meta(
+                batch_ids,
+                [e.message for e in events],
+                contracts={f"v{v}": contracts.versions[v].fingerprint for v in used},
+                suite_fingerprint=self.fingerprints.get(event_type),
+                extra={
+                    "tidegate_event_type": event_type,
+                    "tidegate_table": "raw",
+                    # which engine evaluated the GX suite: native (expectations.native) or gx
+                    "tidegate_expectations_engine": suite_validator(self.config.catalog_path).engine_of(
+                        event_type
+                    ),
+                },
+            )
+            commits.append(
+                (
+                    event_type,
+                    batch_ids,
+                    functools.partial(
+                        _commit_timed,
+                        "raw",
+                        event_type,
+                        batch_ids,
+                        len(events),
+                        _insert(
+                            self.config,
+                            raw_uri(self.config.lake, event_type),
+                            rows,
+                            ["event_id"],
+                            metadata=meta,
+                            partition_by=["event_date"],
+                            prune_on="event_date",
+                            prepare=lambda table, batch: stamp_seen_max_event_time(table, batch, now),
+                        ),
+                    ),
+                )
+            )
+        fault_point("before_commit")
+        transient_fault()
+        if self._handed_off([(batch_ids, commit) for _, batch_ids, commit in commits]):
+            return
+        # One table per type: the commits are independent, and delta-rs releases the GIL while
+        # it merges, so they run side by side (~half the wall time with two or three types).
+        if len(commits) > 1:
+            with ThreadPoolExecutor(len(commits), thread_name_prefix="raw-commit") as pool:
+                done = list(pool.map(lambda c: c[2](), commits))
+        else:
+            done = [c[2]() for c in commits]
+        for (event_type, batch_ids, _), commit in zip(commits, done, strict=True):
+            self.commit_ms.update(commit.ms)
+            self.written.inc(commit.inserted)
+            self.duplicates.inc(commit.received - commit.inserted)
+            emit = dict(self.config.emit_rows).get(event_type)
+            if emit:
+                from tidegate.lake.rows import committed_rows
+
+                rows = committed_rows(
+                    raw_uri(self.config.lake, event_type),
+                    batch_id=",".join(batch_ids),
+                    dates=sorted({e.envelope.time.date() for e in self.buffer[event_type]}),
+                    columns=emit,
+                    storage_options=self.config.storage,
+                )
+                yield TaggedOutput(ROWS, _global((event_type, rows)))  # one element per commit
+            yield _global(commit)
+
+
+class WriteQuarantineFn(_WriterFn):
+    """Buffers rejections; one idempotent commit (key: subscription + message id) per bundle."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.quarantined = Metrics.counter("tidegate", "quarantined")
+
+    def start_bundle(self) -> None:
+        self.buffer: list[Rejection] = []
+        self.batch_ids: set[str] = set()
+
+    def process(self, rejected: Rejected) -> Iterator[WindowedValue]:
+        self.buffer += rejected.rejections
+        self.batch_ids.add(rejected.batch_id)
+        for r in rejected.rejections:
+            Metrics.counter("tidegate", f"quarantined_{r.stage}_{r.failures[0].rule}").inc()
+        if self.config.commit_per_chunk:
+            yield from self.finish_bundle()
+            self.start_bundle()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        from tidegate.lake.rows import quarantine_rows
+        from tidegate.lake.tables import quarantine_uri
+
+        if not self.buffer:
+            return
+        batch_ids = sorted(self.batch_ids)
+        rows = quarantine_rows(
+            self.buffer,
+            self.registry,
+            self.protector,
+            run_id=self.config.run_id,
+            batch_id=",".join(batch_ids),
+            now=datetime.now(UTC),
+        )
+        meta = self._meta(batch_ids, [r.message for r in self.buffer], extra={"tidegate_table": "quarantine"})
+        commit = functools.partial(
+            _commit_timed,
+            "quarantine",
+            None,
+            batch_ids,
+            len(self.buffer),
+            _insert(
+                self.config,
+                quarantine_uri(self.config.lake),
+                rows,
+                ["subscription", "pubsub_message_id"],
+                metadata=meta,
+                partition_by=["quarantine_date"],
+            ),
+        )
+        if self._handed_off([(batch_ids, commit)]):
+            return
+        done = commit()
+        Metrics.distribution("tidegate", "quarantine_commit_ms").update(done.ms)
+        self.quarantined.inc(done.inserted)
+        yield _global(done)
+
+
+class WriteQualityFn(_WriterFn):
+    """GX outcomes of the bundle's batches -> the _quality table (insert-only on batch,
+    type, expectation and column: a retried bundle adds nothing)."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.fingerprints = suite_fingerprints(self.config.catalog_path)
+
+    def start_bundle(self) -> None:
+        self.buffer: list[tuple[str, Any]] = []
+
+    def process(self, item: tuple[str, list[Any]]) -> None:
+        batch_id, outcomes = item
+        self.buffer += [(batch_id, o) for o in outcomes]
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        import pyarrow as pa
+
+        from tidegate.lake.rows import lineage
+        from tidegate.lake.tables import QUALITY_KEYS, QUALITY_SCHEMA, quality_uri
+
+        if not self.buffer:
+            return
+        now = datetime.now(UTC)
+        rows = {
+            "run_id": [self.config.run_id] * len(self.buffer),
+            "batch_id": [b for b, _ in self.buffer],
+            "event_type": [o.event_type for _, o in self.buffer],
+            "expectation": [o.expectation for _, o in self.buffer],
+            "column": [o.column for _, o in self.buffer],
+            "success": [o.success for _, o in self.buffer],
+            "element_count": [o.element_count for _, o in self.buffer],
+            "unexpected_count": [o.unexpected_count for _, o in self.buffer],
+            "unexpected_percent": [o.unexpected_percent for _, o in self.buffer],
+            "suite_fingerprint": [self.fingerprints.get(o.event_type) for _, o in self.buffer],
+            "validated_at": [now] * len(self.buffer),
+            "quality_date": [now.date()] * len(self.buffer),
+        }
+        batch_ids = sorted({b for b, _ in self.buffer})
+        meta = lineage(
+            run_id=self.config.run_id,
+            batch_ids=batch_ids,
+            code_version=self.config.code_version,
+            git_sha=self.config.git_sha,
+            subscriptions=[],
+            message_ids=[],
+            extra={"tidegate_table": "_quality"},
+        )
+        details = tuple((o.event_type, o.expectation, o.column, o.success) for _, o in self.buffer)
+        commit = functools.partial(
+            _commit_timed,
+            "quality",
+            None,
+            batch_ids,
+            len(self.buffer),
+            _insert(
+                self.config,
+                quality_uri(self.config.lake),
+                pa.Table.from_pydict(rows, schema=QUALITY_SCHEMA),
+                list(QUALITY_KEYS),
+                metadata=meta,
+                partition_by=["quality_date"],
+            ),
+            details,
+        )
+        if self._handed_off([(batch_ids, commit)]):
+            return
+        done = commit()
+        Metrics.distribution("tidegate", "quality_commit_ms").update(done.ms)
+        yield _global(done)
+
+
+class _Writer(beam.PTransform):
+    """A writer: one ParDo whose output is the TableCommits of its bundles."""
+
+    fn: type[beam.DoFn]
+
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, pcoll: PCollection) -> PCollection:
+        return pcoll | beam.ParDo(self.fn(self.config))
+
+
+class Ingested(NamedTuple):
+    commits: PCollection  # TableCommit per table per bundle
+    rows: PCollection  # (event type, [committed raw rows as dicts]) per commit; streaming mode only
+
+
+class WriteRawHistory(_Writer):
+    fn = WriteRawHistoryFn
+
+    def expand(self, pcoll: PCollection) -> Any:
+        return pcoll | beam.ParDo(self.fn(self.config)).with_outputs(ROWS, main="commits")
+
+
+class WriteQuarantine(_Writer):
+    fn = WriteQuarantineFn
+
+
+class WriteQuality(_Writer):
+    fn = WriteQualityFn
+
+
+class Ingest(beam.PTransform):
+    """The whole chain from chunks to commits: Ingested(commits, rows)."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, chunks: PCollection) -> Ingested:  # type: ignore[override]
+        envelope = chunks | "DecodeEnvelope" >> DecodeEnvelope(self.config)
+        contract = envelope.valid | "ValidateContract" >> ValidateContract(self.config)
+        gx = ValidateExpectations(self.config)
+        expectations = contract.valid | "ValidateExpectations" >> gx
+        written = expectations.valid | "WriteRawHistory" >> WriteRawHistory(self.config)
+        raw = written.commits
+        rejected = (
+            envelope.invalid,
+            contract.invalid,
+            expectations.invalid,
+        ) | "CollectRejections" >> beam.Flatten()
+        quarantine = rejected | "WriteQuarantine" >> WriteQuarantine(self.config)
+        quality = gx.extra[QUALITY] | "WriteQuality" >> WriteQuality(self.config)
+        return Ingested((raw, quarantine, quality) | "Commits" >> beam.Flatten(), written[ROWS])

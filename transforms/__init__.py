@@ -1,5 +1,0 @@
-"""Beam composite transforms (ReadEvents, DecodeEnvelope, ValidateContract, ...).
-
-Empty until the ingest issue. They will be thin adapters over the pure functions of
-`expectations.checks` (envelope -> contract -> GX suite), which already exist and are tested.
-"""
