@@ -24,8 +24,9 @@ format: ## apply ruff formatting and safe fixes
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
 
-typecheck: ## mypy (strict) on the packages
+typecheck: ## mypy (strict) on the packages, then the import layers (import-linter)
 	$(UV) run mypy
+	$(UV) run lint-imports
 
 check: lint typecheck test ## everything CI and a reviewer expect green
 

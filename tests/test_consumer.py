@@ -17,7 +17,8 @@ from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra.pubsub import provision, publisher, subscriber, subscription_path, topic_path
 from tidegate.lake.lock import lake_lock
 from tidegate.lake.tables import ledger_uri, quarantine_uri, raw_uri
-from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions, new_run_id
+from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions
+from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate
 from tidegate.transforms.ingest import IngestConfig
 

@@ -22,7 +22,8 @@ from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra.pubsub import provision, subscriber, subscription_path
 from tidegate.lake.tables import ledger_uri, quarantine_uri, raw_uri
 from tidegate.lake.verify import verify
-from tidegate.pipelines.local import ConsumerOptions, LocalIngest, LocalOptions, new_run_id
+from tidegate.pipelines.local import ConsumerOptions, LocalIngest, LocalOptions
+from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import EXPECTED_RULE, FAULT_KINDS, ProduceConfig, generate, publish
 from tidegate.transforms.ingest import IngestConfig
 

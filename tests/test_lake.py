@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from tests.checking import check_batch
 from tidegate.errors import ConfigError
-from tidegate.expectations.checks import check_batch
 from tidegate.expectations.envelope import RawMessage
 from tidegate.lake.pii import DEV_KEY, PiiProtector, load_protector
 from tidegate.lake.rows import lineage, quarantine_rows, raw_rows, trace_id

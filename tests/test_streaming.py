@@ -9,10 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.streaming_runner import run_local_streaming
 from tidegate.errors import TidegateError
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra.pubsub import provision
-from tidegate.pipelines.streaming import dataflow_dry_run, run_local_streaming
+from tidegate.pipelines.dataflow import DataflowTarget, launch
 from tidegate.producer import ProduceConfig, generate, publish
 from tidegate.transforms.ingest import IngestConfig
 
@@ -22,13 +23,8 @@ def config(catalog, lake: str) -> IngestConfig:  # type: ignore[no-untyped-def]
 
 
 def test_dataflow_job_builds_offline_with_stable_step_names(catalog) -> None:  # type: ignore[no-untyped-def]
-    job = dataflow_dry_run(
-        catalog,
-        config(catalog, "gs://acme-lake/lake"),
-        project="acme-data",
-        region="europe-west1",
-        temp_location="gs://acme-dataflow/tmp",
-    )
+    target = DataflowTarget("acme-data", "europe-west1", "gs://acme-dataflow/tmp", "gs://acme-lake/lake")
+    job = launch(catalog, target, production=False, dry_run=True)
     assert job["type"] == "JOB_TYPE_STREAMING"
     steps = set(job["steps"])
     for s in catalog.streams:
@@ -63,9 +59,7 @@ def test_dataflow_job_builds_offline_with_stable_step_names(catalog) -> None:  #
 
 def test_dry_run_refuses_a_location_that_would_send_it_looking_on_gcs(catalog) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TidegateError, match="not a gs://bucket/path"):
-        dataflow_dry_run(
-            catalog, config(catalog, "gs://l/l"), project="acme-data", region="r", temp_location="gs://b/tmp"
-        )
+        launch(catalog, DataflowTarget("acme-data", "r", "gs://b/tmp", "gs://l/l"), dry_run=True)
 
 
 @pytest.mark.emulator
@@ -168,7 +162,7 @@ def test_cli_builds_the_streaming_job_offline(cli, tmp_path: Path) -> None:  # t
         "gs://acme-dataflow/tmp",
     )
     assert r.code == 2
-    assert "must be a gs:// URI" in r.text
+    assert "must be a gs://bucket/path URI for Dataflow" in r.text  # the same check as deploy dataflow
 
 
 def test_a_chunk_that_never_balances_still_gets_an_unbalanced_ledger_row() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidegate.expectations.checks import Rejection, check_batch, check_message
+from tests.checking import check_batch, check_message
+from tidegate.expectations.checks import Rejection
 from tidegate.expectations.envelope import RawMessage
 from tidegate.expectations.suites import load_suite
 from tidegate.producer import EXPECTED_RULE, FAULT_KINDS, ProduceConfig, generate

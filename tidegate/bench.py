@@ -119,8 +119,8 @@ def bench_replay(catalog: Catalog, events: int, group_rows: int, progress: Any =
     import shutil
 
     from tidegate import settings
-    from tidegate.pipelines.local import new_run_id
     from tidegate.pipelines.replay import replay
+    from tidegate.pipelines.runs import new_run_id
     from tidegate.version import code_version, git_sha
 
     registry = ContractRegistry.from_catalog(catalog)

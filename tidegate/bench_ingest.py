@@ -45,7 +45,8 @@ from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra import emulator as emu
 from tidegate.infra.pubsub import provision, pull_now, subscriber, subscription_path
-from tidegate.pipelines.local import BatchOutcome, LocalIngest, LocalOptions, new_run_id
+from tidegate.pipelines.local import BatchOutcome, LocalIngest, LocalOptions
+from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate, publish
 from tidegate.transforms.ingest import IngestConfig
 

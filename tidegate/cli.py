@@ -383,7 +383,8 @@ def run_local_ingest(
     project: str | None = None,
 ) -> RunSummary:
     from tidegate.lake.pii import is_production, load_protector
-    from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions, ingest_config
+    from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions
+    from tidegate.pipelines.runs import ingest_config
 
     production = is_production(production)
     _protector, warning = load_protector(production)
@@ -565,31 +566,20 @@ def _streaming(
     temp_location: str | None,
     job_file: Path | None,
 ) -> None:
-    from tidegate.pipelines.local import ingest_config
-    from tidegate.pipelines.streaming import dataflow_dry_run
+    from tidegate.pipelines.dataflow import DataflowTarget, launch
 
     if not dry_run:
         raise TidegateError(
             "`tidegate ingest --mode streaming` only builds the Dataflow job (--dry-run)",
             hint="launch it with `tidegate deploy dataflow --streaming --project P --region R --lake gs://B/lake --temp-location gs://S/tmp`",
         )
-    if not lake.startswith("gs://"):
-        raise TidegateError(
-            f"--lake {lake!r} must be a gs:// URI for Dataflow", hint="e.g. --lake gs://my-lake-bucket/lake"
-        )
     if temp_location is None:
         raise TidegateError(
             "--temp-location is required for Dataflow",
             hint="e.g. --temp-location gs://my-dataflow-bucket/tmp",
         )
-    job = dataflow_dry_run(
-        catalog,
-        ingest_config(catalog, lake, production),
-        project=project,
-        region=region,
-        temp_location=temp_location,
-    )
-    _print_job(job, job_file)
+    target = DataflowTarget(project=project, region=region, temp_location=temp_location, lake=lake)
+    _print_job(launch(catalog, target, production=production, dry_run=True), job_file)
 
 
 @deploy_app.command("dataflow")
@@ -668,18 +658,7 @@ def deploy_dataflow(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Launch (or with --dry-run, build offline and print) the streaming ingest or a batch replay on Dataflow."""
-    from tidegate import settings
-    from tidegate.pipelines.dataflow import (
-        DataflowTarget,
-        build_replay,
-        build_streaming,
-        run,
-    )
-    from tidegate.pipelines.dataflow import (
-        job_name as default_name,
-    )
-    from tidegate.pipelines.local import new_run_id
-    from tidegate.version import code_version, git_sha
+    from tidegate.pipelines.dataflow import DataflowTarget, launch
 
     catalog = load_catalog(catalog_path)
     if streaming == (replay is not None):
@@ -687,12 +666,6 @@ def deploy_dataflow(
             "say which job: --streaming (the ingest) or --replay AGGREGATE (a batch rebuild)",
             hint="e.g. tidegate deploy dataflow --streaming --project P --region R --lake gs://B/lake --temp-location gs://S/tmp --dry-run",
         )
-    if update and not streaming:
-        raise TidegateError(
-            "--update replaces a running streaming job; a replay is a new batch job", hint="drop --update"
-        )
-    if replay is not None:
-        catalog.aggregate(replay)
     target = DataflowTarget(
         project=project,
         region=region,
@@ -704,48 +677,16 @@ def deploy_dataflow(
         max_workers=max_workers,
         update=update,
     )
-    if streaming:
-        from tidegate.lake.pii import load_protector, worker_secret
-        from tidegate.pipelines.local import ingest_config
-
-        secret = worker_secret(project, pii_key_secret, production)
-        if not dry_run:
-            from tidegate.pipelines.dataflow import require_credentials
-
-            require_credentials()
-            # the launcher reads it once too: a missing secret or grant fails here, not on workers
-            load_protector(production, secret)
-        config = ingest_config(catalog, lake, production and not dry_run, pii_key_secret=secret)
-        name = default_name("ingest", target)
-        job = run(
-            "streaming",
-            target,
-            lambda p: build_streaming(p, catalog, target, config),
-            dry_run=dry_run,
-            name=name,
-        )
-    else:
-        assert replay is not None
-        name = default_name("replay", target, replay.replace("_", "-"))
-        job = run(
-            "batch",
-            target,
-            lambda p: build_replay(
-                p,
-                catalog,
-                target,
-                replay,
-                since=since,
-                until=until,
-                run_id=new_run_id().replace("run-", "replay-"),
-                code_version=code_version(),
-                git_sha=git_sha(),
-                plan=not dry_run,
-                storage=settings.storage_options(),
-            ),
-            dry_run=dry_run,
-            name=name,
-        )
+    job = launch(
+        catalog,
+        target,
+        replay=replay,
+        since=since,
+        until=until,
+        production=production,
+        pii_key_secret=pii_key_secret,
+        dry_run=dry_run,
+    )
     if not dry_run:
         verb = "updated" if update else "launched"
         console.print(
@@ -818,9 +759,9 @@ def status(
     """The lake at a glance: every table's version, rows, last commit and age; subscription backlog; ledger balance, quarantine, late and data-quality rates; latest publish->commit latency."""
     from tidegate import settings
     from tidegate.lake.read import Lake
-    from tidegate.lake.status import BACKLOG_MODES
-    from tidegate.lake.status import backlog as lake_backlog
-    from tidegate.lake.status import status as lake_status
+    from tidegate.ops.status import BACKLOG_MODES
+    from tidegate.ops.status import backlog as lake_backlog
+    from tidegate.ops.status import status as lake_status
 
     if backlog not in BACKLOG_MODES:
         raise TidegateError(
@@ -947,7 +888,7 @@ def report(
     """Write a self-contained HTML report: throughput, latency, quarantine reasons, data-quality pass rate and the aggregates, as charts."""
     from tidegate import settings
     from tidegate.lake.read import Lake
-    from tidegate.lake.report import build_report
+    from tidegate.ops.report import build_report
 
     reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
     path = build_report(reader, out or settings.home() / "report.html")
@@ -1107,7 +1048,7 @@ def replay(
 ) -> None:
     """Rebuild an aggregate table from the raw history (a bounded Beam pipeline; the same windows, lateness and combine logic as ingestion)."""
     from tidegate import settings
-    from tidegate.pipelines.local import new_run_id
+    from tidegate.pipelines.runs import new_run_id
     from tidegate.version import code_version, git_sha
 
     catalog = load_catalog(catalog_path)
@@ -1122,7 +1063,7 @@ def replay(
             aggregate,
             since=since,
             until=until,
-            run_id=new_run_id().replace("run-", "replay-"),
+            run_id=new_run_id("replay"),
             code_version=code_version(),
             git_sha=git_sha(),
             storage=settings.storage_options(),

@@ -3,8 +3,12 @@
 - `TidegateError` is what a *person* must fix (a bad flag, a broken catalog, a missing
   emulator). The CLI prints its message and its `hint` and exits non-zero, never a traceback.
 - `TerminalError` means the *data* is bad: the record goes to quarantine with the reason.
+  The checks raise its kinds (`EnvelopeError`, `ContractViolation`) and their stage turns
+  them into a quarantine row (tidegate.expectations.checks); any other exception while
+  checking one message quarantines it too, as `unexpected_error`.
 - `TransientError` means the *world* is flaky (emulator down, commit conflict): retry, and
-  never quarantine good data because of it.
+  never quarantine good data because of it. The local driver retries a batch that raised it
+  with bounded backoff before it stops the run (tidegate.pipelines.local.batch).
 """
 
 from __future__ import annotations

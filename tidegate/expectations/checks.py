@@ -19,15 +19,15 @@ in these checks, a case nobody foresaw) quarantines that message alone with rule
 representable in its raw Delta table (`tidegate.lake.tables.raw_schema`): every value was checked
 against its column type, range included.
 
-    uv run python -c "from tidegate.expectations.checks import check_message; help(check_message)"
+The Beam composites (tidegate.transforms.ingest: DecodeEnvelopeFn, ValidateContractFn,
+ValidateExpectationsFn) call these stages; tests/checking.py chains them without Beam.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tidegate.catalog import Catalog
@@ -67,13 +67,6 @@ class Rejection:
     @property
     def rules(self) -> list[str]:
         return [f.rule for f in self.failures]
-
-
-@dataclass
-class CheckedBatch:
-    valid: list[ValidEvent] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    outcomes: list[ExpectationOutcome] = field(default_factory=list)
 
 
 def resolve_contract(envelope: Envelope, registry: ContractRegistry) -> Contract:
@@ -200,16 +193,6 @@ def _contract_rejection(
     )
 
 
-def check_message(
-    message: RawMessage, catalog: Catalog, registry: ContractRegistry
-) -> ValidEvent | Rejection:
-    """Envelope and contract stages for one message (GX runs per batch, see check_batch)."""
-    decoded = decode_stage(message, catalog)
-    if isinstance(decoded, Rejection):
-        return decoded
-    return contract_stage(message, decoded, registry)
-
-
 def expectations_stage(
     events: list[ValidEvent], validator: SuiteValidator
 ) -> tuple[list[ValidEvent], list[Rejection], list[ExpectationOutcome]]:
@@ -241,25 +224,3 @@ def expectations_stage(
             else:
                 valid.append(event)
     return valid, rejected, outcomes
-
-
-def check_batch(
-    messages: Iterable[RawMessage],
-    catalog: Catalog,
-    registry: ContractRegistry,
-    validator: SuiteValidator,
-) -> CheckedBatch:
-    """All three stages over a batch; GX runs once per event type present."""
-    out = CheckedBatch()
-    passed: list[ValidEvent] = []
-    for m in messages:
-        result = check_message(m, catalog, registry)
-        if isinstance(result, Rejection):
-            out.rejected.append(result)
-        else:
-            passed.append(result)
-    valid, rejected, outcomes = expectations_stage(passed, validator)
-    out.valid += valid
-    out.rejected += rejected
-    out.outcomes += outcomes
-    return out

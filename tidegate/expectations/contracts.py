@@ -41,7 +41,7 @@ import fastavro
 import fastavro.schema
 import pyarrow as pa
 
-from tidegate.errors import ConfigError
+from tidegate.errors import ConfigError, TerminalError
 
 if TYPE_CHECKING:
     from tidegate.catalog import Catalog
@@ -86,7 +86,9 @@ class Violation:
         return {"rule": self.rule, "field": self.field, "message": self.message}
 
 
-class ContractViolation(Exception):
+class ContractViolation(TerminalError):
+    """The payload breaks its contract: every violated rule, not just the first."""
+
     def __init__(self, violations: list[Violation]) -> None:
         super().__init__("; ".join(v.message for v in violations))
         self.violations = violations

@@ -44,6 +44,7 @@ from typing import Any
 from cloudevents.core.exceptions import CloudEventValidationError
 from cloudevents.core.v1.event import CloudEvent
 
+from tidegate.errors import TerminalError
 from tidegate.expectations.contracts import parse_rfc3339
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -90,7 +91,9 @@ class Envelope:
     extensions: dict[str, str] = field(default_factory=dict)
 
 
-class EnvelopeError(Exception):
+class EnvelopeError(TerminalError):
+    """The CloudEvents envelope is bad: `rule` names the check, `field` the attribute."""
+
     def __init__(
         self, rule: str, message: str, field: str | None = None, event_id: str | None = None
     ) -> None:

@@ -29,7 +29,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from tidegate.catalog import Catalog, Stream
+from tidegate.catalog import Catalog
 from tidegate.errors import PlatformError
 
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
@@ -273,7 +273,3 @@ def provision(catalog: Catalog, address: str | None, project: str | None = None)
         pub.transport.close()
         sub.close()
     return changes
-
-
-def stream_for_topic(catalog: Catalog, topic: str) -> Stream | None:
-    return next((s for s in catalog.streams if s.topic == topic), None)

@@ -22,6 +22,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from tidegate.errors import TidegateError
+from tidegate.lake.delta import open_table, scan_table
 from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quality_uri, quarantine_uri, raw_uri
 
 LINEAGE_KEYS = (
@@ -69,13 +70,6 @@ def resolve_table(lake: str, name: str, event_types: list[str], aggregates: Sequ
     raise TidegateError(f"unknown table {name!r}", hint=f"tables: {known}")
 
 
-def open_table(uri: str, storage_options: dict[str, str] | None = None) -> DeltaTable:
-    try:
-        return DeltaTable(uri, storage_options=storage_options)
-    except TableNotFoundError:
-        raise TidegateError(f"no Delta table at {uri}", hint="run `tidegate ingest` first") from None
-
-
 def commits(uri: str, storage_options: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The table's history, newest first, with tidegate's lineage keys and row counts."""
     out = []
@@ -103,8 +97,6 @@ def row_lineage(uri: str, key: str, storage_options: dict[str, str] | None = Non
     cols = [c for c in ("event_id", "pubsub_message_id") if c in names]
     if not cols:
         raise TidegateError(f"{uri} has no event or message ids to look a row up by")
-    from tidegate.lake.read import scan_table
-
     match = pl.any_horizontal([pl.col(c) == key for c in cols])
     found = scan_table(table, storage_options).filter(match).collect()
     if found.height == 0:

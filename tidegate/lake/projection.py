@@ -38,12 +38,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.faults import fault_point
 from tidegate.lake import aggregates as agg
-from tidegate.lake.tables import LATE_KEYS, LATE_SCHEMA, aggregate_uri, data_files, late_uri, raw_uri
+from tidegate.lake.delta import data_files, try_open
+from tidegate.lake.tables import LATE_KEYS, LATE_SCHEMA, aggregate_uri, late_uri, raw_uri
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,6 @@ class ProjectionResult:
     late: int
     seconds: float
     committed_at: float  # time.time() after the aggregate commit
-
-
-def _open(uri: str, storage: dict[str, str] | None, version: int | None = None) -> DeltaTable | None:
-    try:
-        return DeltaTable(uri, version=version, storage_options=storage)
-    except TableNotFoundError:
-        return None
 
 
 def _columns(spec: AggregateSpec, schema: pa.Schema) -> list[str]:
@@ -184,7 +177,7 @@ class Projector:
         jobs: list[tuple[AggregateSpec, DeltaTable, int, frozenset[str], _FreshRows]] = []
         targets: dict[str, int] = {}
         for source, specs in by_source.items():
-            raw = _open(raw_uri(self.lake, source), self.storage)
+            raw = try_open(raw_uri(self.lake, source), self.storage)
             if raw is None:
                 continue
             target = raw.version()
@@ -207,14 +200,6 @@ class Projector:
                 del self._files[key]
         return out
 
-    def project(self, spec: AggregateSpec) -> ProjectionResult | None:
-        results = [r for r in self.project_all({spec.source}) if r.aggregate == spec.name]
-        return results[0] if results else None
-
-    def incorporated(self, spec: AggregateSpec) -> int | None:
-        table = _open(aggregate_uri(self.lake, spec.name), self.storage)
-        return None if table is None else table.transaction_version(app_id(spec))
-
     def _new_rows(
         self,
         spec: AggregateSpec,
@@ -228,7 +213,7 @@ class Projector:
         new files hold old rows too: only rows ingested after `compacted_since` count."""
         before = self._files.get((spec.source, done))
         if before is None:
-            old = _open(raw_uri(self.lake, spec.source), self.storage, version=done)
+            old = try_open(raw_uri(self.lake, spec.source), self.storage, version=done)
             assert old is not None
             before = frozenset(data_files(old))
         fresh = sorted(files - before)
@@ -259,7 +244,7 @@ class Projector:
         shared: _FreshRows,
     ) -> ProjectionResult | None:
         t0 = time.perf_counter()
-        table = _open(aggregate_uri(self.lake, spec.name), self.storage)
+        table = try_open(aggregate_uri(self.lake, spec.name), self.storage)
         done = None if table is None else table.transaction_version(app_id(spec))
         if done is not None and done >= target:
             return None
@@ -531,7 +516,7 @@ def replace_all(
     uri = aggregate_uri(lake, spec.name)
     full = since is None and until is None
     txns = [Transaction(app_id(spec), raw_version)] if full else None
-    existing = _open(uri, storage)
+    existing = try_open(uri, storage)
     if existing is not None and full:
         done = existing.transaction_version(app_id(spec))
         if done is not None and done > raw_version:
@@ -559,7 +544,7 @@ def replace_all(
         commit_properties=CommitProperties(custom_metadata=metadata, app_transactions=txns),
         storage_options=storage,
     )
-    table = _open(uri, storage)
+    table = try_open(uri, storage)
     assert table is not None
     return int(table.version())
 
@@ -591,7 +576,7 @@ def apply_panes(
     # newest pane per window within the bundle
     incoming = incoming.sort("revision").unique([*agg.WINDOW, *keys], keep="last")
     uri = aggregate_uri(lake, spec.name)
-    table = _open(uri, storage)
+    table = try_open(uri, storage)
     stored = (
         pl.from_arrow(table.to_pyarrow_table(columns=[*agg.WINDOW, *keys, "revision"]))
         if table is not None

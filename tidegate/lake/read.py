@@ -19,9 +19,7 @@ never mixes two moments. Quarantine, ledger and quality are pinned at the cut's 
 `run_id`, the cut is the end of that ingest run (its last ledger row: the raw versions it left);
 with `as_of`, the newest commits at or before that time.
 
-Files are read with polars' parquet scanner on the table's data files (not `scan_delta`, which
-cannot open the percent-encoded local paths delta-rs reports for directories with spaces);
-files written under older contract versions read as the table's current schema.
+Tables are opened and scanned by tidegate.lake.delta.
 """
 
 from __future__ import annotations
@@ -32,17 +30,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import Catalog, load_catalog
 from tidegate.errors import TidegateError
 from tidegate.lake import aggregates as agg
+from tidegate.lake.delta import scan_table
 from tidegate.lake.metrics import metrics_uri
 from tidegate.lake.tables import (
     aggregate_uri,
-    data_files,
     late_uri,
     ledger_uri,
     quality_uri,
@@ -59,27 +56,6 @@ def _when(value: TimeRef) -> datetime | None:
     from tidegate.expectations.contracts import parse_rfc3339
 
     return parse_rfc3339(value)
-
-
-def scan_table(table: DeltaTable, storage_options: dict[str, str] | None = None) -> pl.LazyFrame:
-    """A Delta table (at whatever version `table` is loaded) as a LazyFrame."""
-    partitions = set(table.metadata().partition_columns)
-    full = pa.schema(table.schema().to_arrow())
-    schema = pl.from_arrow(pa.schema([f for f in full if f.name not in partitions]).empty_table()).schema  # type: ignore[union-attr]
-    hive = pl.from_arrow(pa.schema([f for f in full if f.name in partitions]).empty_table()).schema  # type: ignore[union-attr]
-    files = data_files(table)
-    if not files:
-        return pl.from_arrow(full.empty_table()).lazy()  # type: ignore[union-attr]
-    frame = pl.scan_parquet(
-        files,
-        schema=schema,
-        missing_columns="insert",
-        extra_columns="ignore",
-        hive_partitioning=bool(partitions),
-        hive_schema=hive if partitions else None,
-        storage_options=storage_options,
-    )
-    return frame.select(full.names)
 
 
 @dataclass

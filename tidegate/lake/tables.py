@@ -20,8 +20,6 @@ requires it (so rows of older versions read as null in columns added later).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 
 from tidegate.errors import ConfigError
@@ -176,15 +174,6 @@ def aggregate_uri(lake: str, name: str) -> str:
 
 def late_uri(lake: str) -> str:
     return join(lake, "aggregates", "_late")
-
-
-def data_files(table: Any) -> list[str]:
-    """A Delta table's data files as locations polars can open. delta-rs percent-encodes local
-    paths (`lake%20x/...`): those are decoded; URIs (gs://...) stay URLs, which the object
-    store decodes itself. (polars' own scan_delta trips on the encoded local paths.)"""
-    from urllib.parse import unquote
-
-    return [unquote(u) if u.startswith("/") else u for u in table.file_uris()]
 
 
 def payload_fields(contracts: EventTypeContracts) -> list[pa.Field]:

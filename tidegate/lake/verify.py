@@ -32,6 +32,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import AggregateSpec
 from tidegate.lake import aggregates as agg
+from tidegate.lake.delta import try_open
 from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quarantine_uri, raw_uri
 
 
@@ -192,13 +193,6 @@ def _reconcile(
     )
 
 
-def _open(uri: str, storage: dict[str, str] | None, version: int | None = None) -> DeltaTable | None:
-    try:
-        return DeltaTable(uri, version=version, storage_options=storage)
-    except TableNotFoundError:
-        return None
-
-
 def _fmt(row: dict[str, object], cols: Sequence[str]) -> str:
     return ", ".join(f"{c}={row.get(c)}" for c in cols)
 
@@ -248,8 +242,8 @@ def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, s
     from tidegate.lake.projection import app_id
 
     name = f"aggregates/{spec.name}: equals a recompute from raw"
-    table = _open(aggregate_uri(lake, spec.name), storage)
-    current = _open(raw_uri(lake, spec.source), storage)
+    table = try_open(aggregate_uri(lake, spec.name), storage)
+    current = try_open(raw_uri(lake, spec.source), storage)
     assert current is not None
     if table is None:
         report.check(
@@ -262,7 +256,7 @@ def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, s
         )
         return
     version = table.transaction_version(app_id(spec))
-    raw_at = _open(raw_uri(lake, spec.source), storage, version=version) if version is not None else None
+    raw_at = try_open(raw_uri(lake, spec.source), storage, version=version) if version is not None else None
     cols = agg.source_columns(spec)
     if raw_at is None:
         rows = pl.DataFrame()
@@ -293,7 +287,7 @@ def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, s
     if raw_at is None:
         return
     expected_late = agg.late_pairs(rows, spec).select("event_id", "window_start")
-    ledger_table = _open(late_uri(lake), storage)
+    ledger_table = try_open(late_uri(lake), storage)
     ledger = (
         pl.from_arrow(ledger_table.to_pyarrow_table(columns=["aggregate", "event_id", "window_start"]))
         if ledger_table is not None
@@ -330,7 +324,7 @@ def _late_vs_manifest(
 ) -> None:
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     sent_late = {(r["type"], r["ce_id"]) for r in rows if r["kind"] == "late"}
-    table = _open(late_uri(lake), storage)
+    table = try_open(late_uri(lake), storage)
     ledger = (
         pl.from_arrow(table.to_pyarrow_table(columns=["aggregate", "event_type", "event_id"])).unique()
         if table is not None
@@ -341,7 +335,7 @@ def _late_vs_manifest(
     no_watermark: set[tuple[str, str]] = set()
     anonymous: dict[str, set[str]] = {}  # per session aggregate: events without a session key
     for t in {t for t, _ in sent_late}:
-        raw = _open(raw_uri(lake, t), storage)
+        raw = try_open(raw_uri(lake, t), storage)
         if raw is None:
             continue
         keys = sorted({k for s in aggregates if s.source == t and s.window.type == "session" for k in s.keys})

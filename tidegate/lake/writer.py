@@ -32,9 +32,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from tidegate.errors import TransientError
+from tidegate.lake.delta import try_open
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,6 @@ def _literal(value: Any) -> str:
     return str(value)
 
 
-def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable | None:
-    try:
-        return DeltaTable(uri, storage_options=storage_options)
-    except TableNotFoundError:
-        return None
-
-
 def _names(table: DeltaTable) -> set[str]:
     """Data file names of the loaded snapshot (from the log, no data read; names are unique uuids)."""
     return {u.rsplit("/", 1)[-1] for u in table.file_uris()}
@@ -140,7 +134,7 @@ def insert_new(
     meta = _stringify(metadata or {})
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         try:
-            table = _open(uri, storage_options)
+            table = try_open(uri, storage_options)
             batch = prepare(table, rows) if prepare else rows
             if table is None:
                 # First write creates the table with this batch in one commit. Two writers racing
@@ -200,7 +194,7 @@ def _current(index: Any, uri: str, storage_options: dict[str, str] | None) -> De
         except Exception:  # gone, replaced: open it afresh
             log.info("reopening %s", uri, exc_info=True)
         index.table = None
-    index.table = _open(uri, storage_options)
+    index.table = try_open(uri, storage_options)
     if index.table is not None:
         index.table_opened_at = index.table.version()
     return index.table  # type: ignore[no-any-return]
@@ -322,7 +316,7 @@ def replace_windows(
     txn = [Transaction(app_id, app_version)]
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         try:
-            table = _open(uri, storage_options)
+            table = try_open(uri, storage_options)
             props = CommitProperties(custom_metadata=meta, app_transactions=txn)
             if table is None:
                 write_deltalake(

@@ -26,14 +26,27 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+import google.auth
 from apache_beam.options.pipeline_options import PipelineOptions
+from deltalake import DeltaTable
+from google.auth.exceptions import DefaultCredentialsError
+from google.protobuf import json_format
 
-from tidegate.catalog import Catalog
+from tidegate import settings
+from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.errors import TidegateError
+from tidegate.lake.pii import load_protector, worker_secret
+from tidegate.pipelines.replay import build as build_replay_graph
+from tidegate.pipelines.replay import file_groups, replay_config
+from tidegate.pipelines.runs import ingest_config, new_run_id
+from tidegate.pipelines.streaming import build
+from tidegate.transforms.ingest import IngestConfig
+from tidegate.version import code_version, git_sha
 
 _BUCKET_PATH = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/.*)?$")
 
@@ -111,9 +124,6 @@ def _offline() -> None:
 def require_credentials(purpose: str = "to launch a Dataflow job with") -> None:
     """Fail fast with what to do when there are no Google credentials (Beam would otherwise
     retry for minutes while building the job)."""
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
     try:
         google.auth.default()
     except DefaultCredentialsError:
@@ -124,9 +134,7 @@ def require_credentials(purpose: str = "to launch a Dataflow job with") -> None:
         ) from None
 
 
-def build_streaming(p: beam.Pipeline, catalog: Catalog, target: DataflowTarget, config: Any) -> None:
-    from tidegate.pipelines.streaming import build
-
+def build_streaming(p: beam.Pipeline, catalog: Catalog, target: DataflowTarget, config: IngestConfig) -> None:
     build(p, catalog, config, project=target.project)
 
 
@@ -147,11 +155,6 @@ def build_replay(
     """The replay graph. `plan=True` pins the raw version and lists its files now (the launcher
     on GCP can read the lake); a dry run has no credentials, so its graph carries one empty file
     group and version -1 (the steps, options and coders are the real ones)."""
-    from deltalake import DeltaTable
-
-    from tidegate.catalog import AggregateSpec
-    from tidegate.pipelines.replay import build, file_groups, replay_config
-
     spec: AggregateSpec = catalog.aggregate(aggregate)
     version: int = -1
     groups: list[list[str]] = [[]]
@@ -170,7 +173,81 @@ def build_replay(
         git_sha=git_sha,
         storage=storage,
     )
-    build(p, config, groups)
+    build_replay_graph(p, config, groups)
+
+
+Builder = Callable[[beam.Pipeline], None]
+
+
+def streaming_builder(
+    catalog: Catalog, target: DataflowTarget, *, production: bool, pii_key_secret: str | None, dry_run: bool
+) -> Builder:
+    """The streaming ingest's graph for `target`. Workers read the PII key from Secret Manager
+    (`pii_key_secret`, or in production the one tidegate/infra/terraform makes); a launch reads it
+    once here, so a missing secret or grant fails now and not on the first worker bundle. A dry
+    run reads nothing and builds with the development key."""
+    secret = worker_secret(target.project, pii_key_secret, production)
+    if not dry_run:
+        load_protector(production, secret)
+    config = ingest_config(catalog, target.lake, production and not dry_run, pii_key_secret=secret)
+    return lambda p: build_streaming(p, catalog, target, config)
+
+
+def replay_builder(
+    catalog: Catalog,
+    target: DataflowTarget,
+    aggregate: str,
+    *,
+    since: str | None,
+    until: str | None,
+    dry_run: bool,
+) -> Builder:
+    """A batch replay of `aggregate` for `target` (a launch plans it on the lake now)."""
+    catalog.aggregate(aggregate)  # an unknown name fails before anything is built
+    return lambda p: build_replay(
+        p,
+        catalog,
+        target,
+        aggregate,
+        since=since,
+        until=until,
+        run_id=new_run_id("replay"),
+        code_version=code_version(),
+        git_sha=git_sha(),
+        plan=not dry_run,
+        storage=settings.storage_options(),
+    )
+
+
+def launch(
+    catalog: Catalog,
+    target: DataflowTarget,
+    *,
+    replay: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    production: bool = True,
+    pii_key_secret: str | None = None,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Build the streaming ingest (`replay=None`) or a replay of one aggregate and submit it,
+    or with `dry_run` return its spec. The one code path behind `tidegate deploy dataflow` and
+    `tidegate ingest --mode streaming --dry-run`."""
+    if target.update and replay is not None:
+        raise TidegateError(
+            "--update replaces a running streaming job; a replay is a new batch job", hint="drop --update"
+        )
+    target.check()
+    if not dry_run:
+        require_credentials()
+    if replay is None:
+        builder = streaming_builder(
+            catalog, target, production=production, pii_key_secret=pii_key_secret, dry_run=dry_run
+        )
+        return run("streaming", target, builder, dry_run=dry_run, name=job_name("ingest", target))
+    builder = replay_builder(catalog, target, replay, since=since, until=until, dry_run=dry_run)
+    name = job_name("replay", target, replay.replace("_", "-"))
+    return run("batch", target, builder, dry_run=dry_run, name=name)
 
 
 def console_url(target: DataflowTarget, job_id: str) -> str:
@@ -197,8 +274,6 @@ def run(
     builder(pipeline)
     result = pipeline.run()
     if dry_run:
-        from google.protobuf import json_format
-
         job = result.job  # type: ignore[attr-defined]
         graph = json.loads(json_format.MessageToJson(job.proto_pipeline))
         return {

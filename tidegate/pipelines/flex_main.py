@@ -14,7 +14,11 @@ import argparse
 import logging
 import sys
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from tidegate.catalog import load_catalog
+from tidegate.pipelines.dataflow import DataflowTarget, replay_builder, streaming_builder
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,12 +45,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tidegate import settings
-    from tidegate.catalog import load_catalog
-    from tidegate.pipelines.dataflow import DataflowTarget, build_replay, build_streaming
-    from tidegate.pipelines.local import new_run_id
-    from tidegate.version import code_version, git_sha
-
     args, beam_args = parser().parse_known_args(argv)
     options = PipelineOptions(beam_args, save_main_session=False)
     gcp = options.view_as(GoogleCloudOptions)
@@ -57,34 +55,22 @@ def main(argv: list[str] | None = None) -> None:
         temp_location=gcp.temp_location or "",
         lake=args.lake,
     )
-    import apache_beam as beam
-
-    pipeline = beam.Pipeline(options=options)
     if args.mode == "streaming":
-        from tidegate.lake.pii import load_protector, worker_secret
-        from tidegate.pipelines.local import ingest_config
-
-        production = args.production == "true"
-        secret = worker_secret(target.project, args.pii_key_secret, production)
-        load_protector(production, secret)  # fail at launch, not on the first bundle
-        config = ingest_config(catalog, args.lake, production, pii_key_secret=secret)
-        build_streaming(pipeline, catalog, target, config)
+        builder = streaming_builder(
+            catalog,
+            target,
+            production=args.production == "true",
+            pii_key_secret=args.pii_key_secret,
+            dry_run=False,
+        )
     else:
         if not args.aggregate:
             raise SystemExit("--aggregate is required with --mode replay")
-        build_replay(
-            pipeline,
-            catalog,
-            target,
-            args.aggregate,
-            since=args.since,
-            until=args.until,
-            run_id=new_run_id().replace("run-", "replay-"),
-            code_version=code_version(),
-            git_sha=git_sha(),
-            plan=True,
-            storage=settings.storage_options(),
+        builder = replay_builder(
+            catalog, target, args.aggregate, since=args.since, until=args.until, dry_run=False
         )
+    pipeline = beam.Pipeline(options=options)
+    builder(pipeline)
     pipeline.run()  # Flex Templates return once the job is submitted
 
 

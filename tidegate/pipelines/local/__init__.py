@@ -21,7 +21,7 @@ from tidegate.lake.lock import lake_lock
 
 from .accounting import BatchOutcome, RunSummary
 from .consumer import ConsumerOptions
-from .driver import Heartbeat, LocalIngest, LocalOptions, ingest_config, new_run_id
+from .driver import Heartbeat, LocalIngest, LocalOptions
 
 __all__ = [
     "BatchOutcome",
@@ -30,7 +30,5 @@ __all__ = [
     "LocalIngest",
     "LocalOptions",
     "RunSummary",
-    "ingest_config",
     "lake_lock",
-    "new_run_id",
 ]

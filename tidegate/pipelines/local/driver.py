@@ -28,7 +28,6 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,30 +78,6 @@ class Heartbeat:
     buffered: int
     last_commit: datetime | None
     batches: int
-
-
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-
-
-def ingest_config(
-    catalog: Catalog, lake: str, production: bool, pii_key_secret: str | None = None
-) -> IngestConfig:
-    """A fresh run's IngestConfig (new run id, this code's version and git sha, the lake's
-    storage options): the CLI, the Dataflow launcher and the Flex Template entry point."""
-    from tidegate import settings
-    from tidegate.version import code_version, git_sha
-
-    return IngestConfig(
-        lake=lake,
-        run_id=new_run_id(),
-        catalog_path=str(catalog.path),
-        code_version=code_version(),
-        git_sha=git_sha(),
-        production=production,
-        storage_options=tuple(sorted((settings.storage_options() or {}).items())),
-        pii_key_secret=pii_key_secret,
-    )
 
 
 class LocalIngest:

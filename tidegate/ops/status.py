@@ -22,8 +22,12 @@ import polars as pl
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from tidegate.infra.backlog import COUNT_LIMIT, BacklogReport
-from tidegate.lake.read import Lake, scan_table
+from tidegate.errors import TidegateError
+from tidegate.infra.backlog import COUNT_LIMIT, BacklogReport, emulator_backlog, monitoring_backlog
+from tidegate.infra.pubsub import desired_subscriptions
+from tidegate.lake.delta import scan_table
+from tidegate.lake.lock import lake_lock
+from tidegate.lake.read import Lake
 
 BACKLOG_MODES = ("auto", "count", "monitoring", "off")
 
@@ -41,11 +45,6 @@ def backlog(
 
     mode `auto`: Cloud Monitoring when the lake is remote (gs://...) and no emulator was named
     (--emulator / $PUBSUB_EMULATOR_HOST), else a count on the emulator at `address`."""
-    from tidegate.errors import TidegateError
-    from tidegate.infra.backlog import emulator_backlog, monitoring_backlog
-    from tidegate.infra.pubsub import desired_subscriptions
-    from tidegate.lake.lock import lake_lock
-
     subs = [s.name for s in desired_subscriptions(lake.catalog)]  # the streams' + the dead-letter one
     if mode == "off":
         return BacklogReport("off", [], "not asked for (--backlog off)")

@@ -16,13 +16,15 @@ from typing import Any
 
 import polars as pl
 
+from tidegate.lake.delta import try_open
 from tidegate.lake.read import Lake
+from tidegate.ops.status import status
 
 
 def _svg(fig: Any) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: imported by the report only (slow to import)
 
     plt.close(fig)
     text = buf.getvalue()
@@ -30,7 +32,7 @@ def _svg(fig: Any) -> str:
 
 
 def _figure(title: str) -> tuple[Any, Any]:
-    import matplotlib
+    import matplotlib  # imported by the report only (slow to import)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -42,14 +44,7 @@ def _figure(title: str) -> tuple[Any, Any]:
 
 
 def _exists(lake: Lake, table: str) -> bool:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        DeltaTable(lake.uri(table), storage_options=lake.storage_options)
-    except TableNotFoundError:
-        return False
-    return True
+    return try_open(lake.uri(table), lake.storage_options) is not None
 
 
 def charts(lake: Lake) -> list[tuple[str, str, str]]:
@@ -128,8 +123,6 @@ def charts(lake: Lake) -> list[tuple[str, str, str]]:
 
 
 def build_report(lake: Lake, out: Path) -> Path:
-    from tidegate.lake.status import status
-
     report = status(lake)
     rows = "".join(
         f"<tr><td>{html.escape(t['table'])}</td><td>{t['version']}</td><td>{t['rows']:,}</td><td>{html.escape(t['last_commit'][:19])}</td></tr>"
