@@ -14,17 +14,31 @@ watermark base stamped), with 5% out-of-order (<= 2 min) and 1% late (2 h) event
 
 from __future__ import annotations
 
+import random
 import resource
+import shutil
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from tidegate import settings
 from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra import emulator as emu
+from tidegate.infra.backlog import count_backlog
 from tidegate.infra.pubsub import provision, subscriber
+from tidegate.lake.rows import stamp_seen_max_event_time
+from tidegate.lake.tables import raw_schema, raw_uri
+from tidegate.lake.writer import insert_new
+from tidegate.pipelines.replay import replay
+from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate, publish
+from tidegate.version import code_version, git_sha
 
 
 def _peak_rss_mib() -> float:
@@ -41,15 +55,6 @@ def _synthetic_raw(
     lake: Path, catalog: Catalog, registry: ContractRegistry, events: int, progress: Any
 ) -> None:
     """Raw tables of `events` orders and `events` page views, committed like ingestion does."""
-    import random
-    from datetime import UTC, datetime, timedelta
-    from decimal import Decimal
-
-    import pyarrow as pa
-
-    from tidegate.lake.rows import stamp_seen_max_event_time
-    from tidegate.lake.tables import raw_schema, raw_uri
-    from tidegate.lake.writer import insert_new
 
     rng = random.Random(11)
     start = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
@@ -116,12 +121,6 @@ def _synthetic_raw(
 
 
 def bench_replay(catalog: Catalog, events: int, group_rows: int, progress: Any = print) -> dict[str, Any]:
-    import shutil
-
-    from tidegate import settings
-    from tidegate.pipelines.replay import replay
-    from tidegate.pipelines.runs import new_run_id
-    from tidegate.version import code_version, git_sha
 
     registry = ContractRegistry.from_catalog(catalog)
     lake = settings.home() / "bench" / f"replay-{events}"
@@ -159,7 +158,6 @@ def bench_replay(catalog: Catalog, events: int, group_rows: int, progress: Any =
 def bench_backlog(catalog: Catalog, messages: int, limit: int, progress: Any = print) -> dict[str, Any]:
     """How long `tidegate status` takes to count an emulator backlog of `messages` (spread over
     the catalog's subscriptions by the usual mix), and that counting left every message in place."""
-    from tidegate.infra.backlog import count_backlog
 
     registry = ContractRegistry.from_catalog(catalog)
     with (

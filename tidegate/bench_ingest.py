@@ -40,15 +40,20 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from deltalake import DeltaTable
 
 from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra import emulator as emu
 from tidegate.infra.pubsub import provision, pull_now, subscriber, subscription_path
+from tidegate.lake.metrics import metrics_uri
+from tidegate.lake.tables import ledger_uri, raw_uri
+from tidegate.lake.verify import verify
 from tidegate.pipelines.local import BatchOutcome, LocalIngest, LocalOptions
 from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate, publish
 from tidegate.transforms.ingest import IngestConfig
+from tidegate.version import code_version, git_sha
 
 Progress = Callable[[str], None]
 
@@ -82,7 +87,6 @@ def files(lake: Path) -> int:
 
 def files_per_table(lake: Path) -> dict[str, int]:
     """Live data files per Delta table under the lake (what a reader opens)."""
-    from deltalake import DeltaTable
 
     out: dict[str, int] = {}
     for log_dir in sorted(lake.rglob("_delta_log")):
@@ -141,7 +145,6 @@ def ceiling(catalog: Catalog, address: str, events: int) -> float:
 def stage_costs(lake: Path, run_id: str) -> dict[str, float]:
     """Mean milliseconds per batch of each stage, from the run's `_metrics` rows: the Beam
     distributions (decode, contract, GX, each commit) and the driver's own stages."""
-    from tidegate.lake.metrics import metrics_uri
 
     m = pl.read_delta(metrics_uri(str(lake))).filter(pl.col("run_id") == run_id)
     batches = max(1, m.get_column("batch_id").n_unique())
@@ -161,7 +164,6 @@ def stage_costs(lake: Path, run_id: str) -> dict[str, float]:
 
 
 def _config(catalog: Catalog, lake: Path) -> IngestConfig:
-    from tidegate.version import code_version, git_sha
 
     return IngestConfig(str(lake), new_run_id(), str(catalog.path), code_version(), git_sha())
 
@@ -230,8 +232,6 @@ def follow_while_producing(
 
 def recovery(catalog: Catalog, address: str, work: Path, events: int, progress: Progress) -> dict[str, Any]:
     """SIGKILL at the first raw commit, restart, seconds until everything landed (module doc, 4)."""
-    from tidegate.lake.tables import ledger_uri
-    from tidegate.lake.verify import verify
 
     manifest = work / "recovery-manifest.jsonl"
     _publish_mix(catalog, address, events, 13, manifest)
@@ -267,9 +267,6 @@ def recovery(catalog: Catalog, address: str, work: Path, events: int, progress: 
 
 def cold_start(catalog: Catalog, address: str, work: Path) -> float:
     """One message, a fresh `tidegate ingest --until-idle 1`: start -> first raw commit (module doc, 5)."""
-    from deltalake import DeltaTable
-
-    from tidegate.lake.tables import raw_uri
 
     registry = ContractRegistry.from_catalog(catalog)
     config = ProduceConfig(types=("shop.order.placed",), count=1, seed=17)
@@ -425,7 +422,6 @@ def bench_soak(catalog: Catalog, minutes: float, rate: float, progress: Progress
 
 def _raw_commit_ms_per_minute(lake: Path, run_id: str) -> dict[str, float]:
     """The longest raw commit per minute of the run, from its `_metrics` rows."""
-    from tidegate.lake.metrics import metrics_uri
 
     m = pl.read_delta(metrics_uri(str(lake))).filter(
         (pl.col("run_id") == run_id) & (pl.col("name") == "raw_commit_ms")

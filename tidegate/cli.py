@@ -1086,13 +1086,12 @@ def maintain(
 ) -> None:
     """Compact each table's small per-batch files into large ones and vacuum files older than --retain-hours (rows are never changed)."""
     from tidegate import settings
-    from tidegate.lake.lineage import maintain as run_maintain
-    from tidegate.lake.tables import table_uris
+    from tidegate.lake.maintenance import maintain as run_maintain
+    from tidegate.lake.tables import LakeTables
 
     catalog = load_catalog(catalog_path)
     root = settings.lake_path(lake)
-    uris = table_uris(root, catalog.event_types, [a.name for a in catalog.aggregates])
-    report = run_maintain(root, uris, retain_hours, settings.storage_options())
+    report = run_maintain(LakeTables(root, catalog), retain_hours, settings.storage_options())
     if not report:
         raise TidegateError(f"no tables under {root}", hint="run `tidegate ingest` first")
     t = Table(title=f"maintain {root}")
@@ -1100,7 +1099,7 @@ def maintain(
         t.add_column(col)
     for r in report:
         t.add_row(
-            r["table"].removeprefix(root).lstrip("/"),
+            r["table"],
             str(r["files_before"]),
             f"{r['compacted_from']} -> {r['compacted_into']}",
             str(r["vacuumed"]),

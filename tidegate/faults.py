@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
+from tidegate.errors import TransientError
+
 FAULT_ENV = "TIDEGATE_FAULT_INJECT"
 
 
@@ -41,7 +43,5 @@ def transient_fault() -> None:
     global _transient_raised
     limit = int(os.environ.get(TRANSIENT_ENV) or 0)
     if _transient_raised < limit:
-        from tidegate.errors import TransientError
-
         _transient_raised += 1
         raise TransientError(f"injected transient failure {_transient_raised} of {limit}")

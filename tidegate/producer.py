@@ -36,16 +36,21 @@ import random
 import string
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from google.pubsub_v1 import types as gapic_types
+
 from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry, dataschema_uri
 from tidegate.expectations.envelope import to_binary, to_structured
+from tidegate.infra.pubsub import gapic_publisher, topic_path
 
 FAULT_KINDS: tuple[str, ...] = (
     "malformed_json",
@@ -636,7 +641,6 @@ def generate(
 
 
 def _uuid(rng: random.Random) -> Any:
-    import uuid
 
     return uuid.UUID(int=rng.getrandbits(128), version=4)
 
@@ -681,11 +685,6 @@ def publish(
     a future and flow control each), which alone caps one process near 15k msg/s and near 5k
     once the generator shares the GIL; raw protobuf batches cost a few us per message.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from google.pubsub_v1 import types as gapic_types
-
-    from tidegate.infra.pubsub import gapic_publisher, topic_path
 
     client = gapic_publisher(address)
     raw_message = gapic_types.PubsubMessage.pb()

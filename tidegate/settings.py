@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from tidegate.catalog import Catalog
+from tidegate.errors import ConfigError, TidegateError
 
 HOME_ENV = "TIDEGATE_HOME"
 
@@ -32,9 +34,6 @@ def lake_path(override: str | None = None) -> str:
 
 def storage_options() -> dict[str, str] | None:
     """Object-store options for the lake, from $TIDEGATE_STORAGE_OPTIONS (None: defaults)."""
-    import json
-
-    from tidegate.errors import ConfigError
 
     raw = os.environ.get("TIDEGATE_STORAGE_OPTIONS", "").strip()
     if not raw:
@@ -74,7 +73,5 @@ def emulator_address(catalog: Catalog, override: str | None = None) -> str:
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        from tidegate.errors import TidegateError
-
         raise TidegateError(f"{address!r} is not HOST:PORT", hint="e.g. 127.0.0.1:8085")
     return host, int(port)

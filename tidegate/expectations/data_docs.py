@@ -27,17 +27,22 @@ def _suite_name(event_type: str) -> str:
 
 def build_data_docs(rows: list[dict[str, Any]], registry: ContractRegistry, out: Path) -> Path:
     """Render `_quality` rows (dicts) into GX Data Docs under `out`; returns index.html."""
+    # GX takes seconds to import: loaded only where a suite runs through it
     import great_expectations as gx
     from great_expectations.core.expectation_validation_result import (
         ExpectationSuiteValidationResult,
         ExpectationValidationResult,
     )
-    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.core.run_identifier import (
+        RunIdentifier,
+    )
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
     )
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(out))

@@ -89,7 +89,10 @@ def load_suite_dict(path: Path | str) -> dict[str, Any]:
 
 def load_suite(path: Path | str) -> Any:
     """Load a suite file into a GX ExpectationSuite (validates every expectation's config)."""
-    from great_expectations.core import ExpectationSuite
+    # GX takes seconds to import: loaded only where a suite runs through it
+    from great_expectations.core import (
+        ExpectationSuite,
+    )
 
     doc = load_suite_dict(path)
     doc.pop("id", None)
@@ -171,6 +174,7 @@ class SuiteValidator:
 
     def _build_gx(self) -> None:
         _silence_gx()
+        # GX takes seconds to import: loaded only where a suite runs through it
         import great_expectations as gx
 
         self._context = gx.get_context(mode="ephemeral")
@@ -204,7 +208,10 @@ class SuiteValidator:
         rows that broke them. Most batches fail one or two rules, or none."""
         if event_type in self._native:
             return self._validate_native(event_type, records)
-        from great_expectations.core import ExpectationSuite
+        # GX takes seconds to import: loaded only where a suite runs through it
+        from great_expectations.core import (
+            ExpectationSuite,
+        )
 
         suite = self._suites.get(event_type)
         if suite is None or not records:

@@ -38,7 +38,9 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from tidegate.infra.pubsub import pull_now, subscription_path
+from tidegate.infra.emulator import is_up
+from tidegate.infra.pubsub import pull_now, subscriber, subscription_path
+from tidegate.settings import split_address
 
 SNAPSHOT_PREFIX = "tidegate-backlog-"
 UNDELIVERED = "pubsub.googleapis.com/subscription/num_undelivered_messages"
@@ -123,9 +125,6 @@ def count_backlog(
 def emulator_backlog(
     address: str, project: str, subscriptions: list[str], limit: int = COUNT_LIMIT
 ) -> BacklogReport:
-    from tidegate.infra.emulator import is_up
-    from tidegate.infra.pubsub import subscriber
-    from tidegate.settings import split_address
 
     source = "emulator count"
     if not is_up(*split_address(address)):
@@ -153,6 +152,7 @@ def emulator_backlog(
 
 def monitoring_client() -> Any:
     """Cloud Monitoring's MetricServiceClient with Application Default Credentials."""
+    # GCP only: never loaded offline
     from google.cloud import monitoring_v3
 
     return monitoring_v3.MetricServiceClient()
@@ -162,6 +162,7 @@ def monitoring_backlog(
     project: str, subscriptions: list[str], client: Any = None, now: datetime | None = None
 ) -> BacklogReport:
     """The newest Cloud Monitoring sample of each subscription's backlog (see the module doc)."""
+    # GCP only: never loaded offline
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import monitoring_v3

@@ -25,9 +25,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.api_core import exceptions as gexc
+from google.api_core import retry as gretry
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf import duration_pb2, field_mask_pb2
+from google.pubsub_v1 import PublisherClient as GapicPublisherClient
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+from google.pubsub_v1.types import PullResponse
 
 from tidegate.catalog import Catalog
 from tidegate.errors import PlatformError
@@ -67,9 +73,6 @@ def subscriber(address: str | None, **kwargs: Any) -> pubsub_v1.SubscriberClient
     gRPC's 4 MB receive limit (one 9 MB message fails the whole pull: platform facts), so the
     channel is built here without limits; on GCP the library's channel has none already."""
     if address and "transport" not in kwargs:
-        import grpc
-        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-
         channel = grpc.insecure_channel(address, options=UNLIMITED)
         kwargs["transport"] = SubscriberGrpcTransport(channel=channel)
     with _emulator_env(address):
@@ -78,9 +81,6 @@ def subscriber(address: str | None, **kwargs: Any) -> pubsub_v1.SubscriberClient
 
 def gapic_publisher(address: str | None) -> Any:
     """The generated (GAPIC) Publisher client: one RPC per call, no client-side batching."""
-    import grpc
-    from google.pubsub_v1 import PublisherClient as GapicPublisherClient
-    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 
     if address:
         # The emulator speaks plaintext gRPC; a default transport would try TLS and retry forever.
@@ -92,7 +92,6 @@ def gapic_publisher(address: str | None) -> Any:
 def retry_for(seconds: float) -> Any:
     """Retry transient gRPC errors for at most `seconds` overall (the client's default is 60 s,
     whatever per-call timeout is passed)."""
-    from google.api_core import retry as gretry
 
     return gretry.Retry(
         initial=0.1,
@@ -117,7 +116,6 @@ def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: f
     Returns raw protobuf `ReceivedMessage`s: reading fields through proto-plus wrappers costs
     ~80 us per message, more than decoding and validating it.
     """
-    from google.pubsub_v1.types import PullResponse
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The return_immediately flag is deprecated", DeprecationWarning)

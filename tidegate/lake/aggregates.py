@@ -40,7 +40,7 @@ from typing import NamedTuple
 import polars as pl
 import pyarrow as pa
 
-from tidegate.catalog import AggregateSpec, Catalog
+from tidegate.catalog import AggregateSpec, Catalog, parse_duration
 from tidegate.errors import ConfigError
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.lake.tables import raw_schema
@@ -81,7 +81,6 @@ LINEAGE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 
 def _seconds(value: str) -> timedelta:
-    from tidegate.catalog import parse_duration
 
     return timedelta(seconds=parse_duration(value))
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 # Local mode's dedup horizon: at least Pub/Sub's default message retention (7 days), the longest
 # a redelivery or a seek can bring a message back.
@@ -161,7 +162,6 @@ class KeyIndex:
             self._generations = [(day, g) for day, g in self._generations if day >= oldest]
 
     def _load(self, table: Any) -> None:
-        import pyarrow.dataset as ds
 
         version = table.version()
         dataset = table.to_pyarrow_dataset()

@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
 from tidegate.errors import TidegateError
 from tidegate.lake.delta import open_table, scan_table
@@ -117,40 +115,3 @@ def row_lineage(uri: str, key: str, storage_options: dict[str, str] | None = Non
     if commit and commit.get("tidegate_contracts") and row.get("schema_version") is not None:
         contract = json.loads(commit["tidegate_contracts"]).get(f"v{row['schema_version']}")
     return {"row": row, "commit": commit, "contract_fingerprint": contract, "copies": found.height}
-
-
-def maintain(
-    lake: str, tables: list[str], retain_hours: int, storage_options: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
-    """Compact small files into large ones and vacuum files older than the retention."""
-    from deltalake import CommitProperties
-
-    report = []
-    for uri in tables:
-        try:
-            table = DeltaTable(uri, storage_options=storage_options)
-        except TableNotFoundError:
-            continue
-        before = len(table.file_uris())
-        props = CommitProperties(custom_metadata={"tidegate_operation": "maintain"})
-        metrics = table.optimize.compact(commit_properties=props)
-        vacuumed = table.vacuum(
-            retention_hours=retain_hours,
-            enforce_retention_duration=False,
-            dry_run=False,
-            commit_properties=props,
-        )
-        report.append(
-            {
-                "table": uri,
-                "files_before": before,
-                "files_after": len(DeltaTable(uri, storage_options=storage_options).file_uris()),
-                "compacted_from": metrics.get("numFilesRemoved", 0),
-                "compacted_into": metrics.get("numFilesAdded", 0),
-                "vacuumed": len(vacuumed),
-            }
-        )
-    return report
-
-
-__all__ = ["commits", "maintain", "resolve_table", "row_lineage"]

@@ -1,6 +1,7 @@
-"""Keeping tables cheap to write and read while they grow: compaction of small files.
+"""Keeping tables cheap to write and read while they grow: compaction and vacuum.
 
     compact_small_files(".tidegate/lake/raw/shop.order.placed", min_files=16)
+    maintain(LakeTables(".tidegate/lake", catalog), retain_hours=168)   # `tidegate maintain`
 
 Every micro-batch adds one file per table (per partition it touches). A MERGE reads every file
 of the partitions it touches (~1-1.5 ms each) and every open replays the log, so an
@@ -20,6 +21,9 @@ from typing import Any
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import TableNotFoundError
+
+from tidegate.lake.delta import try_open
+from tidegate.lake.tables import LakeTables
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +62,36 @@ def compact_small_files(uri: str, min_files: int = 16, storage_options: dict[str
             continue
         removed += int(metrics.get("numFilesRemoved", 0))
     return removed
+
+
+def maintain(
+    tables: LakeTables, retain_hours: int, storage_options: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Compact every existing table of the lake into large files and vacuum files older than
+    the retention (rows never change). One report row per table, by name."""
+    report = []
+    props = CommitProperties(custom_metadata={"tidegate_operation": "maintain"})
+    for spec in tables.specs():
+        uri = spec.uri(tables.root)
+        table = try_open(uri, storage_options)
+        if table is None:
+            continue
+        before = len(table.file_uris())
+        metrics = table.optimize.compact(commit_properties=props)
+        vacuumed = table.vacuum(
+            retention_hours=retain_hours,
+            enforce_retention_duration=False,
+            dry_run=False,
+            commit_properties=props,
+        )
+        report.append(
+            {
+                "table": spec.name,
+                "files_before": before,
+                "files_after": len(DeltaTable(uri, storage_options=storage_options).file_uris()),
+                "compacted_from": metrics.get("numFilesRemoved", 0),
+                "compacted_into": metrics.get("numFilesAdded", 0),
+                "vacuumed": len(vacuumed),
+            }
+        )
+    return report

@@ -15,28 +15,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from tidegate.lake.tables import join
-
-METRICS_SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("batch_id", pa.string(), nullable=False),
-        pa.field("step", pa.string(), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # counter | distribution
-        pa.field("value", pa.float64()),  # counters: the count; distributions: the sum
-        pa.field("count", pa.int64()),
-        pa.field("min", pa.float64()),
-        pa.field("max", pa.float64()),
-        pa.field("p50", pa.float64()),
-        pa.field("p99", pa.float64()),
-        pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
+from tidegate.lake.tables import METRICS, METRICS_SCHEMA
+from tidegate.lake.writer import append
 
 
 def metrics_uri(lake: str) -> str:
-    return join(lake, "_metrics")
+    return METRICS.uri(lake)
 
 
 def _step(key: Any) -> str:
@@ -140,7 +124,6 @@ def latency_row(latencies: list[float]) -> dict[str, Any]:
 def write_metrics(
     lake: str, run_id: str, batch_id: str, rows: list[dict[str, Any]], storage: dict[str, str] | None
 ) -> None:
-    from tidegate.lake.writer import append
 
     now = datetime.now(UTC)
     full = [{"run_id": run_id, "batch_id": batch_id, "recorded_at": now, **r} for r in rows]

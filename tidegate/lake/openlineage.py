@@ -32,6 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tidegate import settings
+from tidegate.version import code_version, git_sha
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "tidegate"
@@ -75,6 +78,7 @@ class LineageEmitter:
     """Builds and sends run events; one per process (ingest run or replay)."""
 
     def __init__(self, lake: str, *, home: Path | None = None) -> None:
+        # openlineage: loaded only when lineage events are emitted
         from openlineage.client import OpenLineageClient
 
         self.enabled = os.environ.get("TIDEGATE_OPENLINEAGE", "").lower() not in ("off", "0", "false")
@@ -84,18 +88,22 @@ class LineageEmitter:
             return
         url = os.environ.get("TIDEGATE_OPENLINEAGE_URL")
         if url:
-            from openlineage.client.transport.http import HttpConfig, HttpTransport
+            from openlineage.client.transport.http import (
+                HttpConfig,
+                HttpTransport,
+            )
 
             self.client = OpenLineageClient(
                 transport=HttpTransport(HttpConfig(url=url, timeout=5.0, retry={"total": 2}))
             )
             self.target = url
             return
-        from openlineage.client.transport.file import FileConfig, FileTransport
+        from openlineage.client.transport.file import (
+            FileConfig,
+            FileTransport,
+        )
 
         if "://" in lake and not lake.startswith("file://"):
-            from tidegate import settings
-
             folder = (home or settings.home()) / "openlineage"
         else:
             folder = Path(lake.removeprefix("file://")) / "_openlineage"
@@ -138,7 +146,15 @@ class LineageEmitter:
         error: str | None,
         tidegate_run_id: str | None,
     ) -> Any:
-        from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+        # openlineage: loaded only when lineage events are emitted
+        from openlineage.client.event_v2 import (
+            InputDataset,
+            Job,
+            OutputDataset,
+            Run,
+            RunEvent,
+            RunState,
+        )
         from openlineage.client.facet_v2 import (
             data_quality_assertions_dataset,
             dataset_version_dataset,
@@ -209,10 +225,11 @@ class LineageEmitter:
 def _tidegate_facet(run_id: str) -> Any:
     """Custom run facet: tidegate's own run id, code version and git sha (the same values as
     the Delta commits' tidegate_run_id / tidegate_version / tidegate_git_sha)."""
+    # openlineage: loaded only when lineage events are emitted
     import attr
-    from openlineage.client.generated.base import RunFacet
-
-    from tidegate.version import code_version, git_sha
+    from openlineage.client.generated.base import (
+        RunFacet,
+    )
 
     @attr.define
     class TidegateRunFacet(RunFacet):

@@ -44,6 +44,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from google.api_core import exceptions as gexc
 
 from tidegate.errors import ConfigError
 
@@ -120,6 +121,7 @@ def is_production(flag: bool = False) -> bool:
 
 def secret_manager_client() -> Any:
     """Secret Manager's client with Application Default Credentials."""
+    # GCP only: never loaded offline
     from google.cloud import secretmanager_v1
 
     return secretmanager_v1.SecretManagerServiceClient()
@@ -142,7 +144,6 @@ _SECRET_RE = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")
 @functools.lru_cache(maxsize=4)
 def fetch_secret(name: str) -> bytes:
     """The payload of a Secret Manager secret version, once per process per name."""
-    from google.api_core import exceptions as gexc
 
     if not _SECRET_RE.fullmatch(name):
         raise ConfigError(

@@ -37,13 +37,16 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from tidegate.catalog import AggregateSpec, Catalog
+from tidegate.errors import TransientError
 from tidegate.faults import fault_point
 from tidegate.lake import aggregates as agg
 from tidegate.lake.delta import data_files, try_open
-from tidegate.lake.tables import LATE_KEYS, LATE_SCHEMA, aggregate_uri, late_uri, raw_uri
+from tidegate.lake.rows import lineage
+from tidegate.lake.tables import LATE, LATE_SCHEMA, aggregate_uri, raw_schema, raw_uri
+from tidegate.lake.writer import insert_new, replace_windows
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,6 @@ class Projector:
         git_sha: str,
         storage: dict[str, str] | None = None,
     ) -> None:
-        from tidegate.lake.tables import raw_schema
 
         self.catalog = catalog
         self.lake = lake
@@ -367,7 +369,6 @@ class Projector:
     def _commit(
         self, spec: AggregateSpec, upserts: pl.DataFrame, deletes: pl.DataFrame, raw_version: int
     ) -> Any:
-        from tidegate.lake.writer import replace_windows
 
         schema = self.schemas[spec.name]
         key_cols = ["window_start", *spec.keys]
@@ -420,7 +421,6 @@ def aggregate_commit_meta(
 ) -> dict[str, str]:
     """Lineage metadata of a commit to an aggregate table (projection, replay or stream):
     the usual tidegate_* keys plus the source table, the raw version and the declaration."""
-    from tidegate.lake.rows import lineage
 
     keys: dict[str, Any] = {
         "tidegate_table": f"aggregates/{spec.name}",
@@ -470,7 +470,6 @@ def write_late(
     storage: dict[str, str] | None,
 ) -> int:
     """Record late (event, window) pairs in the late ledger (insert-only: idempotent)."""
-    from tidegate.lake.writer import insert_new
 
     if pairs.is_empty():
         return 0
@@ -482,10 +481,10 @@ def write_late(
     ).to_arrow()
     table = pa.Table.from_arrays([data.column(f.name).cast(f.type) for f in LATE_SCHEMA], schema=LATE_SCHEMA)
     result = insert_new(
-        late_uri(lake),
+        LATE.uri(lake),
         table,
-        keys=list(LATE_KEYS),
-        partition_by=["aggregate"],
+        keys=LATE.keys,
+        partition_by=LATE.partition_by,
         prune_on="aggregate",
         metadata={"tidegate_run_id": run_id, "tidegate_table": "aggregates/_late"},
         storage_options=storage,
@@ -511,7 +510,6 @@ def replace_all(
     when neither is given) in one commit. A full replay records `raw_version` as the app
     transaction (the table now incorporates exactly that version); a ranged one leaves the marker
     alone, so the next projection still recomputes whatever is newer. Returns the version."""
-    from deltalake import CommitProperties, Transaction, write_deltalake
 
     uri = aggregate_uri(lake, spec.name)
     full = since is None and until is None
@@ -520,8 +518,6 @@ def replace_all(
     if existing is not None and full:
         done = existing.transaction_version(app_id(spec))
         if done is not None and done > raw_version:
-            from tidegate.errors import TransientError
-
             raise TransientError(
                 f"{uri} already incorporates raw version {done}, newer than this replay's {raw_version}"
             )
@@ -567,7 +563,6 @@ def apply_panes(
     - sessions: a pane of a merged session replaces the stored sessions of its key that it
       contains; a pane contained in a stored, larger session of its key (it merged since) is
       dropped."""
-    from tidegate.lake.writer import replace_windows
 
     if not panes:
         return 0

@@ -35,16 +35,13 @@ from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import Catalog, load_catalog
 from tidegate.errors import TidegateError
+from tidegate.expectations.contracts import parse_rfc3339
 from tidegate.lake import aggregates as agg
 from tidegate.lake.delta import scan_table
-from tidegate.lake.metrics import metrics_uri
+from tidegate.lake.lineage import row_lineage
+from tidegate.lake.projection import app_id
 from tidegate.lake.tables import (
-    aggregate_uri,
-    late_uri,
-    ledger_uri,
-    quality_uri,
-    quarantine_uri,
-    raw_uri,
+    LakeTables,
 )
 
 TimeRef = datetime | str | None
@@ -53,7 +50,6 @@ TimeRef = datetime | str | None
 def _when(value: TimeRef) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value.astimezone(UTC) if isinstance(value, datetime) else None
-    from tidegate.expectations.contracts import parse_rfc3339
 
     return parse_rfc3339(value)
 
@@ -68,31 +64,18 @@ class Lake:
 
     # -- tables --------------------------------------------------------------------------------
 
+    @property
+    def tables(self) -> LakeTables:
+        """The registry of this lake's tables (tidegate.lake.tables)."""
+        return LakeTables(self.root, self.catalog)
+
     def uri(self, table: str) -> str:
-        """'raw/<type>', 'quarantine', '_ledger', '_quality', 'aggregates/<name>', 'aggregates/_late'."""
-        if table.startswith("raw/") and table.removeprefix("raw/") in self.catalog.event_types:
-            return raw_uri(self.root, table.removeprefix("raw/"))
-        fixed = {
-            "quarantine": quarantine_uri(self.root),
-            "_ledger": ledger_uri(self.root),
-            "_quality": quality_uri(self.root),
-            "_metrics": metrics_uri(self.root),
-            "aggregates/_late": late_uri(self.root),
-        }
-        if table in fixed:
-            return fixed[table]
-        name = table.removeprefix("aggregates/")
-        if table.startswith("aggregates/") and name in {a.name for a in self.catalog.aggregates}:
-            return aggregate_uri(self.root, name)
-        raise TidegateError(f"unknown table {table!r}", hint=f"tables: {', '.join(self.table_names())}")
+        """'raw/<type>', 'quarantine', '_ledger', '_quality', '_metrics', 'aggregates/<name>',
+        'aggregates/_late'."""
+        return self.tables.uri(table)
 
     def table_names(self) -> list[str]:
-        return (
-            [f"raw/{t}" for t in self.catalog.event_types]
-            + ["quarantine", "_ledger", "_quality", "_metrics"]
-            + [f"aggregates/{a.name}" for a in self.catalog.aggregates]
-            + ["aggregates/_late"]
-        )
+        return self.tables.names()
 
     def delta(self, table: str, *, version: int | None = None, as_of: TimeRef = None) -> DeltaTable:
         uri = self.uri(table)
@@ -233,7 +216,6 @@ class Lake:
         if unknown or set(spec.keys) - set(keys):
             raise TidegateError(f"{aggregate} is keyed by {spec.keys}; got {sorted(keys)}")
         table = self.delta(f"aggregates/{aggregate}")
-        from tidegate.lake.projection import app_id
 
         version = table.transaction_version(app_id(spec))
         raw = self.raw(spec.source, version=version) if version is not None else self.raw(spec.source)
@@ -257,7 +239,6 @@ class Lake:
     def event_lineage(self, event_type: str, event_id: str) -> dict[str, Any]:
         """Where one raw event came from: its Pub/Sub message, the run and batch, the code
         version, the contract it was checked against and the GX expectations its batch ran."""
-        from tidegate.lake.lineage import row_lineage
 
         info = row_lineage(self.uri(f"raw/{event_type}"), event_id, self.storage_options)
         row, commit = info["row"], info["commit"] or {}

@@ -21,6 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
 
 from tidegate.expectations.checks import Rejection, ValidEvent
 from tidegate.expectations.contracts import ContractRegistry
@@ -134,8 +136,6 @@ def committed_rows(
     returned; a retried bundle returns the same rows again, which is what the runner expects
     of a retry. File statistics on batch_id and the event_date partitions prune the read to the
     files that commit wrote."""
-    import pyarrow.dataset as ds
-    from deltalake import DeltaTable
 
     dataset = DeltaTable(uri, storage_options=storage_options).to_pyarrow_dataset()
     when = None

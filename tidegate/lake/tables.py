@@ -16,13 +16,22 @@ the payload fields of the latest version. A payload column is NOT NULL only if e
 requires it (so rows of older versions read as null in columns added later).
 
 `<lake>` is a local path or any URI delta-rs understands (`gs://bucket/lake`, `file:///...`).
+
+**The registry.** `LakeTables(root, catalog)` lists every table a lake of this catalog can hold
+(`TableSpec`: name, kind, keys, partitioning, fixed schema) and maps a table's name to its URI.
+Readers (`tidegate.lake.read.Lake`), the writers, maintain, status, lineage and the Dataflow
+job all go through it; `raw_uri(lake, type)` and friends are its shorthands.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+
 import pyarrow as pa
 
-from tidegate.errors import ConfigError
+from tidegate.catalog import Catalog
+from tidegate.errors import ConfigError, TidegateError
 from tidegate.expectations.contracts import EventTypeContracts
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -111,23 +120,6 @@ LEDGER_SCHEMA = pa.schema(
 )
 
 
-def join(lake: str, *parts: str) -> str:
-    """Join path parts onto a lake root that may be a local path or a URI."""
-    return "/".join([lake.rstrip("/"), *parts])
-
-
-def raw_uri(lake: str, event_type: str) -> str:
-    return join(lake, "raw", event_type)
-
-
-def quarantine_uri(lake: str) -> str:
-    return join(lake, "quarantine")
-
-
-def ledger_uri(lake: str) -> str:
-    return join(lake, "_ledger")
-
-
 LATE_SCHEMA = pa.schema(
     [
         pa.field("aggregate", pa.string(), nullable=False),
@@ -164,18 +156,6 @@ QUALITY_SCHEMA = pa.schema(
 QUALITY_KEYS = ("batch_id", "event_type", "expectation", "column")
 
 
-def quality_uri(lake: str) -> str:
-    return join(lake, "_quality")
-
-
-def aggregate_uri(lake: str, name: str) -> str:
-    return join(lake, "aggregates", name)
-
-
-def late_uri(lake: str) -> str:
-    return join(lake, "aggregates", "_late")
-
-
 def payload_fields(contracts: EventTypeContracts) -> list[pa.Field]:
     """Payload columns for a type across all its versions (latest version's order)."""
     latest = contracts.latest
@@ -201,27 +181,123 @@ def raw_schema(contracts: EventTypeContracts) -> pa.Schema:
     return pa.schema(envelope + payload_fields(contracts))
 
 
-__all__ = [
-    "ENVELOPE_COLUMNS",
-    "LATE_KEYS",
-    "LATE_SCHEMA",
-    "LEDGER_SCHEMA",
-    "QUALITY_KEYS",
-    "QUALITY_SCHEMA",
-    "QUARANTINE_SCHEMA",
-    "aggregate_uri",
-    "late_uri",
-    "ledger_uri",
-    "quality_uri",
-    "quarantine_uri",
-    "raw_schema",
-    "raw_uri",
-]
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("step", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # counter | distribution
+        pa.field("value", pa.float64()),  # counters: the count; distributions: the sum
+        pa.field("count", pa.int64()),
+        pa.field("min", pa.float64()),
+        pa.field("max", pa.float64()),
+        pa.field("p50", pa.float64()),
+        pa.field("p99", pa.float64()),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
 
 
-def table_uris(lake: str, event_types: list[str], aggregates: list[str]) -> list[str]:
-    """Every table a lake of this catalog can hold (whether it exists yet or not): what
-    `tidegate maintain` and the follow-mode compactor walk."""
-    uris = [raw_uri(lake, t) for t in event_types] + [quarantine_uri(lake), ledger_uri(lake)]
-    uris += [aggregate_uri(lake, a) for a in aggregates] + [late_uri(lake), quality_uri(lake)]
-    return [*uris, join(lake, "_metrics")]
+class Kind(StrEnum):
+    RAW = "raw"
+    QUARANTINE = "quarantine"
+    LEDGER = "ledger"
+    QUALITY = "quality"
+    METRICS = "metrics"
+    AGGREGATE = "aggregate"
+    LATE = "late"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One Delta table of the lake. `keys` is what makes a row unique (the idempotent commits
+    insert only rows whose key is new); `schema` is None where the catalog decides it (raw
+    tables: the contracts; aggregates: their spec)."""
+
+    name: str  # the path under the lake root, and the name users type (`raw/shop.order.placed`)
+    kind: Kind
+    keys: tuple[str, ...]
+    partition_by: tuple[str, ...] = ()
+    schema: pa.Schema | None = None
+    event_type: str | None = None
+    aggregate: str | None = None
+
+    def uri(self, lake: str) -> str:
+        """Its location under a lake root that may be a local path or a URI."""
+        return "/".join([lake.rstrip("/"), self.name])
+
+
+def raw_table(event_type: str) -> TableSpec:
+    return TableSpec(f"raw/{event_type}", Kind.RAW, ("event_id",), ("event_date",), event_type=event_type)
+
+
+def aggregate_table(name: str) -> TableSpec:
+    # keys: the window and the aggregate's key columns (tidegate.lake.aggregates.key_columns)
+    return TableSpec(f"aggregates/{name}", Kind.AGGREGATE, ("window_start",), aggregate=name)
+
+
+QUARANTINE = TableSpec(
+    "quarantine",
+    Kind.QUARANTINE,
+    ("subscription", "pubsub_message_id"),
+    ("quarantine_date",),
+    QUARANTINE_SCHEMA,
+)
+LEDGER = TableSpec("_ledger", Kind.LEDGER, ("batch_id",), (), LEDGER_SCHEMA)
+QUALITY = TableSpec("_quality", Kind.QUALITY, QUALITY_KEYS, ("quality_date",), QUALITY_SCHEMA)
+METRICS = TableSpec("_metrics", Kind.METRICS, (), (), METRICS_SCHEMA)  # append-only, never deduplicated
+LATE = TableSpec("aggregates/_late", Kind.LATE, LATE_KEYS, ("aggregate",), LATE_SCHEMA)
+
+
+class LakeTables:
+    """Every table a lake of this catalog can hold, whether it exists yet or not."""
+
+    def __init__(self, root: str, catalog: Catalog) -> None:
+        self.root = root
+        self.catalog = catalog
+        specs = [raw_table(t) for t in catalog.event_types] + [QUARANTINE, LEDGER, QUALITY, METRICS]
+        specs += [aggregate_table(a.name) for a in catalog.aggregates] + [LATE]
+        self._specs = {s.name: s for s in specs}
+
+    def specs(self) -> list[TableSpec]:
+        return list(self._specs.values())
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def spec(self, name: str) -> TableSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise TidegateError(f"unknown table {name!r}", hint=f"tables: {', '.join(self._specs)}") from None
+
+    def uri(self, name: str) -> str:
+        return self.spec(name).uri(self.root)
+
+    def uris(self) -> list[str]:
+        return [s.uri(self.root) for s in self._specs.values()]
+
+
+def raw_uri(lake: str, event_type: str) -> str:
+    return raw_table(event_type).uri(lake)
+
+
+def aggregate_uri(lake: str, name: str) -> str:
+    return aggregate_table(name).uri(lake)
+
+
+def quarantine_uri(lake: str) -> str:
+    return QUARANTINE.uri(lake)
+
+
+def ledger_uri(lake: str) -> str:
+    return LEDGER.uri(lake)
+
+
+def quality_uri(lake: str) -> str:
+    return QUALITY.uri(lake)
+
+
+def late_uri(lake: str) -> str:
+    return LATE.uri(lake)

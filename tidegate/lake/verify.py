@@ -33,6 +33,7 @@ from deltalake.exceptions import TableNotFoundError
 from tidegate.catalog import AggregateSpec
 from tidegate.lake import aggregates as agg
 from tidegate.lake.delta import try_open
+from tidegate.lake.projection import app_id
 from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quarantine_uri, raw_uri
 
 
@@ -239,7 +240,6 @@ def window_diff(expected: pl.DataFrame, got: pl.DataFrame, spec: AggregateSpec) 
 
 
 def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, str] | None) -> None:
-    from tidegate.lake.projection import app_id
 
     name = f"aggregates/{spec.name}: equals a recompute from raw"
     table = try_open(aggregate_uri(lake, spec.name), storage)

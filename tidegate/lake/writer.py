@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from tidegate.errors import TransientError
@@ -310,7 +310,6 @@ def replace_windows(
     Conflicts are retried; an older `app_version` than the table already holds is refused
     (delta-rs would accept it and move the marker backwards; platform facts).
     """
-    from deltalake import Transaction
 
     meta = _stringify(metadata or {})
     txn = [Transaction(app_id, app_version)]

@@ -24,7 +24,8 @@ from tidegate.ops.status import status
 def _svg(fig: Any) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt  # matplotlib: imported by the report only (slow to import)
+    # matplotlib is slow to import: loaded only by the report
+    import matplotlib.pyplot as plt
 
     plt.close(fig)
     text = buf.getvalue()
@@ -32,7 +33,8 @@ def _svg(fig: Any) -> str:
 
 
 def _figure(title: str) -> tuple[Any, Any]:
-    import matplotlib  # imported by the report only (slow to import)
+    # matplotlib is slow to import: loaded only by the report
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

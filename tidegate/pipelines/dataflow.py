@@ -41,6 +41,7 @@ from tidegate import settings
 from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.errors import TidegateError
 from tidegate.lake.pii import load_protector, worker_secret
+from tidegate.lake.tables import raw_uri
 from tidegate.pipelines.replay import build as build_replay_graph
 from tidegate.pipelines.replay import file_groups, replay_config
 from tidegate.pipelines.runs import ingest_config, new_run_id
@@ -159,7 +160,7 @@ def build_replay(
     version: int = -1
     groups: list[list[str]] = [[]]
     if plan:
-        table = DeltaTable(f"{target.lake.rstrip('/')}/raw/{spec.source}", storage_options=storage)
+        table = DeltaTable(raw_uri(target.lake, spec.source), storage_options=storage)
         version, groups = table.version(), file_groups(table, 250_000)
     config = replay_config(
         catalog,

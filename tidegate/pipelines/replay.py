@@ -32,6 +32,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.dataset as ds
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from deltalake import DeltaTable
@@ -39,8 +40,10 @@ from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.errors import TidegateError
+from tidegate.expectations.contracts import parse_rfc3339
 from tidegate.lake.lock import lake_lock
-from tidegate.lake.tables import raw_uri
+from tidegate.lake.openlineage import LineageEmitter, OutputTable, dataset_name
+from tidegate.lake.tables import aggregate_uri, late_uri, raw_uri
 from tidegate.transforms.aggregate import ReplayAggregate, ReplayConfig, WriteReplayed
 
 
@@ -59,7 +62,6 @@ class ReplayResult:
 def _parse(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
-    from tidegate.expectations.contracts import parse_rfc3339
 
     try:
         return parse_rfc3339(value)
@@ -114,7 +116,6 @@ def build(p: beam.Pipeline, config: ReplayConfig, groups: list[list[str]]) -> No
 
 
 def _counter(result: Any, name: str) -> int:
-    from apache_beam.metrics.metric import MetricsFilter
 
     found = result.metrics().query(MetricsFilter().with_name(name))["counters"]
     return int(sum(c.committed or c.attempted or 0 for c in found))
@@ -205,8 +206,6 @@ def replay(
             git_sha=git_sha,
             storage=storage,
         )
-        from tidegate.lake.openlineage import LineageEmitter, OutputTable, dataset_name
-        from tidegate.lake.tables import aggregate_uri, late_uri
 
         lineage = LineageEmitter(lake)
         job = f"replay.{name}"

@@ -31,15 +31,25 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.pvalue import PCollection
 
 from tidegate.catalog import Catalog
 from tidegate.expectations.envelope import RawMessage
+from tidegate.lake.aggregates import source_columns
+from tidegate.transforms.aggregate import (
+    ComputeWindowedAggregates,
+    StreamingAggregateConfig,
+    StreamSinkConfig,
+    WriteAggregatePanes,
+)
 from tidegate.transforms.ingest import Ingest, IngestConfig
 from tidegate.transforms.ingest_types import Chunk
+from tidegate.transforms.ledger import BalanceLedger, WriteLedger
 
 
 def _to_raw(message: Any, subscription: str) -> RawMessage:
@@ -66,7 +76,6 @@ class ReadEvents(beam.PTransform):
         self.timestamp_attribute = timestamp_attribute
 
     def expand(self, pbegin: Any) -> PCollection:
-        from apache_beam.io.gcp.pubsub import ReadFromPubSub
 
         reads = []
         for stream in self.catalog.streams:
@@ -119,16 +128,6 @@ def build(
     timestamp_attribute: str | None = "ce-time",
     early_firing_seconds: int = 30,
 ) -> PCollection:
-    from dataclasses import replace
-
-    from tidegate.lake.aggregates import source_columns
-    from tidegate.transforms.aggregate import (
-        ComputeWindowedAggregates,
-        StreamingAggregateConfig,
-        StreamSinkConfig,
-        WriteAggregatePanes,
-    )
-    from tidegate.transforms.ledger import BalanceLedger, WriteLedger
 
     specs = [a for a in catalog.aggregates if a.source in catalog.event_types]
     columns: dict[str, list[str]] = {}

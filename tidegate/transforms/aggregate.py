@@ -19,16 +19,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 import polars as pl
+import pyarrow.dataset as ds
+from apache_beam.coders import coders
 from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.window import IntervalWindow, TimestampedValue
+from deltalake import DeltaTable
 
 from tidegate.catalog import AggregateSpec
 from tidegate.lake import aggregates as agg
+from tidegate.lake.projection import (
+    _columns,
+    _frame,
+    _ts,
+    aggregate_commit_meta,
+    aggregate_rows,
+    apply_panes,
+    replace_all,
+    write_late,
+)
+from tidegate.lake.tables import raw_schema
+from tidegate.transforms.ingest import worker_state
 
 LATE = "late"
 SHARDS = 16
@@ -68,10 +85,6 @@ class Replayed(NamedTuple):
 
 def read_files(config: ReplayConfig, paths: list[str]) -> pl.DataFrame:
     """The raw rows of some files of the pinned raw version, only the columns the spec needs."""
-    import pyarrow.dataset as ds
-    from deltalake import DeltaTable
-
-    from tidegate.lake.projection import _columns, _frame, _ts
 
     dataset = DeltaTable(config.raw_uri, version=config.raw_version, storage_options=config.storage)
     full = dataset.to_pyarrow_dataset()
@@ -170,9 +183,6 @@ class WriteReplayedWindowsFn(beam.DoFn):
         self.windows = Metrics.counter("tidegate", "replay_windows_written")
 
     def process(self, item: tuple[None, Iterable[pl.DataFrame]]) -> None:
-        from tidegate.lake.projection import aggregate_commit_meta, aggregate_rows, replace_all
-        from tidegate.lake.tables import raw_schema
-        from tidegate.transforms.ingest import worker_state
 
         c = self.config
         spec = c.spec
@@ -224,7 +234,6 @@ class WriteLateLedgerFn(beam.DoFn):
         self.config = config
 
     def process(self, item: tuple[None, Iterable[pl.DataFrame]]) -> None:
-        from tidegate.lake.projection import write_late
 
         c = self.config
         frames = [f for f in item[1] if f.height]
@@ -254,7 +263,6 @@ class WriteReplayed(beam.PTransform):
 def window_fn(spec: AggregateSpec) -> Any:
     """The Beam WindowFn of an aggregate: fixed and sliding windows come assigned per element
     (see SplitLateFn); sessions are Beam's merging Sessions over the same proto-windows."""
-    from apache_beam.transforms import window
 
     if spec.window.type == "session":
         return window.Sessions(spec.window.seconds("gap"))
@@ -352,7 +360,6 @@ class SplitLateFn(beam.DoFn):
         self.late_counter = Metrics.counter("tidegate", f"late_{self.spec.name}")
 
     def process(self, committed: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
-        from apache_beam.transforms.window import TimestampedValue
 
         _, rows = committed
         if not rows:
@@ -382,13 +389,11 @@ class AssignedWindows(beam.transforms.window.NonMergingWindowFn):  # type: ignor
     Beam windows exactly the pairs the lateness rule kept, never one it sent to the ledger."""
 
     def assign(self, context: Any) -> list[Any]:
-        from apache_beam.transforms.window import IntervalWindow
 
         start, end = context.element["_window"]
         return [IntervalWindow(start, end)]
 
     def get_window_coder(self) -> Any:
-        from apache_beam.coders import coders
 
         return coders.IntervalWindowCoder()
 
@@ -408,7 +413,6 @@ class PaneRowFn(beam.DoFn):
         window: Any = beam.DoFn.WindowParam,
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
-        from datetime import UTC
 
         keys, metrics = item
         row = {
@@ -441,7 +445,6 @@ class ComputeWindowedAggregates(beam.PTransform):
         self.config = config
 
     def expand(self, committed: PCollection) -> WindowedAggregates:
-        from apache_beam.transforms import trigger
 
         spec = self.config.spec
         split = committed | "SplitLate" >> beam.ParDo(SplitLateFn(self.config.spec_json)).with_outputs(
@@ -490,8 +493,6 @@ class WriteAggregatePanesFn(beam.DoFn):
         self.config = config
 
     def setup(self) -> None:
-        from tidegate.lake.tables import raw_schema
-        from tidegate.transforms.ingest import worker_state
 
         self.spec = AggregateSpec.model_validate_json(self.config.spec_json)
         _, registry = worker_state(self.config.catalog_path)
@@ -505,7 +506,6 @@ class WriteAggregatePanesFn(beam.DoFn):
         self.buffer.append(pane)
 
     def finish_bundle(self) -> None:
-        from tidegate.lake.projection import aggregate_commit_meta, apply_panes
 
         if not self.buffer:
             return
@@ -537,7 +537,6 @@ class WriteStreamLateFn(beam.DoFn):
         self.buffer.append(pairs)
 
     def finish_bundle(self) -> None:
-        from tidegate.lake.projection import write_late
 
         if self.buffer:
             c = self.config

@@ -29,19 +29,21 @@ import functools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from tidegate.catalog import load_catalog
 from tidegate.expectations.checks import (
     Rejection,
     ValidEvent,
@@ -49,8 +51,22 @@ from tidegate.expectations.checks import (
     decode_stage,
     expectations_stage,
 )
+from tidegate.expectations.contracts import ContractRegistry
 from tidegate.expectations.envelope import Envelope, RawMessage
+from tidegate.expectations.suites import SuiteValidator, suite_fingerprint
 from tidegate.faults import InjectedCrash, crash_on, fault_point, transient_fault
+from tidegate.lake.keyindex import key_index
+from tidegate.lake.pii import load_protector
+from tidegate.lake.rows import committed_rows, lineage, quarantine_rows, raw_rows, stamp_seen_max_event_time
+from tidegate.lake.tables import QUALITY as QUALITY_TABLE
+from tidegate.lake.tables import (
+    QUALITY_SCHEMA,
+    QUARANTINE,
+    raw_schema,
+    raw_table,
+    raw_uri,
+)
+from tidegate.lake.writer import append_new, insert_new
 from tidegate.transforms import coders as _coders  # noqa: F401 - registers the chunk coders
 from tidegate.transforms.dofn import TidegateDoFn
 from tidegate.transforms.ingest_types import Chunk, Decoded, Rejected, Typed
@@ -122,8 +138,6 @@ def worker_state(catalog_path: str) -> tuple[Any, Any]:
     caching here (rather than in `DoFn.setup`) keeps GX contexts and contract compilation
     from being rebuilt every batch. On Dataflow it is once per worker process.
     """
-    from tidegate.catalog import load_catalog
-    from tidegate.expectations.contracts import ContractRegistry
 
     catalog = load_catalog(catalog_path)
     return catalog, ContractRegistry.from_catalog(catalog)
@@ -131,7 +145,6 @@ def worker_state(catalog_path: str) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=4)
 def suite_validator(catalog_path: str) -> Any:
-    from tidegate.expectations.suites import SuiteValidator
 
     return SuiteValidator(worker_state(catalog_path)[1])
 
@@ -140,7 +153,6 @@ def suite_validator(catalog_path: str) -> Any:
 def suite_fingerprints(catalog_path: str) -> dict[str, str]:
     """Per event type, the fingerprint of the suite this process validates with (loaded once,
     like the validator itself: an edited suite file takes effect in the next run)."""
-    from tidegate.expectations.suites import suite_fingerprint
 
     registry = worker_state(catalog_path)[1]
     return {t: suite_fingerprint(c.suite_path) for t, c in registry.types.items() if c.suite_path}
@@ -148,7 +160,6 @@ def suite_fingerprints(catalog_path: str) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=4)
 def raw_schemas(catalog_path: str) -> dict[str, Any]:
-    from tidegate.lake.tables import raw_schema
 
     return {t: raw_schema(c) for t, c in worker_state(catalog_path)[1].types.items()}
 
@@ -378,12 +389,10 @@ class _WriterFn(_CatalogFn):
 
     def setup(self) -> None:
         super().setup()
-        from tidegate.lake.pii import load_protector
 
         self.protector, _warning = load_protector(self.config.production, self.config.pii_key_secret)
 
     def _meta(self, batch_ids: list[str], messages: list[RawMessage], **extra: Any) -> dict[str, str]:
-        from tidegate.lake.rows import lineage
 
         return lineage(
             run_id=self.config.run_id,
@@ -398,16 +407,18 @@ class _WriterFn(_CatalogFn):
 
 
 def _insert(
-    config: IngestConfig, uri: str, rows: Any, keys: list[str], prune_on: str | None = None, **kwargs: Any
+    config: IngestConfig,
+    uri: str,
+    rows: Any,
+    keys: Sequence[str],
+    prune_on: str | None = None,
+    **kwargs: Any,
 ) -> Callable[[], Any]:
     """The idempotent commit of `rows` to `uri`: append after an in-memory key check for the lake's
     only writer (local mode), the insert-only MERGE otherwise (lake.writer; `prune_on` is its
     partition predicate, which the key index does not need)."""
-    from tidegate.lake.writer import append_new, insert_new
 
     if config.single_writer:
-        from tidegate.lake.keyindex import key_index
-
         return functools.partial(
             append_new,
             uri,
@@ -446,8 +457,6 @@ class WriteRawHistoryFn(_WriterFn):
             self.start_bundle()
 
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput]:
-        from tidegate.lake.rows import raw_rows, stamp_seen_max_event_time
-        from tidegate.lake.tables import raw_uri
 
         now = datetime.now(UTC)
         commits: list[tuple[str, list[str], Any]] = []  # event type, batch ids, the commit
@@ -493,9 +502,9 @@ class WriteRawHistoryFn(_WriterFn):
                             self.config,
                             raw_uri(self.config.lake, event_type),
                             rows,
-                            ["event_id"],
+                            raw_table(event_type).keys,
                             metadata=meta,
-                            partition_by=["event_date"],
+                            partition_by=raw_table(event_type).partition_by,
                             prune_on="event_date",
                             prepare=lambda table, batch: stamp_seen_max_event_time(table, batch, now),
                         ),
@@ -519,8 +528,6 @@ class WriteRawHistoryFn(_WriterFn):
             self.duplicates.inc(commit.received - commit.inserted)
             emit = dict(self.config.emit_rows).get(event_type)
             if emit:
-                from tidegate.lake.rows import committed_rows
-
                 rows = committed_rows(
                     raw_uri(self.config.lake, event_type),
                     batch_id=",".join(batch_ids),
@@ -553,8 +560,6 @@ class WriteQuarantineFn(_WriterFn):
             self.start_bundle()
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        from tidegate.lake.rows import quarantine_rows
-        from tidegate.lake.tables import quarantine_uri
 
         if not self.buffer:
             return
@@ -576,11 +581,11 @@ class WriteQuarantineFn(_WriterFn):
             len(self.buffer),
             _insert(
                 self.config,
-                quarantine_uri(self.config.lake),
+                QUARANTINE.uri(self.config.lake),
                 rows,
-                ["subscription", "pubsub_message_id"],
+                QUARANTINE.keys,
                 metadata=meta,
-                partition_by=["quarantine_date"],
+                partition_by=QUARANTINE.partition_by,
             ),
         )
         if self._handed_off([(batch_ids, commit)]):
@@ -607,10 +612,6 @@ class WriteQualityFn(_WriterFn):
         self.buffer += [(batch_id, o) for o in outcomes]
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        import pyarrow as pa
-
-        from tidegate.lake.rows import lineage
-        from tidegate.lake.tables import QUALITY_KEYS, QUALITY_SCHEMA, quality_uri
 
         if not self.buffer:
             return
@@ -648,11 +649,11 @@ class WriteQualityFn(_WriterFn):
             len(self.buffer),
             _insert(
                 self.config,
-                quality_uri(self.config.lake),
+                QUALITY_TABLE.uri(self.config.lake),
                 pa.Table.from_pydict(rows, schema=QUALITY_SCHEMA),
-                list(QUALITY_KEYS),
+                QUALITY_TABLE.keys,
                 metadata=meta,
-                partition_by=["quality_date"],
+                partition_by=QUALITY_TABLE.partition_by,
             ),
             details,
         )

@@ -28,11 +28,15 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.coders import PickleCoder
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 
+from tidegate.lake.rows import lineage, message_digest
+from tidegate.lake.tables import LEDGER, LEDGER_SCHEMA
+from tidegate.lake.writer import append, insert_new
 from tidegate.transforms.ingest import IngestConfig, TableCommit
 from tidegate.transforms.ingest_types import Chunk
 
@@ -46,7 +50,6 @@ class ChunkReceived(NamedTuple):
 
 
 def chunk_received(chunk: Chunk) -> tuple[str, ChunkReceived]:
-    from tidegate.lake.rows import message_digest
 
     return chunk.batch_id, ChunkReceived(
         chunk.batch_id,
@@ -160,11 +163,6 @@ def write_ledger(
     """Ledger rows (dicts of LEDGER_SCHEMA) -> one commit to `_ledger`. Streaming inserts on
     batch_id (a bundle Dataflow retries adds nothing twice); local mode appends (one driver, a
     batch id is written once)."""
-    import pyarrow as pa
-
-    from tidegate.lake.rows import lineage
-    from tidegate.lake.tables import LEDGER_SCHEMA, ledger_uri
-    from tidegate.lake.writer import append, insert_new
 
     meta = lineage(
         run_id=config.run_id,
@@ -178,10 +176,10 @@ def write_ledger(
     table = pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
     if insert_only:
         insert_new(
-            ledger_uri(config.lake), table, keys=["batch_id"], metadata=meta, storage_options=config.storage
+            LEDGER.uri(config.lake), table, keys=LEDGER.keys, metadata=meta, storage_options=config.storage
         )
     else:
-        append(ledger_uri(config.lake), table, metadata=meta, storage_options=config.storage)
+        append(LEDGER.uri(config.lake), table, metadata=meta, storage_options=config.storage)
 
 
 class BalanceLedger(beam.PTransform):

@@ -29,6 +29,7 @@ from typing import Any
 from tidegate.errors import TidegateError
 from tidegate.expectations.envelope import RawMessage
 from tidegate.faults import fault_point
+from tidegate.lake.metrics import beam_metric_rows, commit_metric_rows, latency_row, write_metrics
 from tidegate.lake.rows import message_digest
 from tidegate.transforms.ingest import IngestConfig, TableCommit
 from tidegate.transforms.ledger import ChunkReceived, ledger_row, write_ledger
@@ -179,7 +180,6 @@ class Bookkeeper:
                 self.error = exc
 
     def _settle(self, work: _Work) -> None:
-        from tidegate.lake.metrics import beam_metric_rows, commit_metric_rows, latency_row, write_metrics
 
         o = work.outcome
         t = time.perf_counter()

@@ -36,7 +36,9 @@ from typing import Any
 from tidegate.catalog import Catalog
 from tidegate.infra.pubsub import subscriber, subscription_path
 from tidegate.lake.lock import is_locked_lake, lake_lock
-from tidegate.lake.tables import table_uris
+from tidegate.lake.openlineage import LineageEmitter, OutputTable, subscription_dataset
+from tidegate.lake.projection import Projector
+from tidegate.lake.tables import LakeTables, raw_schema
 from tidegate.transforms.ingest import IngestConfig, TableCommit, suite_validator, worker_state
 
 from .accounting import BatchOutcome, Bookkeeper, RunSummary, account
@@ -118,19 +120,14 @@ class LocalIngest:
     def lineage(self) -> Any:
         """OpenLineage events of this run and its batches (lake.openlineage)."""
         if self._lineage is None:
-            from tidegate.lake.openlineage import LineageEmitter
-
             self._lineage = LineageEmitter(self.config.lake)
         return self._lineage
 
     def _inputs(self, subscriptions: set[str]) -> list[tuple[str, str]]:
-        from tidegate.lake.openlineage import subscription_dataset
 
         return [subscription_dataset(self.project, s) for s in sorted(subscriptions)]
 
     def _outputs(self, commits: list[TableCommit]) -> list[Any]:
-        from tidegate.lake.openlineage import OutputTable
-        from tidegate.lake.tables import raw_schema
 
         _, registry = worker_state(self.config.catalog_path)
         quality = [d for c in commits if c.kind == "quality" for d in c.details]
@@ -150,7 +147,6 @@ class LocalIngest:
         return out
 
     def _projector(self) -> Any:
-        from tidegate.lake.projection import Projector
 
         catalog, registry = worker_state(self.config.catalog_path)
         return Projector(
@@ -247,9 +243,7 @@ class LocalIngest:
                 background = BackgroundProjector(self._projector(), heal=True)
             bookkeeper = Bookkeeper(self.config, consumer, self.lineage, self._inputs, self._outputs)
             compactor = Compactor(
-                table_uris(
-                    self.config.lake, self.catalog.event_types, [a.name for a in self.catalog.aggregates]
-                ),
+                LakeTables(self.config.lake, self.catalog).uris(),
                 self.options.compact_every,
                 self.options.compact_min_files,
                 self.config.storage,
