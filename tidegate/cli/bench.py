@@ -1,0 +1,176 @@
+"""`tidegate bench ...`: benchmarks on this machine (figures for notes and docs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tidegate.catalog import load_catalog
+from tidegate.cli.app import CatalogOpt, bench_app, console, parse_rate
+from tidegate.errors import TidegateError
+
+
+def _print_figures(title: str, figures: dict[str, Any], as_json: bool) -> None:
+    """Benchmark figures as JSON, or as a two-column table."""
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for k, v in figures.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+
+
+@bench_app.command("produce")
+def bench_produce(
+    events: Annotated[int, typer.Option("--events", "-n", min=1000, help="Messages to publish.")] = 200_000,
+    invalid_rate: Annotated[float, typer.Option(help="Share of faulty messages in the mix.")] = 0.02,
+    duplicate_rate: Annotated[float, typer.Option(help="Share of duplicates in the mix.")] = 0.01,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Producer throughput: generation alone, then publishing to a private emulator."""
+    import resource
+
+    from tidegate import settings
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.infra import emulator as emu
+    from tidegate.infra.pubsub import provision
+    from tidegate.producer import ProduceConfig, generate, publish
+
+    catalog = load_catalog(catalog_path)
+    registry = ContractRegistry.from_catalog(catalog)
+    config = ProduceConfig(
+        types=tuple(catalog.event_types),
+        count=events,
+        seed=1,
+        invalid_rate=parse_rate("--invalid-rate", invalid_rate),
+        duplicate_rate=parse_rate("--duplicate-rate", duplicate_rate),
+    )
+    t0 = time.perf_counter()
+    generated = sum(1 for _ in generate(config, catalog, registry))
+    gen_rate = generated / (time.perf_counter() - t0)
+    with emu.private_emulator(settings.home() / "bench" / "logs") as proc:
+        provision(catalog, proc.address)
+        report = publish(generate(config, catalog, registry), catalog.project, proc.address, events)
+    if report.failed:
+        raise TidegateError(f"{report.failed} publishes failed: {'; '.join(report.errors)}")
+    figures = {
+        "events": events,
+        "generate_per_s": round(gen_rate),
+        "publish_per_s": round(report.rate),
+        "publish_seconds": round(report.seconds, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "mix": dict(sorted(report.sent.items())),
+    }
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    table = Table(title=f"tidegate bench produce --events {events}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("generate only (no I/O)", f"{gen_rate:,.0f} msg/s")
+    table.add_row("publish to emulator (generate + send + wait for acks)", f"{report.rate:,.0f} msg/s")
+    table.add_row("wall time publishing", f"{report.seconds:.2f} s")
+    table.add_row("peak RSS of this process", f"{figures['peak_rss_mib']} MiB")
+    console.print(table)
+
+
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    events: Annotated[
+        int,
+        typer.Option("--events", "-n", min=1000, help="Backlog to ingest (and to measure the ceiling with)."),
+    ] = 200_000,
+    rate: Annotated[
+        float, typer.Option(help="Offered events/s for the latency run in --follow mode.")
+    ] = 2000.0,
+    latency_seconds: Annotated[float, typer.Option(help="Length of the latency run (0 skips it).")] = 30.0,
+    max_batch: Annotated[int, typer.Option(help="Micro-batch size limit.")] = 20_000,
+    max_wait: Annotated[float, typer.Option(help="Micro-batch time limit, seconds.")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Ingest on this machine: the plain parallel drain ceiling, end-to-end throughput of a realistic backlog, publish->Delta latency p50/p99 and per-stage batch cost in --follow mode, SIGKILL recovery, cold start, files, peak RSS."""
+    from tidegate.bench_ingest import bench_ingest
+
+    catalog = load_catalog(catalog_path)
+    figures = bench_ingest(
+        catalog,
+        events,
+        rate,
+        latency_seconds,
+        max_batch,
+        max_wait,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    _print_figures(f"tidegate bench ingest --events {events} --rate {rate:g}", figures, as_json)
+
+
+@bench_app.command("soak")
+def bench_soak_cmd(
+    minutes: Annotated[float, typer.Option(min=1.0, help="How long to follow, minutes.")] = 10.0,
+    rate: Annotated[float, typer.Option(min=1.0, help="Offered events/s.")] = 1500.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Sustained load: `ingest --follow` for M minutes at R events/s; publish->commit p50/p99, longest raw commit and RSS per minute, files per table at the end."""
+    from tidegate.bench_ingest import bench_soak
+
+    catalog = load_catalog(catalog_path)
+    figures = bench_soak(
+        catalog,
+        minutes,
+        rate,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    _print_figures(f"tidegate bench soak --minutes {minutes:g} --rate {rate:g}", figures, as_json)
+
+
+@bench_app.command("replay")
+def bench_replay_cmd(
+    events: Annotated[
+        int, typer.Option("--events", "-n", min=1000, help="Raw events per source type.")
+    ] = 1_000_000,
+    group_rows: Annotated[int, typer.Option(help="Raw rows per replay work item.")] = 250_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Replay speed: rebuild every aggregate from N raw events per source type (tables built once and cached)."""
+    from tidegate.bench import bench_replay
+
+    catalog = load_catalog(catalog_path)
+    figures = bench_replay(
+        catalog,
+        events,
+        group_rows,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    _print_figures(f"tidegate bench replay --events {events}", figures, as_json)
+
+
+@bench_app.command("backlog")
+def bench_backlog_cmd(
+    messages: Annotated[int, typer.Option("--messages", "-n", min=100, help="Backlog to publish.")] = 60_000,
+    limit: Annotated[
+        int, typer.Option(help="Count limit per subscription (as status --backlog-limit).")
+    ] = 20_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """How long `tidegate status` takes to count an emulator backlog (snapshot, pull without acking, seek back), twice: the second count finds the same messages."""
+    from tidegate.bench import bench_backlog
+
+    figures = bench_backlog(
+        load_catalog(catalog_path),
+        messages,
+        limit,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    _print_figures(f"tidegate bench backlog --messages {messages} --limit {limit}", figures, as_json)

@@ -1,0 +1,232 @@
+"""`tidegate ingest`: local micro-batches (or the Dataflow job's dry run)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tidegate.catalog import Catalog, load_catalog
+from tidegate.errors import TidegateError
+
+if TYPE_CHECKING:
+    from tidegate.pipelines.local import BatchOutcome, RunSummary
+
+from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, app, console, err_console, require_emulator
+from tidegate.cli.render import print_job
+
+
+def run_local_ingest(
+    catalog: Catalog,
+    address: str | None,
+    lake: str,
+    *,
+    max_batch: int = 20_000,
+    max_wait: float = 2.0,
+    until_idle: float | None = 5.0,
+    follow: bool = False,
+    production: bool = False,
+    quiet: bool = False,
+    subscriptions: list[str] | None = None,
+    project: str | None = None,
+) -> RunSummary:
+    from tidegate.lake.pii import is_production, load_protector
+    from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions
+    from tidegate.pipelines.runs import ingest_config
+
+    production = is_production(production)
+    _protector, warning = load_protector(production)
+    if warning and not quiet:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    config = ingest_config(catalog, lake, production)
+
+    def show(b: BatchOutcome) -> None:
+        if not quiet:
+            console.print(
+                f"  batch {b.batch_id.rsplit('-', 1)[-1]}: {b.received:,} received -> {b.raw_written:,} raw, "
+                f"{b.duplicates_skipped:,} duplicates skipped, {b.quarantined:,} quarantined"
+                + (f", {b.late:,} late" if b.late else "")
+                + (f", [red]{b.poisoned:,} poison (left to the dead-letter policy)[/]" if b.poisoned else "")
+                + f" ({b.seconds:.2f}s, {b.received / b.seconds if b.seconds else 0:,.0f} msg/s)"
+            )
+
+    def beat(h: Heartbeat) -> None:
+        last = h.last_commit.strftime("%H:%M:%S") if h.last_commit else "none yet"
+        console.print(
+            f"[dim]{datetime.now().strftime('%H:%M:%S')}[/] following: {h.rate:,.0f} msg/s over the last "
+            f"interval ({h.messages:,} messages), {h.held:,} held by this process ({h.buffered:,} waiting), "
+            f"{h.batches:,} batches, last commit {last}"
+        )
+
+    if not quiet:
+        console.print(f"Ingesting into {lake} (run {config.run_id}) ...")
+    ingest = LocalIngest(
+        catalog,
+        address,
+        config,
+        LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=until_idle, follow=follow),
+        project=project,
+        on_batch=show,
+        subscriptions=subscriptions,
+        on_heartbeat=None if quiet else beat,
+    )
+    return ingest.run()
+
+
+@app.command()
+def ingest(
+    until_idle: Annotated[
+        float | None,
+        typer.Option(
+            "--until-idle",
+            min=0.0,
+            help="Stop once every subscription has been empty this many seconds [default: 5].",
+            show_default=False,
+        ),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Run until Ctrl-C (the current batch finishes cleanly); prints a heartbeat every 30 s.",
+        ),
+    ] = False,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, max=200_000, help="Most messages per micro-batch.")
+    ] = 20_000,
+    max_wait: Annotated[
+        float, typer.Option("--max-wait", min=0.05, help="Longest time to fill a micro-batch, seconds.")
+    ] = 2.0,
+    production: Annotated[
+        bool,
+        typer.Option(
+            "--production", help="Refuse to run without a real PII key (also: TIDEGATE_ENV=production)."
+        ),
+    ] = False,
+    mode: Annotated[
+        str, typer.Option("--mode", help="local (micro-batches, this machine) or streaming (Dataflow).")
+    ] = "local",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="streaming: build the Dataflow job offline and print it; submit nothing."
+        ),
+    ] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(help="GCP project of the subscriptions (default: the catalog's).", show_default=False),
+    ] = None,
+    region: Annotated[str, typer.Option(help="streaming: Dataflow region.")] = "europe-west1",
+    temp_location: Annotated[
+        str | None,
+        typer.Option(help="streaming: gs://bucket/path for Dataflow temp files.", show_default=False),
+    ] = None,
+    job_file: Annotated[
+        Path | None,
+        typer.Option(help="streaming --dry-run: also write the job spec (JSON) here.", show_default=False),
+    ] = None,
+    dead_letters: Annotated[
+        bool,
+        typer.Option(
+            "--dead-letters",
+            help="local: read the catalog's dead-letter subscription instead: what Pub/Sub moved aside "
+            "lands like any message (valid events in raw, the rest in quarantine with their reason).",
+        ),
+    ] = False,
+    gcp: Annotated[
+        bool,
+        typer.Option(
+            "--gcp",
+            help="local: pull from real Pub/Sub in --project (Application Default Credentials) instead "
+            "of the emulator, e.g. to sweep a Dataflow deployment's dead letters into its gs:// lake.",
+        ),
+    ] = False,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+    emulator: EmulatorOpt = None,
+) -> None:
+    """Land the catalog's subscriptions in the lake: valid events once in raw/<type>, the rest in quarantine, a ledger row per batch. --mode local runs micro-batches here; --mode streaming --dry-run builds the Dataflow job offline."""
+    from tidegate import settings
+
+    catalog = load_catalog(catalog_path)
+    if mode not in ("local", "streaming"):
+        raise typer.BadParameter("must be 'local' or 'streaming'", param_hint="--mode")
+    if follow and until_idle is not None:
+        raise TidegateError(
+            "--follow and --until-idle contradict each other",
+            hint="--follow runs until Ctrl-C; --until-idle N stops after N idle seconds: give one of them",
+        )
+    if mode == "streaming" and (dead_letters or gcp):
+        raise TidegateError(
+            "--dead-letters and --gcp are for --mode local",
+            hint="the Dataflow job reads the stream subscriptions; sweep its dead letters with "
+            "`tidegate ingest --dead-letters --gcp --project P --lake gs://...`",
+        )
+    if mode == "streaming":
+        _streaming(
+            catalog,
+            settings.lake_path(lake),
+            production,
+            dry_run,
+            project or catalog.project,
+            region,
+            temp_location,
+            job_file,
+        )
+        return
+    address: str | None
+    if gcp:
+        from tidegate.pipelines.dataflow import require_credentials
+
+        require_credentials("to pull from Pub/Sub with")
+        address = None
+    else:
+        address = settings.emulator_address(catalog, emulator)
+        require_emulator(address)
+    lake_root = settings.lake_path(lake)
+    summary = run_local_ingest(
+        catalog,
+        address,
+        lake_root,
+        max_batch=max_batch,
+        max_wait=max_wait,
+        until_idle=None if follow else (5.0 if until_idle is None else until_idle),
+        follow=follow,
+        production=production,
+        subscriptions=[catalog.dead_letter.subscription] if dead_letters else None,
+        project=project,
+    )
+    rate = summary.received / summary.seconds if summary.seconds else 0.0
+    console.print(
+        f"Done ({summary.stopped_by}): {summary.batches} batch(es), {summary.received:,} messages -> "
+        f"{summary.raw_written:,} raw, {summary.duplicates_skipped:,} duplicates skipped, "
+        f"{summary.quarantined:,} quarantined, {summary.late:,} late for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
+    )
+
+
+def _streaming(
+    catalog: Catalog,
+    lake: str,
+    production: bool,
+    dry_run: bool,
+    project: str,
+    region: str,
+    temp_location: str | None,
+    job_file: Path | None,
+) -> None:
+    from tidegate.pipelines.dataflow import DataflowTarget, launch
+
+    if not dry_run:
+        raise TidegateError(
+            "`tidegate ingest --mode streaming` only builds the Dataflow job (--dry-run)",
+            hint="launch it with `tidegate deploy dataflow --streaming --project P --region R --lake gs://B/lake --temp-location gs://S/tmp`",
+        )
+    if temp_location is None:
+        raise TidegateError(
+            "--temp-location is required for Dataflow",
+            hint="e.g. --temp-location gs://my-dataflow-bucket/tmp",
+        )
+    target = DataflowTarget(project=project, region=region, temp_location=temp_location, lake=lake)
+    print_job(launch(catalog, target, production=production, dry_run=True), job_file)
