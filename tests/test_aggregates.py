@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import CONTRACTS_DIR
 from tidegate.catalog import AggregateSpec, load_catalog
 from tidegate.errors import ConfigError
-from tidegate.lake.aggregates import check_aggregates, compute
+from tidegate.lake.aggregates import check_aggregates, compute, metric_columns
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -145,3 +145,69 @@ def test_spec_column_names_default_from_fn_and_field() -> None:
         metrics=[{"fn": "sum", "field": "amount"}, {"fn": "count"}],
     )  # type: ignore[arg-type]
     assert [m.column for m in spec.metrics] == ["sum_amount", "count"]
+
+
+def test_every_metric_the_catalog_accepts_has_one_definition() -> None:
+    from tidegate.catalog import METRIC_FNS
+    from tidegate.lake.aggregates import METRICS
+
+    assert set(METRICS) == set(METRIC_FNS)
+
+
+def test_beams_combine_fn_and_the_polars_path_agree_on_every_metric_nulls_included() -> None:
+    """Streaming mode's CombineFn and the polars partial/merge/finalize come from the same
+    registry: every metric kind, over a group with nulls, split into bundles Beam merges."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from tidegate.transforms.aggregate import AggregateCombineFn
+
+    spec = AggregateSpec.model_validate(
+        {
+            "name": "all_metrics",
+            "source": "shop.order.placed",
+            "keys": ["currency"],
+            "window": {"type": "fixed", "size": "1h"},
+            "metrics": [
+                {"fn": "count"},
+                {"fn": "sum", "field": "amount"},
+                {"fn": "min", "field": "amount"},
+                {"fn": "max", "field": "amount"},
+                {"fn": "mean", "field": "amount"},
+                {"fn": "mean", "field": "items", "name": "mean_items"},  # its count is state only
+            ],
+        }
+    )
+    amounts = [Decimal("10.00"), None, Decimal("2.50"), Decimal("7.25"), None, Decimal("0.00")]
+    items = [1, 2, None, 4, 5, 6]
+    frame = pl.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(6)],
+            "event_time": [at(i) for i in range(6)],
+            "seen_max_event_time": [None] * 6,
+            "currency": ["EUR"] * 6,
+            "amount": amounts,
+            "items": items,
+        },
+        schema={
+            "event_id": pl.String,
+            "event_time": pl.Datetime("us", "UTC"),
+            "seen_max_event_time": pl.Datetime("us", "UTC"),
+            "currency": pl.String,
+            "amount": pl.Decimal(12, 2),
+            "items": pl.Int64,
+        },
+    )
+    # compute() also returns `_sum__items`: merge state the table keeps because no declared
+    # metric holds it; the CombineFn's output is the declared metrics
+    expected = compute(frame, spec).select(metric_columns(spec)).to_dicts()[0]
+    assert expected["count"] == 6 and expected["sum_amount"] == Decimal("19.75")
+    rows = [{"amount": a, "items": n} for a, n in zip(amounts, items, strict=True)]
+    with TestPipeline() as p:
+        out = (
+            p
+            | beam.Create(rows, reshuffle=False)
+            | beam.CombineGlobally(AggregateCombineFn(spec.model_dump_json())).without_defaults()
+        )
+        assert_that(out, equal_to([expected]))

@@ -18,7 +18,8 @@ from deltalake import DeltaTable
 
 from tidegate.catalog import Catalog
 from tidegate.lake import aggregates as agg
-from tidegate.lake.projection import Projector, app_id
+from tidegate.lake.aggregate_writes import app_id
+from tidegate.lake.projection import Projector
 from tidegate.lake.rows import stamp_seen_max_event_time
 from tidegate.lake.tables import aggregate_uri, late_uri, raw_schema, raw_uri
 from tidegate.lake.writer import insert_new

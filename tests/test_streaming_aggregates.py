@@ -77,7 +77,7 @@ def sink(tmp_path: Path, spec: Any, panes: list[dict[str, Any]]) -> pl.DataFrame
     """Apply panes one bundle at a time to a real Delta table through the streaming sink."""
     from tidegate.catalog import load_catalog
     from tidegate.expectations.contracts import ContractRegistry
-    from tidegate.lake.projection import apply_panes
+    from tidegate.lake.aggregate_writes import apply_panes
     from tidegate.lake.tables import aggregate_uri, raw_schema
 
     registry = ContractRegistry.from_catalog(load_catalog())

@@ -207,6 +207,11 @@ class WindowSpec(_Strict):
         return parse_duration(value) if value else 0
 
 
+# the metric functions an aggregate may declare; each is one entry of
+# tidegate.lake.aggregates.METRICS (a test keeps the two equal)
+METRIC_FNS = ("count", "sum", "min", "max", "mean")
+
+
 class MetricSpec(_Strict):
     fn: str
     field: str | None = None
@@ -214,8 +219,8 @@ class MetricSpec(_Strict):
 
     @model_validator(mode="after")
     def _fn(self) -> MetricSpec:
-        if self.fn not in ("count", "sum", "min", "max", "mean"):
-            raise ValueError(f"metric fn {self.fn!r} is not one of count, sum, min, max, mean")
+        if self.fn not in METRIC_FNS:
+            raise ValueError(f"metric fn {self.fn!r} is not one of {', '.join(METRIC_FNS)}")
         if self.fn != "count" and not self.field:
             raise ValueError(f"metric {self.fn} needs a field")
         return self

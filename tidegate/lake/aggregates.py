@@ -34,8 +34,10 @@ Three steps, each a pure function of raw-history rows:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -80,8 +82,8 @@ LINEAGE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 ]
 
 
-def _seconds(value: str) -> timedelta:
-
+def duration(value: str) -> timedelta:
+    """A catalog duration ("5m", "30s", "1h") as a timedelta."""
     return timedelta(seconds=parse_duration(value))
 
 
@@ -91,32 +93,18 @@ def output_schema(spec: AggregateSpec, source: pa.Schema) -> pa.Schema:
     fields = [pa.field("window_start", ts, nullable=False), pa.field("window_end", ts, nullable=False)]
     fields += [source.field(k).with_nullable(True) for k in spec.keys]
     for m in spec.metrics:
-        if m.fn == "count":
-            t: pa.DataType = pa.int64()
-        elif m.fn == "mean":
-            t = pa.float64()
-        else:
-            t = source.field(m.field or "").type
-            if m.fn == "sum":
-                if pa.types.is_decimal(t):
-                    t = pa.decimal128(38, t.scale)
-                elif pa.types.is_integer(t):
-                    t = pa.int64()
-                else:
-                    t = pa.float64()
-        fields.append(pa.field(m.column, t))
-    for partial in extra_state(spec):
-        kind, _, field = partial.removeprefix("_").partition("__")
-        t = pa.int64() if kind == "n" else source.field(field).type
-        if kind == "sum":
-            t = (
-                pa.decimal128(38, t.scale)
-                if pa.types.is_decimal(t)
-                else pa.int64()
-                if pa.types.is_integer(t)
-                else pa.float64()
+        field_type = source.field(m.field).type if m.field else None
+        fields.append(pa.field(m.column, METRICS[m.fn].output_type(field_type)))
+    held = state_columns(spec)
+    for state in states(spec):
+        if held[state.column] == state.column:  # no declared metric holds it: a column of its own
+            fields.append(
+                pa.field(
+                    state.column,
+                    state_type(state, source),
+                    metadata={"doc": "merge state (no declared metric holds it)"},
+                )
             )
-        fields.append(pa.field(partial, t, metadata={"doc": "merge state (no declared metric holds it)"}))
     fields += [pa.field(n, t, metadata={"doc": d}) for n, t, d in LINEAGE_COLUMNS]
     return pa.schema(fields)
 
@@ -130,12 +118,11 @@ def state_columns(spec: AggregateSpec) -> dict[str, str]:
     rows exactly, without re-reading the raw rows behind them."""
     out: dict[str, str] = {}
     for m in spec.metrics:
-        if m.fn == "count":
-            out.setdefault("_n", m.column)
-        elif m.fn in ("sum", "min", "max"):
-            out.setdefault(f"_{m.fn}__{m.field}", m.column)
-    for partial in partial_columns(spec)[len(WINDOW) + len(spec.keys) :]:
-        out.setdefault(partial, partial)
+        held = METRICS[m.fn].holds(m.field)
+        if held is not None:
+            out.setdefault(held.column, m.column)
+    for state in states(spec):
+        out.setdefault(state.column, state.column)
     return out
 
 
@@ -160,6 +147,21 @@ def source_columns(spec: AggregateSpec) -> list[str]:
     return list(dict.fromkeys(c for c in wanted if c))
 
 
+def read_columns(spec: AggregateSpec, schema: pa.Schema) -> list[str]:
+    """The source columns of `spec` that a raw table with `schema` has (older versions may lack some)."""
+    return [c for c in source_columns(spec) if c in schema.names]
+
+
+def frame(table: pa.Table) -> pl.DataFrame:
+    """Raw rows as the frame these functions read (`seen_max_event_time` null where a table
+    written before it existed lacks it)."""
+    out = pl.from_arrow(table)
+    assert isinstance(out, pl.DataFrame)
+    if "seen_max_event_time" not in out.columns:
+        out = out.with_columns(pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("seen_max_event_time"))
+    return out
+
+
 def metric_columns(spec: AggregateSpec) -> list[str]:
     return [m.column for m in spec.metrics]
 
@@ -167,6 +169,171 @@ def metric_columns(spec: AggregateSpec) -> list[str]:
 def value_columns(spec: AggregateSpec) -> list[str]:
     """What parity compares: window, keys and metrics (not the lineage columns)."""
     return [*WINDOW, *spec.keys, *metric_columns(spec)]
+
+
+# -- the metric registry ---------------------------------------------------------------------
+#
+# A metric is finalized from mergeable states; a state is one of four reductions (`REDUCERS`).
+# Every path computes metrics from these two tables: the polars partial/merge/finalize below,
+# the Beam CombineFn of streaming mode (tidegate.transforms.aggregate.AggregateCombineFn), the
+# aggregate table's schema and the states a stored row keeps for later merges. Adding a metric
+# is one `MetricKind` entry (plus its tests and the catalog's `fn` literal).
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """How one state is built from rows and merged: in polars (columnar) and in Python (the
+    Beam CombineFn's accumulators, one row at a time)."""
+
+    partial: Callable[[str | None], pl.Expr]  # over a group of rows (field name or None)
+    single: Callable[[str | None], pl.Expr]  # the state of one row (a session's proto-window)
+    merge: Callable[[str], pl.Expr]  # over a group of partial rows (state column name)
+    add: Callable[[Any, Any], Any]  # accumulator, one row's value -> accumulator
+    combine: Callable[[Any, Any], Any]  # two accumulators -> one
+
+
+def _field(name: str | None) -> pl.Expr:
+    assert name is not None, "a sum, min or max state reads a field"
+    return pl.col(name)
+
+
+def _keep(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """A null-skipping binary reduction (min, max: nulls are ignored, as polars ignores them)."""
+    return lambda acc, v: acc if v is None else v if acc is None else pick(acc, v)
+
+
+def _plus(acc: Any, v: Any) -> Any:
+    return acc if v is None else v if acc is None else acc + v
+
+
+REDUCERS: dict[str, Reducer] = {
+    "n": Reducer(
+        partial=lambda _f: pl.len().cast(pl.Int64),
+        single=lambda _f: pl.lit(1, dtype=pl.Int64),
+        merge=lambda c: pl.col(c).sum(),
+        add=lambda acc, _v: (acc or 0) + 1,
+        combine=lambda a, b: (a or 0) + (b or 0),
+    ),
+    "sum": Reducer(
+        partial=lambda f: _field(f).sum(),
+        single=_field,
+        merge=lambda c: pl.col(c).sum(),
+        add=_plus,
+        combine=_plus,
+    ),
+    "min": Reducer(
+        partial=lambda f: _field(f).min(),
+        single=_field,
+        merge=lambda c: pl.col(c).min(),
+        add=_keep(min),
+        combine=_keep(min),
+    ),
+    "max": Reducer(
+        partial=lambda f: _field(f).max(),
+        single=_field,
+        merge=lambda c: pl.col(c).max(),
+        add=_keep(max),
+        combine=_keep(max),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class State:
+    """One mergeable partial: a reducer over a field (`_n` counts rows; `_sum__amount`, ...)."""
+
+    reducer: str
+    field: str | None = None
+
+    @property
+    def column(self) -> str:
+        return "_n" if self.reducer == "n" else f"_{self.reducer}__{self.field}"
+
+
+@dataclass(frozen=True)
+class MetricKind:
+    """A metric function of the catalog (`fn`): the states it needs, how they become its value
+    (polars and Python), and its column type given the field's type."""
+
+    states: Callable[[str | None], list[State]]
+    finalize: Callable[[str | None], pl.Expr]
+    finalize_py: Callable[[dict[str, Any], str | None], Any]
+    output_type: Callable[[pa.DataType | None], pa.DataType]
+    # the state this metric's column stores as is (count, sum, min, max; a mean stores none)
+    holds: Callable[[str | None], State | None] = lambda _f: None
+
+
+def _wide_sum(t: pa.DataType | None) -> pa.DataType:
+    assert t is not None
+    if pa.types.is_decimal(t):
+        return pa.decimal128(38, t.scale)
+    return pa.int64() if pa.types.is_integer(t) else pa.float64()
+
+
+def _same(t: pa.DataType | None) -> pa.DataType:
+    assert t is not None
+    return t
+
+
+def _or_zero(v: Any) -> Any:
+    return 0 if v is None else v
+
+
+def _mean(acc: dict[str, Any], f: str | None) -> float | None:
+    n = _or_zero(acc.get("_n"))
+    return float(_or_zero(acc.get(f"_sum__{f}"))) / n if n else None
+
+
+METRICS: dict[str, MetricKind] = {
+    "count": MetricKind(
+        states=lambda _f: [State("n")],
+        finalize=lambda _f: pl.col("_n"),
+        finalize_py=lambda acc, _f: _or_zero(acc.get("_n")),
+        output_type=lambda _t: pa.int64(),
+        holds=lambda _f: State("n"),
+    ),
+    "sum": MetricKind(
+        states=lambda f: [State("sum", f)],
+        finalize=lambda f: pl.col(f"_sum__{f}"),
+        finalize_py=lambda acc, f: _or_zero(acc.get(f"_sum__{f}")),
+        output_type=_wide_sum,
+        holds=lambda f: State("sum", f),
+    ),
+    "min": MetricKind(
+        states=lambda f: [State("min", f)],
+        finalize=lambda f: pl.col(f"_min__{f}"),
+        finalize_py=lambda acc, f: acc.get(f"_min__{f}"),
+        output_type=_same,
+        holds=lambda f: State("min", f),
+    ),
+    "max": MetricKind(
+        states=lambda f: [State("max", f)],
+        finalize=lambda f: pl.col(f"_max__{f}"),
+        finalize_py=lambda acc, f: acc.get(f"_max__{f}"),
+        output_type=_same,
+        holds=lambda f: State("max", f),
+    ),
+    "mean": MetricKind(
+        states=lambda f: [State("n"), State("sum", f)],
+        finalize=lambda f: pl.col(f"_sum__{f}").cast(pl.Float64) / pl.col("_n"),
+        finalize_py=_mean,
+        output_type=lambda _t: pa.float64(),
+    ),
+}
+
+
+def states(spec: AggregateSpec) -> list[State]:
+    """The partial states an aggregate needs, `_n` first, each once, in a stable order."""
+    wanted = {s for m in spec.metrics for s in METRICS[m.fn].states(m.field)} | {State("n")}
+    order = {"n": 0, "sum": 1, "min": 2, "max": 3}
+    return sorted(wanted, key=lambda s: (order[s.reducer], s.field or ""))
+
+
+def state_type(state: State, source: pa.Schema) -> pa.DataType:
+    if state.reducer == "n":
+        return pa.int64()
+    t = source.field(state.field or "").type
+    return _wide_sum(t) if state.reducer == "sum" else t
 
 
 # -- 1. windows ------------------------------------------------------------------------------
@@ -177,12 +344,12 @@ def assign(rows: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
     w = spec.window
     t = pl.col("event_time")
     if w.type == "fixed":
-        size = _seconds(w.size or "")
+        size = duration(w.size or "")
         return rows.with_columns(t.dt.truncate(size).alias("window_start")).with_columns(
             (pl.col("window_start") + size).alias("window_end")
         )
     if w.type == "sliding":
-        size, period = _seconds(w.size or ""), _seconds(w.period or "")
+        size, period = duration(w.size or ""), duration(w.period or "")
         n = int(size / period)
         starts = pl.concat_list([t.dt.truncate(period) - period * k for k in range(n)])
         return (
@@ -190,7 +357,7 @@ def assign(rows: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
             .explode("window_start")
             .with_columns((pl.col("window_start") + size).alias("window_end"))
         )
-    gap = _seconds(w.gap or "")
+    gap = duration(w.gap or "")
     keyed = rows.drop_nulls(spec.keys) if spec.keys else rows
     return keyed.with_columns(t.alias("window_start"), (t + gap).alias("window_end"))
 
@@ -205,8 +372,8 @@ def with_lateness(assigned: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
         if "seen_max_event_time" in assigned.columns
         else pl.lit(None, dtype=pl.Datetime("us", "UTC"))
     )
-    watermark = seen - _seconds(spec.out_of_orderness)
-    deadline = pl.col("window_end") + _seconds(spec.allowed_lateness)
+    watermark = seen - duration(spec.out_of_orderness)
+    deadline = pl.col("window_end") + duration(spec.allowed_lateness)
     return assigned.with_columns(watermark.alias("watermark")).with_columns(
         (pl.col("watermark").is_not_null() & (deadline <= pl.col("watermark"))).alias("late")
     )
@@ -225,35 +392,16 @@ def split(rows: pl.DataFrame, spec: AggregateSpec) -> Split:
 # -- 3. partial -> merge -> finalize ---------------------------------------------------------
 
 
-def _fields(spec: AggregateSpec, *fns: str) -> list[str]:
-    return sorted({m.field for m in spec.metrics if m.fn in fns and m.field})
-
-
 def _partial_exprs(spec: AggregateSpec) -> list[pl.Expr]:
-    return (
-        [pl.len().cast(pl.Int64).alias("_n")]
-        + [pl.col(f).sum().alias(f"_sum__{f}") for f in _fields(spec, "sum", "mean")]
-        + [pl.col(f).min().alias(f"_min__{f}") for f in _fields(spec, "min")]
-        + [pl.col(f).max().alias(f"_max__{f}") for f in _fields(spec, "max")]
-    )
+    return [REDUCERS[st.reducer].partial(st.field).alias(st.column) for st in states(spec)]
 
 
 def _merge_exprs(spec: AggregateSpec) -> list[pl.Expr]:
-    return (
-        [pl.col("_n").sum()]
-        + [pl.col(f"_sum__{f}").sum() for f in _fields(spec, "sum", "mean")]
-        + [pl.col(f"_min__{f}").min() for f in _fields(spec, "min")]
-        + [pl.col(f"_max__{f}").max() for f in _fields(spec, "max")]
-    )
+    return [REDUCERS[st.reducer].merge(st.column).alias(st.column) for st in states(spec)]
 
 
 def partial_columns(spec: AggregateSpec) -> list[str]:
-    return (
-        [*WINDOW, *spec.keys, "_n"]
-        + [f"_sum__{f}" for f in _fields(spec, "sum", "mean")]
-        + [f"_min__{f}" for f in _fields(spec, "min")]
-        + [f"_max__{f}" for f in _fields(spec, "max")]
-    )
+    return [*WINDOW, *spec.keys, *(st.column for st in states(spec))]
 
 
 def partials(on_time: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
@@ -262,10 +410,7 @@ def partials(on_time: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
         # each event is its own partial session (its proto-window); merge() joins them
         proto = on_time.select(
             [*WINDOW, *spec.keys]
-            + [pl.lit(1, dtype=pl.Int64).alias("_n")]
-            + [pl.col(f).alias(f"_sum__{f}") for f in _fields(spec, "sum", "mean")]
-            + [pl.col(f).alias(f"_min__{f}") for f in _fields(spec, "min")]
-            + [pl.col(f).alias(f"_max__{f}") for f in _fields(spec, "max")]
+            + [REDUCERS[st.reducer].single(st.field).alias(st.column) for st in states(spec)]
         )
         return merge(proto, spec)
     return on_time.group_by([*WINDOW, *spec.keys]).agg(_partial_exprs(spec)).select(partial_columns(spec))
@@ -290,15 +435,7 @@ def merge(parts: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
 
 def finalize(merged: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
     """Metrics from merged partial rows, sorted by window and keys."""
-    exprs: list[pl.Expr] = []
-    for m in spec.metrics:
-        if m.fn == "count":
-            e = pl.col("_n")
-        elif m.fn == "mean":
-            e = pl.col(f"_sum__{m.field}").cast(pl.Float64) / pl.col("_n")
-        else:
-            e = pl.col(f"_{m.fn}__{m.field}")
-        exprs.append(e.alias(m.column))
+    exprs = [METRICS[m.fn].finalize(m.field).alias(m.column) for m in spec.metrics]
     exprs += [pl.col(p) for p in extra_state(spec)]
     out = merged.select([*WINDOW, *spec.keys, *exprs])
     return out.sort([*WINDOW, *spec.keys], nulls_last=True)
@@ -321,7 +458,7 @@ def late_pairs_of(late: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
         "event_time",
         *WINDOW,
         "watermark",
-        (pl.col("watermark") - pl.col("window_end") - _seconds(spec.allowed_lateness))
+        (pl.col("watermark") - pl.col("window_end") - duration(spec.allowed_lateness))
         .dt.total_seconds()
         .alias("late_by_seconds"),
     ).sort(["event_time", "window_start"])

@@ -37,9 +37,9 @@ from tidegate.catalog import Catalog, load_catalog
 from tidegate.errors import TidegateError
 from tidegate.expectations.contracts import parse_rfc3339
 from tidegate.lake import aggregates as agg
+from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import scan_table
 from tidegate.lake.lineage import row_lineage
-from tidegate.lake.projection import app_id
 from tidegate.lake.tables import (
     LakeTables,
 )

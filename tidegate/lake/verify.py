@@ -32,8 +32,8 @@ from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import AggregateSpec
 from tidegate.lake import aggregates as agg
+from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import try_open
-from tidegate.lake.projection import app_id
 from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quarantine_uri, raw_uri
 
 

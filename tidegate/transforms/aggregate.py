@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import polars as pl
+import pyarrow as pa
 import pyarrow.dataset as ds
 from apache_beam.coders import coders
 from apache_beam.metrics.metric import Metrics
@@ -34,10 +35,7 @@ from deltalake import DeltaTable
 
 from tidegate.catalog import AggregateSpec
 from tidegate.lake import aggregates as agg
-from tidegate.lake.projection import (
-    _columns,
-    _frame,
-    _ts,
+from tidegate.lake.aggregate_writes import (
     aggregate_commit_meta,
     aggregate_rows,
     apply_panes,
@@ -48,6 +46,12 @@ from tidegate.lake.tables import raw_schema
 from tidegate.transforms.ingest import worker_state
 
 LATE = "late"
+
+
+def _utc(value: datetime) -> pa.Scalar:
+    return pa.scalar(value, type=pa.timestamp("us", tz="UTC"))
+
+
 SHARDS = 16
 
 
@@ -94,11 +98,11 @@ def read_files(config: ReplayConfig, paths: list[str]) -> pl.DataFrame:
     subset = ds.FileSystemDataset(fragments, full.schema, full.format, full.filesystem)
     filt = None
     if config.read_since:
-        filt = ds.field("event_time") >= _ts(datetime.fromisoformat(config.read_since))
+        filt = ds.field("event_time") >= _utc(datetime.fromisoformat(config.read_since))
     if config.read_until:
-        upper = ds.field("event_time") < _ts(datetime.fromisoformat(config.read_until))
+        upper = ds.field("event_time") < _utc(datetime.fromisoformat(config.read_until))
         filt = upper if filt is None else filt & upper
-    return _frame(subset.to_table(columns=_columns(config.spec, full.schema), filter=filt))
+    return agg.frame(subset.to_table(columns=agg.read_columns(config.spec, full.schema), filter=filt))
 
 
 def _shard(frame: pl.DataFrame, spec: AggregateSpec) -> Iterator[tuple[int, pl.DataFrame]]:
@@ -270,66 +274,33 @@ def window_fn(spec: AggregateSpec) -> Any:
 
 
 class AggregateCombineFn(beam.CombineFn):
-    """count / sum / min / max / mean of one (window, keys) group, mergeable (sessions merge).
-
-    The accumulator is the same partial lake.aggregates uses (`_n`, `_sum__f`, `_min__f`,
-    `_max__f`); `extract_output` computes mean as exact sum / count, as `finalize` does."""
+    """The metrics of one (window, keys) group, mergeable (sessions merge). Accumulators are
+    lake.aggregates' partial states (`_n`, `_sum__f`, ...) built and merged by its REDUCERS, and
+    the output comes from its METRICS: the same definitions the polars paths use."""
 
     def __init__(self, spec_json: str) -> None:
         self.spec_json = spec_json
         spec = AggregateSpec.model_validate_json(spec_json)
-        self.sums = agg._fields(spec, "sum", "mean")
-        self.mins = agg._fields(spec, "min")
-        self.maxs = agg._fields(spec, "max")
-        self.metrics = [(m.fn, m.field, m.column) for m in spec.metrics]
+        self.states = [(st.column, st.field, agg.REDUCERS[st.reducer]) for st in agg.states(spec)]
+        self.metrics = [(agg.METRICS[m.fn], m.field, m.column) for m in spec.metrics]
 
     def create_accumulator(self) -> dict[str, Any]:
-        return {"_n": 0}
+        return {}
 
     def add_input(self, acc: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-        acc["_n"] += 1
-        for f in self.sums:
-            if row.get(f) is not None:
-                acc[f"_sum__{f}"] = acc.get(f"_sum__{f}", 0) + row[f]
-        for f in self.mins:
-            v = row.get(f)
-            if v is not None and (acc.get(f"_min__{f}") is None or v < acc[f"_min__{f}"]):
-                acc[f"_min__{f}"] = v
-        for f in self.maxs:
-            v = row.get(f)
-            if v is not None and (acc.get(f"_max__{f}") is None or v > acc[f"_max__{f}"]):
-                acc[f"_max__{f}"] = v
+        for column, field, reducer in self.states:
+            acc[column] = reducer.add(acc.get(column), row.get(field) if field else None)
         return acc
 
     def merge_accumulators(self, accs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {"_n": 0}
+        out: dict[str, Any] = {}
         for a in accs:
-            out["_n"] += a["_n"]
-            for f in self.sums:
-                if f"_sum__{f}" in a:
-                    out[f"_sum__{f}"] = out.get(f"_sum__{f}", 0) + a[f"_sum__{f}"]
-            for f in self.mins:
-                v = a.get(f"_min__{f}")
-                if v is not None and (out.get(f"_min__{f}") is None or v < out[f"_min__{f}"]):
-                    out[f"_min__{f}"] = v
-            for f in self.maxs:
-                v = a.get(f"_max__{f}")
-                if v is not None and (out.get(f"_max__{f}") is None or v > out[f"_max__{f}"]):
-                    out[f"_max__{f}"] = v
+            for column, _field, reducer in self.states:
+                out[column] = reducer.combine(out.get(column), a.get(column))
         return out
 
     def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for fn, field, column in self.metrics:
-            if fn == "count":
-                out[column] = acc["_n"]
-            elif fn == "mean":
-                out[column] = float(acc.get(f"_sum__{field}", 0)) / acc["_n"] if acc["_n"] else None
-            elif fn == "sum":
-                out[column] = acc.get(f"_sum__{field}", 0)
-            else:
-                out[column] = acc.get(f"_{fn}__{field}")
-        return out
+        return {column: kind.finalize_py(acc, field) for kind, field, column in self.metrics}
 
 
 @dataclass(frozen=True)
@@ -450,7 +421,7 @@ class ComputeWindowedAggregates(beam.PTransform):
         split = committed | "SplitLate" >> beam.ParDo(SplitLateFn(self.config.spec_json)).with_outputs(
             LATE, main="on_time"
         )
-        lateness = agg._seconds(spec.allowed_lateness) + agg._seconds(spec.out_of_orderness)
+        lateness = agg.duration(spec.allowed_lateness) + agg.duration(spec.out_of_orderness)
         keys = list(spec.keys)
         panes = (
             split.on_time
