@@ -14,7 +14,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
 from tidegate.catalog import Catalog
 from tidegate.pipelines.streaming import build
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 
 
 def run_local_streaming(

@@ -202,7 +202,8 @@ def test_beams_combine_fn_and_the_polars_path_agree_on_every_metric_nulls_includ
     # compute() also returns `_sum__items`: merge state the table keeps because no declared
     # metric holds it; the CombineFn's output is the declared metrics
     expected = compute(frame, spec).select(metric_columns(spec)).to_dicts()[0]
-    assert expected["count"] == 6 and expected["sum_amount"] == Decimal("19.75")
+    assert expected["count"] == 6
+    assert expected["sum_amount"] == Decimal("19.75")
     rows = [{"amount": a, "items": n} for a, n in zip(amounts, items, strict=True)]
     with TestPipeline() as p:
         out = (

@@ -15,7 +15,7 @@ from tidegate.expectations.envelope import RawMessage
 from tidegate.lake.tables import raw_uri
 from tidegate.pipelines.local.batch import MAX_POISON, BatchRunner
 from tidegate.producer import ProduceConfig, generate
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 
 
 def orders(catalog: Catalog, registry, count: int) -> list[RawMessage]:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from tidegate.lake.tables import ledger_uri, quarantine_uri, raw_uri
 from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions
 from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 
 pytestmark = pytest.mark.emulator
 

@@ -11,13 +11,12 @@ import pyarrow as pa
 import pytest
 
 from tidegate.errors import ConfigError
+from tidegate.expectations.coercion import ContractViolation, parse_rfc3339
 from tidegate.expectations.contracts import (
     Contract,
     ContractRegistry,
-    ContractViolation,
     dataschema_uri,
     load_event_type,
-    parse_rfc3339,
     version_from_dataschema,
 )
 

@@ -25,7 +25,7 @@ from tidegate.lake.verify import verify
 from tidegate.pipelines.local import ConsumerOptions, LocalIngest, LocalOptions
 from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import EXPECTED_RULE, FAULT_KINDS, ProduceConfig, generate, publish
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 
 pytestmark = pytest.mark.emulator
 LEASE = ConsumerOptions().lease_seconds

@@ -15,7 +15,7 @@ from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra.pubsub import provision
 from tidegate.pipelines.dataflow import DataflowTarget, launch
 from tidegate.producer import ProduceConfig, generate, publish
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 
 
 def config(catalog, lake: str) -> IngestConfig:  # type: ignore[no-untyped-def]
@@ -170,8 +170,8 @@ def test_a_chunk_that_never_balances_still_gets_an_unbalanced_ledger_row() -> No
     as an unbalanced row (status and verify flag it) rather than state waiting forever."""
     from datetime import UTC, datetime
 
-    from tidegate.transforms.ingest import TableCommit
     from tidegate.transforms.ledger import ChunkReceived, balanced, ledger_row
+    from tidegate.transforms.writes import TableCommit
 
     got = ChunkReceived("c1", 10, ("shop-orders-tidegate",), datetime.now(UTC), "digest")
     raw = TableCommit("raw", "shop.order.placed", "raw/shop.order.placed", ("c1",), 7, 7, 6, 3)

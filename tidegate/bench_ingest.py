@@ -52,7 +52,7 @@ from tidegate.lake.verify import verify
 from tidegate.pipelines.local import BatchOutcome, LocalIngest, LocalOptions
 from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate, publish
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 from tidegate.version import code_version, git_sha
 
 Progress = Callable[[str], None]

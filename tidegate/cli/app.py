@@ -133,7 +133,7 @@ def parse_duration(text: str, name: str) -> timedelta:
 def parse_time(text: str | None) -> datetime | None:
     if text is None:
         return None
-    from tidegate.expectations.contracts import parse_rfc3339  # see the module docstring
+    from tidegate.expectations.coercion import parse_rfc3339  # see the module docstring
 
     try:
         return parse_rfc3339(text)

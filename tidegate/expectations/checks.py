@@ -31,13 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidegate.catalog import Catalog
-from tidegate.expectations.contracts import (
-    Contract,
-    ContractRegistry,
-    ContractViolation,
-    Violation,
-    version_from_dataschema,
-)
+from tidegate.expectations.coercion import ContractViolation, Violation
+from tidegate.expectations.contracts import Contract, ContractRegistry, version_from_dataschema
 from tidegate.expectations.envelope import Envelope, EnvelopeError, RawMessage, decode_envelope
 from tidegate.expectations.suites import ExpectationOutcome, RuleFailure, SuiteValidator
 

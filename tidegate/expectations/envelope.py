@@ -45,7 +45,7 @@ from cloudevents.core.exceptions import CloudEventValidationError
 from cloudevents.core.v1.event import CloudEvent
 
 from tidegate.errors import TerminalError
-from tidegate.expectations.contracts import parse_rfc3339
+from tidegate.expectations.coercion import parse_rfc3339
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 JSON_CONTENT_TYPE = "application/json"

@@ -35,7 +35,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import Catalog, load_catalog
 from tidegate.errors import TidegateError
-from tidegate.expectations.contracts import parse_rfc3339
+from tidegate.expectations.coercion import parse_rfc3339
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import scan_table

@@ -46,7 +46,7 @@ from tidegate.pipelines.replay import build as build_replay_graph
 from tidegate.pipelines.replay import file_groups, replay_config
 from tidegate.pipelines.runs import ingest_config, new_run_id
 from tidegate.pipelines.streaming import build
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 from tidegate.version import code_version, git_sha
 
 _BUCKET_PATH = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/.*)?$")

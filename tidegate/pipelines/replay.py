@@ -40,7 +40,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.errors import TidegateError
-from tidegate.expectations.contracts import parse_rfc3339
+from tidegate.expectations.coercion import parse_rfc3339
 from tidegate.lake.lock import lake_lock
 from tidegate.lake.openlineage import LineageEmitter, OutputTable, dataset_name
 from tidegate.lake.tables import aggregate_uri, late_uri, raw_uri

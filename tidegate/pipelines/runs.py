@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from tidegate import settings
 from tidegate.catalog import Catalog
-from tidegate.transforms.ingest import IngestConfig
+from tidegate.transforms.base import IngestConfig
 from tidegate.version import code_version, git_sha
 
 

@@ -47,7 +47,8 @@ from tidegate.transforms.aggregate import (
     StreamSinkConfig,
     WriteAggregatePanes,
 )
-from tidegate.transforms.ingest import Ingest, IngestConfig
+from tidegate.transforms.base import IngestConfig
+from tidegate.transforms.ingest import Ingest
 from tidegate.transforms.ingest_types import Chunk
 from tidegate.transforms.ledger import BalanceLedger, WriteLedger
 

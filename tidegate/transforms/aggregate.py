@@ -43,7 +43,7 @@ from tidegate.lake.aggregate_writes import (
     write_late,
 )
 from tidegate.lake.tables import raw_schema
-from tidegate.transforms.ingest import worker_state
+from tidegate.transforms.base import worker_state
 
 LATE = "late"
 

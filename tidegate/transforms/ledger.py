@@ -37,8 +37,9 @@ from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from tidegate.lake.rows import lineage, message_digest
 from tidegate.lake.tables import LEDGER, LEDGER_SCHEMA
 from tidegate.lake.writer import append, insert_new
-from tidegate.transforms.ingest import IngestConfig, TableCommit
+from tidegate.transforms.base import IngestConfig
 from tidegate.transforms.ingest_types import Chunk
+from tidegate.transforms.writes import TableCommit
 
 
 class ChunkReceived(NamedTuple):

@@ -31,8 +31,9 @@ from tidegate.expectations.envelope import RawMessage
 from tidegate.faults import fault_point
 from tidegate.lake.metrics import beam_metric_rows, commit_metric_rows, latency_row, write_metrics
 from tidegate.lake.rows import message_digest
-from tidegate.transforms.ingest import IngestConfig, TableCommit
+from tidegate.transforms.base import IngestConfig
 from tidegate.transforms.ledger import ChunkReceived, ledger_row, write_ledger
+from tidegate.transforms.writes import TableCommit
 
 from .batch import BatchRun
 from .consumer import Consumer, Leased

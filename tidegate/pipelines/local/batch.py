@@ -47,8 +47,10 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
 from tidegate.errors import PlatformError, TidegateError, TransientError
 from tidegate.expectations.envelope import RawMessage
-from tidegate.transforms.ingest import COMMITS, Ingest, IngestConfig, TableCommit
+from tidegate.transforms.base import IngestConfig
+from tidegate.transforms.ingest import Ingest
 from tidegate.transforms.ingest_types import Chunk
+from tidegate.transforms.writes import COMMITS, TableCommit
 
 log = logging.getLogger(__name__)
 

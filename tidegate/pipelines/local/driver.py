@@ -39,7 +39,8 @@ from tidegate.lake.lock import is_locked_lake, lake_lock
 from tidegate.lake.openlineage import LineageEmitter, OutputTable, subscription_dataset
 from tidegate.lake.projection import Projector
 from tidegate.lake.tables import LakeTables, raw_schema
-from tidegate.transforms.ingest import IngestConfig, TableCommit, suite_validator, worker_state
+from tidegate.transforms.base import IngestConfig, suite_validator, worker_state
+from tidegate.transforms.writes import TableCommit
 
 from .accounting import BatchOutcome, Bookkeeper, RunSummary, account
 from .batch import BatchRunner

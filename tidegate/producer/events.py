@@ -1,56 +1,20 @@
-"""A realistic, deliberately messy CloudEvents producer for the sample shop domain.
-
-`generate()` is pure and deterministic: the same catalog, seed and start time give the same
-messages, byte for byte. `publish()` sends them with the official client, paced to a rate
-if asked, and returns what was sent by kind plus one manifest row per message (with the
-Pub/Sub message id, so even an event published without its ce-id can be reconciled).
-
-    tidegate produce --count 10000 --invalid-rate 0.02 --duplicate-rate 0.01 --seed 7 \
-        --manifest .tidegate/manifest.jsonl
-
-Kinds of message (the `kind` column of the manifest):
-
-| kind                   | what is sent                                          | lands in   |
-|------------------------|-------------------------------------------------------|------------|
-| valid                  | a well-formed event (binary mode, some structured)    | raw        |
-| duplicate              | an earlier valid event published again, same ce-id    | raw (once) |
-| out_of_order           | valid, event time shifted back by up to --out-of-order-max | raw   |
-| late                   | valid, event time shifted back by --late-by           | raw        |
-| malformed_json         | truncated / garbled JSON body                         | quarantine |
-| missing_required_field | a required payload field removed                      | quarantine |
-| wrong_type             | a payload field of the wrong JSON type                | quarantine |
-| out_of_range           | a numeric value outside the suite's range             | quarantine |
-| not_in_set             | a currency / country not in the suite's set           | quarantine |
-| unknown_type           | ce-type the catalog does not know                     | quarantine |
-| unknown_version        | ce-dataschema naming a version that does not exist    | quarantine |
-| missing_id / missing_time | ce-id / ce-time attribute left out                 | quarantine |
-| bad_time               | ce-time that is not RFC 3339                          | quarantine |
-| non_utf8               | payload encoded in Latin-1 (invalid UTF-8)            | quarantine |
-| oversize               | payload larger than the stream's max_payload_bytes    | quarantine |
-"""
+"""The sample shop's events: a deterministic generator of valid and faulty CloudEvents
+(tidegate.producer says which kinds and where each lands)."""
 
 from __future__ import annotations
 
 import json
 import random
 import string
-import threading
-import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-
-from google.pubsub_v1 import types as gapic_types
 
 from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry, dataschema_uri
 from tidegate.expectations.envelope import to_binary, to_structured
-from tidegate.infra.pubsub import gapic_publisher, topic_path
 
 FAULT_KINDS: tuple[str, ...] = (
     "malformed_json",
@@ -643,120 +607,3 @@ def generate(
 def _uuid(rng: random.Random) -> Any:
 
     return uuid.UUID(int=rng.getrandbits(128), version=4)
-
-
-# --------------------------------------------------------------------------------------
-# Publishing
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class PublishReport:
-    sent: Counter[str] = field(default_factory=Counter)
-    by_type: Counter[str] = field(default_factory=Counter)
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    manifest: Path | None = None
-
-    @property
-    def total(self) -> int:
-        return sum(self.sent.values())
-
-    @property
-    def rate(self) -> float:
-        return self.total / self.seconds if self.seconds else 0.0
-
-
-def publish(
-    messages: Iterator[OutgoingMessage],
-    project: str,
-    address: str | None,
-    count: int,
-    rate: float | None = None,
-    manifest: Path | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> PublishReport:
-    """Publish everything, paced to `rate` msg/s if given; wait for every Pub/Sub ack.
-
-    Uses the official generated (GAPIC) Publisher client with batches of up to 1,000
-    messages built as raw protobufs, a few batches in flight at once. The library's batching
-    `PublisherClient.publish()` costs ~65 us of Python per message (proto-plus wrappers,
-    a future and flow control each), which alone caps one process near 15k msg/s and near 5k
-    once the generator shares the GIL; raw protobuf batches cost a few us per message.
-    """
-
-    client = gapic_publisher(address)
-    raw_message = gapic_types.PubsubMessage.pb()
-    raw_request = gapic_types.PublishRequest.pb()
-    report = PublishReport(manifest=manifest)
-    message_ids: list[str | None] = [None] * count
-    rows: list[OutgoingMessage] = []
-    lock = threading.Lock()
-    in_flight = threading.BoundedSemaphore(8)
-    pending: list[Future[None]] = []
-    max_batch, max_bytes, max_age = 1000, 4 * 1024 * 1024, 0.05
-
-    def send(topic: str, batch: list[Any], seqs: list[int]) -> None:
-        try:
-            req = gapic_types.PublishRequest.wrap(raw_request(topic=topic, messages=batch))
-            resp = client.publish(request=req, timeout=60)
-            for seq, mid in zip(seqs, resp.message_ids, strict=True):
-                message_ids[seq] = mid
-        except Exception as exc:  # noqa: BLE001 - reported, never silently dropped
-            with lock:
-                report.failed += len(seqs)
-                if len(report.errors) < 5:
-                    report.errors.append(f"{exc.__class__.__name__}: {exc}")
-        finally:
-            in_flight.release()
-            if progress:
-                progress(len(seqs))
-
-    batches: dict[str, tuple[list[Any], list[int], list[int], float]] = {}
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidegate-publish")
-
-    def flush(topic: str) -> None:
-        batch, seqs, _size, _age = batches.pop(topic)
-        in_flight.acquire()
-        pending.append(pool.submit(send, topic, batch, seqs))
-
-    started = time.perf_counter()
-    try:
-        for msg in messages:
-            now = time.perf_counter()
-            if rate:
-                delay = started + msg.seq / rate - now
-                if delay > 0:
-                    time.sleep(delay)
-                    now = time.perf_counter()
-            topic = topic_path(project, msg.topic)
-            entry = batches.get(topic)
-            if entry is None:
-                entry = batches[topic] = ([], [], [0], now)
-            entry[0].append(raw_message(data=msg.data, attributes=msg.attributes))
-            entry[1].append(msg.seq)
-            entry[2][0] += len(msg.data) + 200
-            if len(entry[0]) >= max_batch or entry[2][0] >= max_bytes:
-                flush(topic)
-            if rate:
-                for t in [t for t, e in batches.items() if now - e[3] >= max_age]:
-                    flush(t)
-            report.sent[msg.kind] += 1
-            report.by_type[msg.event_type] += 1
-            if manifest is not None:
-                rows.append(msg)
-        for t in list(batches):
-            flush(t)
-        for f in pending:
-            f.result()
-    finally:
-        pool.shutdown(wait=True)
-        client.transport.close()
-    report.seconds = time.perf_counter() - started
-    if manifest is not None:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        with manifest.open("w", encoding="utf-8") as fh:
-            for msg in rows:
-                fh.write(json.dumps(msg.manifest_row(message_ids[msg.seq]), separators=(",", ":")) + "\n")
-    return report
