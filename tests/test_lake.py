@@ -16,7 +16,7 @@ from tests.checking import check_batch
 from tidegate.errors import ConfigError
 from tidegate.expectations.envelope import RawMessage
 from tidegate.lake.pii import DEV_KEY, PiiProtector, load_protector
-from tidegate.lake.rows import lineage, quarantine_rows, raw_rows, trace_id
+from tidegate.lake.rows import commit_metadata, quarantine_rows, raw_rows, trace_id
 from tidegate.lake.tables import raw_schema
 from tidegate.lake.writer import dedupe, insert_new
 from tidegate.producer import EXPECTED_RULE, ProduceConfig, generate
@@ -63,7 +63,7 @@ def test_schema_evolves_with_a_new_optional_column(tmp_path: Path) -> None:
 
 def test_every_commit_carries_its_metadata(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
-    meta = lineage(
+    meta = commit_metadata(
         run_id="run-1",
         batch_ids=["b1"],
         code_version="0.1.0",

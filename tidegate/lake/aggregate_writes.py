@@ -24,7 +24,7 @@ from tidegate.catalog import AggregateSpec
 from tidegate.errors import TransientError
 from tidegate.lake import aggregates as agg
 from tidegate.lake.delta import try_open
-from tidegate.lake.rows import lineage
+from tidegate.lake.rows import commit_metadata
 from tidegate.lake.tables import LATE, LATE_SCHEMA, aggregate_uri
 from tidegate.lake.writer import insert_new, replace_windows
 
@@ -62,7 +62,7 @@ def aggregate_commit_meta(
         keys["tidegate_source"] = source
     if raw_version is not None:
         keys["tidegate_raw_version"] = raw_version
-    return lineage(
+    return commit_metadata(
         run_id=run_id,
         batch_ids=[],
         code_version=code_version,
@@ -79,7 +79,7 @@ def aggregate_rows(
     """Window rows (window, keys, metrics) in the aggregate table's schema, lineage filled in."""
     n = frame.height
     now = datetime.now(UTC)
-    lineage = {
+    provenance = {
         "revision": pa.array([1] * n, pa.int64()),
         "raw_version": pa.array([raw_version] * n, pa.int64()),
         "updated_at": pa.array([now] * n, TS),
@@ -87,7 +87,9 @@ def aggregate_rows(
         "written_by": pa.array([written_by] * n, pa.string()),
     }
     data = frame.to_arrow()
-    arrays = [lineage[f.name] if f.name in lineage else data.column(f.name).cast(f.type) for f in schema]
+    arrays = [
+        provenance[f.name] if f.name in provenance else data.column(f.name).cast(f.type) for f in schema
+    ]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

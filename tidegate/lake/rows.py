@@ -6,7 +6,7 @@ types by the contract stage. Quarantine rows are built one dict per rejection, s
 rejection that cannot be rendered (a payload too deep to redact, a string Arrow refuses)
 degrades alone instead of failing the batch. The encrypted original is kept up to
 `QUARANTINE_MAX_ORIGINAL_BYTES` (1 MiB); a larger message keeps its size and SHA-256 only.
-`lineage()` builds the metadata every Delta commit carries.
+`commit_metadata()` builds the lineage metadata every Delta commit carries.
 
     uv run python -c "from tidegate.lake.rows import quarantine_rows; help(quarantine_rows)"
 """
@@ -288,7 +288,7 @@ def message_digest(message_ids: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def lineage(
+def commit_metadata(
     *,
     run_id: str,
     batch_ids: Sequence[str],

@@ -34,7 +34,7 @@ from apache_beam.pvalue import PCollection
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 
-from tidegate.lake.rows import lineage, message_digest
+from tidegate.lake.rows import commit_metadata, message_digest
 from tidegate.lake.tables import LEDGER, LEDGER_SCHEMA
 from tidegate.lake.writer import append, insert_new
 from tidegate.transforms.base import IngestConfig
@@ -165,7 +165,7 @@ def write_ledger(
     batch_id (a bundle Dataflow retries adds nothing twice); local mode appends (one driver, a
     batch id is written once)."""
 
-    meta = lineage(
+    meta = commit_metadata(
         run_id=config.run_id,
         batch_ids=[r["batch_id"] for r in rows],
         code_version=config.code_version,

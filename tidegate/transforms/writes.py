@@ -36,7 +36,13 @@ from tidegate.expectations.envelope import RawMessage
 from tidegate.faults import fault_point, transient_fault
 from tidegate.lake.keyindex import key_index
 from tidegate.lake.pii import load_protector
-from tidegate.lake.rows import committed_rows, lineage, quarantine_rows, raw_rows, stamp_seen_max_event_time
+from tidegate.lake.rows import (
+    commit_metadata,
+    committed_rows,
+    quarantine_rows,
+    raw_rows,
+    stamp_seen_max_event_time,
+)
 from tidegate.lake.tables import QUALITY as QUALITY_TABLE
 from tidegate.lake.tables import (
     QUALITY_SCHEMA,
@@ -175,7 +181,7 @@ class _WriterFn(_CatalogFn):
 
     def _meta(self, batch_ids: list[str], messages: list[RawMessage], **extra: Any) -> dict[str, str]:
 
-        return lineage(
+        return commit_metadata(
             run_id=self.config.run_id,
             batch_ids=batch_ids,
             code_version=self.config.code_version,
@@ -412,7 +418,7 @@ class WriteQualityFn(_WriterFn):
             "quality_date": [now.date()] * len(self.buffer),
         }
         batch_ids = sorted({b for b, _ in self.buffer})
-        meta = lineage(
+        meta = commit_metadata(
             run_id=self.config.run_id,
             batch_ids=batch_ids,
             code_version=self.config.code_version,

@@ -1,9 +1,9 @@
 """Commit accounting and the ack: a micro-batch is acknowledged only once every message of it is
 accounted for in Delta, and its ledger row says so.
 
-    bookkeeper = Bookkeeper(config, consumer, lineage)
+    bookkeeper = Bookkeeper(config, consumer, openlineage)
     outcome = account(batch_id, run, messages, started_at)   # raises if anything is missing
-    bookkeeper.submit(outcome, leased, run)                   # ledger -> ack -> lineage -> metrics
+    bookkeeper.submit(outcome, leased, run)                   # ledger -> ack -> OpenLineage -> metrics
 
 The arithmetic (received = written + duplicates + quarantined + re-quarantined) is
 `tidegate.transforms.ledger.ledger_row`, the same one the streaming job balances its chunks with.
@@ -138,13 +138,13 @@ class Bookkeeper:
         self,
         config: IngestConfig,
         consumer: Consumer,
-        lineage: Any,  # lake.openlineage.LineageEmitter
+        openlineage: Any,  # lake.openlineage.LineageEmitter
         inputs: Callable[[set[str]], list[Any]],  # subscriptions -> OpenLineage input datasets
         outputs: Callable[[list[TableCommit]], list[Any]],  # commits -> OpenLineage output datasets
     ) -> None:
         self.config = config
         self.consumer = consumer
-        self.lineage = lineage
+        self.openlineage = openlineage
         self.inputs = inputs
         self.outputs = outputs
         self.queue: queue.Queue[_Work | None] = queue.Queue()
@@ -196,7 +196,7 @@ class Bookkeeper:
         self.consumer.ack(work.leased)
         o.stages["ack"] = time.perf_counter() - t
         t = time.perf_counter()
-        self.lineage.emit(
+        self.openlineage.emit(
             "COMPLETE",
             "ingest.batch",
             o.batch_id,
@@ -205,7 +205,7 @@ class Bookkeeper:
             outputs=self.outputs(work.run.commits),
             tidegate_run_id=self.config.run_id,
         )
-        o.stages["lineage"] = time.perf_counter() - t
+        o.stages["openlineage"] = time.perf_counter() - t
         t = time.perf_counter()
         try:
             rows = [r for q in work.run.metrics for r in beam_metric_rows(q)]

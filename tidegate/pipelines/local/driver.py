@@ -118,7 +118,7 @@ class LocalIngest:
     # -- lineage ---------------------------------------------------------------------------
 
     @property
-    def lineage(self) -> Any:
+    def openlineage(self) -> Any:
         """OpenLineage events of this run and its batches (lake.openlineage)."""
         if self._lineage is None:
             self._lineage = LineageEmitter(self.config.lake)
@@ -171,7 +171,7 @@ class LocalIngest:
         messages = [x.message for x in leased]
         subscriptions = {m.subscription for m in messages}
         parent = ("ingest", self.config.run_id)
-        self.lineage.emit(
+        self.openlineage.emit(
             "START", "ingest.batch", batch_id, parent=parent, inputs=self._inputs(subscriptions)
         )
         try:
@@ -187,7 +187,7 @@ class LocalIngest:
                 messages = [x.message for x in leased]
             outcome = account(batch_id, self.config.run_id, run, messages, started_at)
         except BaseException as exc:
-            self.lineage.emit(
+            self.openlineage.emit(
                 "FAIL",
                 "ingest.batch",
                 batch_id,
@@ -226,7 +226,7 @@ class LocalIngest:
         if in_main:
             signal.signal(signal.SIGINT, request_stop)
         inputs = self._inputs(set(self.paths.values()))
-        self.lineage.emit(
+        self.openlineage.emit(
             "START", "ingest", self.config.run_id, inputs=inputs, tidegate_run_id=self.config.run_id
         )
         client = subscriber(self.address)
@@ -242,7 +242,7 @@ class LocalIngest:
                 # its first round heals: whatever an earlier run committed to raw but never
                 # projected is projected before any batch of this run
                 background = BackgroundProjector(self._projector(), heal=True)
-            bookkeeper = Bookkeeper(self.config, consumer, self.lineage, self._inputs, self._outputs)
+            bookkeeper = Bookkeeper(self.config, consumer, self.openlineage, self._inputs, self._outputs)
             compactor = Compactor(
                 LakeTables(self.config.lake, self.catalog).uris(),
                 self.options.compact_every,
@@ -262,7 +262,7 @@ class LocalIngest:
             failed = exc
             raise
         finally:
-            self.lineage.emit(
+            self.openlineage.emit(
                 "FAIL" if failed is not None else "COMPLETE",
                 "ingest",
                 self.config.run_id,
