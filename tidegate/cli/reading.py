@@ -120,12 +120,11 @@ def lineage(
 ) -> None:
     """Where a table's versions, or one row, came from: run, batch, messages, code version and git sha, contracts and GX suite."""
     from tidegate import settings
-    from tidegate.lake.lineage import commits, resolve_table, row_lineage
+    from tidegate.lake.lineage import commits, row_lineage
+    from tidegate.lake.tables import LakeTables
 
-    catalog = load_catalog(catalog_path)
-    uri = resolve_table(
-        settings.lake_path(lake), table, catalog.event_types, [a.name for a in catalog.aggregates]
-    )
+    root = settings.lake_path(lake)
+    uri = LakeTables(root, load_catalog(catalog_path)).resolve(table).uri(root)
     if row is not None:
         info = row_lineage(uri, row, settings.storage_options())
         if as_json:

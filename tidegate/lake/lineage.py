@@ -13,7 +13,6 @@ its commit and a commit to its messages (by digest) and its code (version + git 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +20,6 @@ import polars as pl
 
 from tidegate.errors import TidegateError
 from tidegate.lake.delta import open_table, scan_table
-from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quality_uri, quarantine_uri, raw_uri
 
 LINEAGE_KEYS = (
     "tidegate_run_id",
@@ -38,34 +36,6 @@ LINEAGE_KEYS = (
     "tidegate_pii_key_id",
     "tidegate_operation",
 )
-
-
-def resolve_table(lake: str, name: str, event_types: list[str], aggregates: Sequence[str] = ()) -> str:
-    """'raw/shop.order.placed', 'shop.order.placed', 'quarantine', '_ledger',
-    'aggregates/<name>' (or just the name), 'aggregates/_late' -> table URI."""
-    if name in ("quarantine",):
-        return quarantine_uri(lake)
-    if name in ("_ledger", "ledger"):
-        return ledger_uri(lake)
-    if name in ("_late", "late", "aggregates/_late"):
-        return late_uri(lake)
-    if name in ("_quality", "quality"):
-        return quality_uri(lake)
-    if name.removeprefix("aggregates/") in aggregates:
-        return aggregate_uri(lake, name.removeprefix("aggregates/"))
-    event_type = name.removeprefix("raw/")
-    if event_type in event_types:
-        return raw_uri(lake, event_type)
-    known = ", ".join(
-        [
-            "quarantine",
-            "_ledger",
-            *(f"raw/{t}" for t in event_types),
-            *(f"aggregates/{a}" for a in aggregates),
-        ]
-        + (["aggregates/_late"] if aggregates else [])
-    )
-    raise TidegateError(f"unknown table {name!r}", hint=f"tables: {known}")
 
 
 def commits(uri: str, storage_options: dict[str, str] | None = None) -> list[dict[str, Any]]:

@@ -275,6 +275,15 @@ class LakeTables:
     def uri(self, name: str) -> str:
         return self.spec(name).uri(self.root)
 
+    def resolve(self, name: str) -> TableSpec:
+        """A table by the name a person types: its full name, or a short one (`shop.order.placed`,
+        `revenue_per_currency_1m`, `ledger`, `quality`, `metrics`, `late`)."""
+        short = {"ledger": "_ledger", "quality": "_quality", "metrics": "_metrics"}
+        short |= {"late": LATE.name, "_late": LATE.name}
+        short |= {t: f"raw/{t}" for t in self.catalog.event_types}
+        short |= {a.name: f"aggregates/{a.name}" for a in self.catalog.aggregates}
+        return self.spec(short.get(name, name))
+
     def uris(self) -> list[str]:
         return [s.uri(self.root) for s in self._specs.values()]
 
