@@ -75,7 +75,7 @@ def test_the_lakes_only_writer_lands_an_id_once_even_when_it_is_resent_with_anot
     dates: a producer re-sending an event with a ce-time on another day lands it once."""
     messages = orders(catalog, registry, 5)
     resent = messages[2]
-    moved = dict(resent.attributes, **{"ce-time": "2031-05-05T10:00:00Z"})
+    moved = dict(resent.attributes, **{"ce-time": "2021-05-05T10:00:00Z"})  # another day and year
     again = RawMessage(resent.data, moved, "99", datetime.now(UTC), resent.subscription)
     r = BatchRunner(
         IngestConfig(str(tmp_path / "lake"), "run-t", str(catalog.path), "t", "t"), single_writer=True

@@ -22,7 +22,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from tests.conftest import CONTRACTS_DIR
 from tests.test_contracts import ORDER
+from tidegate.catalog import load_catalog
 from tidegate.expectations.checks import (
     Rejection,
     ValidEvent,
@@ -62,9 +64,17 @@ def attributes(seq: int, event_type: str = ORDER_TYPE, **override: str) -> dict[
     }
 
 
+SUBSCRIPTIONS = {  # the shipped catalog: each type arrives on its own topic's subscription
+    ORDER_TYPE: "shop-orders-tidegate",
+    "shop.page.viewed": "shop-pageviews-tidegate",
+    "shop.payment.captured": "shop-payments-tidegate",
+}
+
+
 def message(seq: int, body: bytes, event_type: str = ORDER_TYPE, **override: str) -> RawMessage:
     data, attrs = to_binary(attributes(seq, event_type, **override), body)
-    return RawMessage(data, attrs, message_id=str(seq), subscription="shop-orders-tidegate", publish_time=NOW)
+    subscription = SUBSCRIPTIONS.get(event_type, "shop-orders-tidegate")
+    return RawMessage(data, attrs, message_id=str(seq), subscription=subscription, publish_time=NOW)
 
 
 def order(seq: int, **fields: Any) -> RawMessage:
@@ -412,9 +422,26 @@ def test_contract_valid_extremes_land_in_the_raw_table(
             "shop.page.viewed",
         ),
     ]
+    # a ce-time in year 9999 is legal but far ahead of its publish time: the shipped catalog
+    # quarantines it (event_time_in_future); a catalog that allows it stores it exactly
+    far_ahead = decode_stage(extremes[1], catalog)
+    assert isinstance(far_ahead, Rejection)
+    assert far_ahead.rules == ["event_time_in_future"]
+    text = catalog.path.read_text().replace(
+        "contracts: ../expectations/contracts", f"contracts: {CONTRACTS_DIR}"
+    )
+    lenient = tmp_path / "catalog.yaml"
+    lenient.write_text(
+        text.replace(
+            "  compatibility: FULL_TRANSITIVE\n",
+            "  compatibility: FULL_TRANSITIVE\n  max_future: 3000000d\n",
+            1,
+        )
+    )
+    permissive = load_catalog(lenient)
     passed: list[ValidEvent] = []
     for m in extremes:
-        env = decode_stage(m, catalog)
+        env = decode_stage(m, permissive)
         assert isinstance(env, Envelope), m.message_id
         result = contract_stage(m, env, registry)
         assert isinstance(result, ValidEvent), (m.message_id, result)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from enum import StrEnum
 from functools import cached_property
 from importlib import resources
@@ -101,6 +102,18 @@ class StreamSettings(_Strict):
     # JSON form is Avro's JSON encoding (no decimals, timestamps or unions with a value): the
     # pipeline's own checks still quarantine everything else.
     publish_schema: bool = False
+    # event-time sanity: a ce-time further ahead of the message's publish time than this is
+    # quarantined (`event_time_in_future`); one older than `max_event_age` (if set) likewise
+    # (`event_too_old`). Both keep a wrong producer clock out of the raw history and aggregates.
+    max_future: str = "1h"
+    max_event_age: str | None = None
+
+    @field_validator("max_future", "max_event_age")
+    @classmethod
+    def _durations(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
 
     @field_validator("message_retention")
     @classmethod
@@ -128,6 +141,15 @@ class Stream(_Strict):
     max_payload_bytes: int = Field(ge=1024, le=10_000_000)
     compatibility: Compatibility
     publish_schema: bool = False
+    max_future: str = "1h"
+    max_event_age: str | None = None
+
+    @field_validator("max_future", "max_event_age")
+    @classmethod
+    def _durations(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
 
     @field_validator("event_type")
     @classmethod
@@ -364,6 +386,27 @@ class Catalog(_Strict):
     @property
     def event_types(self) -> list[str]:
         return [s.event_type for s in self.streams]
+
+    @cached_property
+    def time_bounds(self) -> dict[str, tuple[timedelta, timedelta | None]]:
+        """Per event type: how far ahead of its publish time a ce-time may be, and how far
+        behind (None: no limit)."""
+        return {
+            s.event_type: (
+                timedelta(seconds=parse_duration(s.max_future)),
+                timedelta(seconds=parse_duration(s.max_event_age)) if s.max_event_age else None,
+            )
+            for s in self.streams
+        }
+
+    @cached_property
+    def types_by_subscription(self) -> dict[str, frozenset[str]]:
+        """The event types each pipeline subscription's topic carries (its streams' types). The
+        dead-letter subscription is not here: a message moved there may be of any type."""
+        out: dict[str, set[str]] = {}
+        for s in self.streams:
+            out.setdefault(s.subscription, set()).add(s.event_type)
+        return {sub: frozenset(types) for sub, types in out.items()}
 
 
 def default_catalog_path() -> Path:

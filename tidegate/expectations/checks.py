@@ -6,6 +6,7 @@ message comes out exactly once: as a `ValidEvent` (typed record, contract, envel
 
 Stages, in order (a message stops at the first stage it fails):
 1. `envelope`: CloudEvents decoding (oversize, non_utf8, malformed_json, json_too_deep,
+   type_not_on_topic, event_time_in_future, event_too_old,
    missing_attribute, invalid_attribute, unsupported_specversion, unsupported_content_type);
 2. `contract`: ce-type known to the catalog (`unknown_type`), ce-dataschema present
    (`missing_dataschema`) and naming a known version (`unknown_version`), then the Avro
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tidegate.catalog import Catalog
@@ -57,6 +59,7 @@ class Rejection:
     event_type: str | None = None
     schema_version: int | None = None
     envelope: Envelope | None = None  # when decoding got that far (its data is the parsed payload)
+    event_time: datetime | None = None  # ce-time, when it could be read (also without an envelope)
     record: dict[str, Any] | None = None  # when the contract passed (GX rejections)
 
     @property
@@ -122,9 +125,33 @@ def decode_stage(message: RawMessage, catalog: Catalog) -> Envelope | Rejection:
         envelope = decode_envelope(message, limit)
     except EnvelopeError as exc:
         failure = RuleFailure("envelope", exc.rule, exc.field, exc.message)
-        return _envelope_rejection(message, failure, exc.event_id)
+        return _envelope_rejection(message, failure, exc.event_id, exc.event_type, exc.event_time)
     except Exception as exc:  # noqa: BLE001 - one message must never stop the batch: quarantine it
         return _envelope_rejection(message, unexpected_failure("envelope", exc, "decoding the envelope"))
+    on_topic = catalog.types_by_subscription.get(message.subscription)
+    if on_topic is not None and envelope.type not in on_topic and envelope.type in catalog.payload_limits:
+        topic = next(s.topic for s in catalog.streams if s.subscription == message.subscription)
+        return Rejection(
+            message,
+            "envelope",
+            (
+                RuleFailure(
+                    "envelope",
+                    "type_not_on_topic",
+                    "type",
+                    f"ce-type {envelope.type} is not carried by topic {topic} "
+                    f"(the catalog puts {', '.join(sorted(on_topic))} there)",
+                ),
+            ),
+            event_id=envelope.id,
+            event_type=envelope.type,
+            envelope=envelope,
+        )
+    bounds = catalog.time_bounds.get(envelope.type)
+    if bounds is not None:
+        late = _time_rejection(message, envelope, *bounds)
+        if late is not None:
+            return late
     stream_limit = catalog.payload_limits.get(envelope.type, limit)
     if len(message.data) > stream_limit:
         return Rejection(
@@ -144,13 +171,43 @@ def decode_stage(message: RawMessage, catalog: Catalog) -> Envelope | Rejection:
     return envelope
 
 
-def _envelope_rejection(message: RawMessage, failure: RuleFailure, event_id: str | None = None) -> Rejection:
+def _time_rejection(
+    message: RawMessage, envelope: Envelope, max_future: timedelta, max_age: timedelta | None
+) -> Rejection | None:
+    """ce-time against the message's publish time (the processing clock when there is none, e.g.
+    a test): a deterministic reference, so a replay or redrive decides as ingestion did."""
+    reference = message.publish_time or datetime.now(UTC)
+    if envelope.time - reference > max_future:
+        rule, text = "event_time_in_future", f"ahead of its publish time by more than {max_future}"
+    elif max_age is not None and reference - envelope.time > max_age:
+        rule, text = "event_too_old", f"older than its publish time by more than {max_age}"
+    else:
+        return None
+    failure = RuleFailure("envelope", rule, "time", f"ce-time {envelope.time.isoformat()} is {text}")
+    return Rejection(
+        message,
+        "envelope",
+        (failure,),
+        event_id=envelope.id,
+        event_type=envelope.type,
+        envelope=envelope,
+    )
+
+
+def _envelope_rejection(
+    message: RawMessage,
+    failure: RuleFailure,
+    event_id: str | None = None,
+    event_type: str | None = None,
+    event_time: datetime | None = None,
+) -> Rejection:
     return Rejection(
         message,
         "envelope",
         (failure,),
         event_id=event_id or message.attributes.get("ce-id"),
-        event_type=message.attributes.get("ce-type"),
+        event_type=event_type or message.attributes.get("ce-type"),
+        event_time=event_time,
     )
 
 

@@ -108,14 +108,15 @@ def _describe(schema: Any) -> str:
 
 
 def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp; it must carry a zone. Returns an aware UTC datetime.
+    """Parse an RFC 3339 timestamp (`T`/`Z` in either case); it must carry a zone. Returns an
+    aware UTC datetime.
 
     Raises ValueError, also for a legal timestamp whose UTC instant falls outside years
     0001-9999 (`0001-01-01T00:00:00+01:00` is in year 0 in UTC)."""
     if not isinstance(text, str) or "T" not in text.upper():
         raise ValueError(f"{_short(text)} is not an RFC 3339 timestamp (e.g. 2026-11-26T10:15:00Z)")
     try:
-        dt = datetime.fromisoformat(text)
+        dt = datetime.fromisoformat(text.upper())  # RFC 3339 allows a lower-case t and z
     except ValueError:
         raise ValueError(f"{_short(text)} is not an RFC 3339 timestamp (e.g. 2026-11-26T10:15:00Z)") from None
     if dt.tzinfo is None:

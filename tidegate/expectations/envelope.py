@@ -34,6 +34,9 @@ Every failure is a `EnvelopeError(rule, field, message)`; the rules are:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
 import re
 import sys
@@ -92,7 +95,8 @@ class Envelope:
 
 
 class EnvelopeError(TerminalError):
-    """The CloudEvents envelope is bad: `rule` names the check, `field` the attribute."""
+    """The CloudEvents envelope is bad: `rule` names the check, `field` the attribute. The event's
+    id, type and time ride along whenever decoding got that far (the quarantine row keeps them)."""
 
     def __init__(
         self, rule: str, message: str, field: str | None = None, event_id: str | None = None
@@ -102,6 +106,19 @@ class EnvelopeError(TerminalError):
         self.field = field
         self.message = message
         self.event_id = event_id
+        self.event_type: str | None = None
+        self.event_time: datetime | None = None
+
+    def identify(self, attrs: dict[str, Any]) -> EnvelopeError:
+        """Fill in id, type and time from the event's attributes, where they can be read."""
+        if self.event_id is None and isinstance(attrs.get("id"), str):
+            self.event_id = attrs["id"]
+        if self.event_type is None and isinstance(attrs.get("type"), str):
+            self.event_type = attrs["type"]
+        if self.event_time is None and isinstance(attrs.get("time"), str):
+            with contextlib.suppress(ValueError):
+                self.event_time = parse_rfc3339(attrs["time"])
+        return self
 
 
 def _is_json_content_type(ct: str | None) -> bool:
@@ -251,62 +268,81 @@ def _build(attributes: dict[str, Any], data: Any, mode: str) -> Envelope:
 
 
 def decode_envelope(message: RawMessage, max_payload_bytes: int) -> Envelope:
-    """Decode one Pub/Sub message into an Envelope or raise EnvelopeError."""
+    """Decode one Pub/Sub message into an Envelope or raise EnvelopeError (which names the
+    event's id, type and time when they could be read)."""
     size = len(message.data)
     content_type = message.attributes.get("content-type") or message.attributes.get("Content-Type")
     binary = any(k.lower().startswith(CE_PREFIX) for k in message.attributes)
-    event_id = message.attributes.get("ce-id") if binary else None
-    if size > max_payload_bytes:
-        raise EnvelopeError(
-            "oversize", f"message body is {size} bytes, the limit is {max_payload_bytes}", None, event_id
+    attrs: dict[str, Any] = {
+        k[len(CE_PREFIX) :].lower(): v
+        for k, v in message.attributes.items()
+        if k.lower().startswith(CE_PREFIX)
+    }
+    if size > max_payload_bytes:  # never parse a body over the limit (structured mode: not even its id)
+        oversize = EnvelopeError(
+            "oversize", f"message body is {size} bytes, the limit is {max_payload_bytes}"
         )
+        raise oversize.identify(attrs)
     if binary:
-        attrs: dict[str, Any] = {
-            k[len(CE_PREFIX) :].lower(): v
-            for k, v in message.attributes.items()
-            if k.lower().startswith(CE_PREFIX)
-        }
-        if content_type:
-            attrs["datacontenttype"] = content_type
-        if not _is_json_content_type(content_type):
-            raise EnvelopeError(
-                "unsupported_content_type",
-                f"content-type {content_type!r} is not JSON; tidegate payloads are application/json",
-                "datacontenttype",
-                event_id,
-            )
         try:
-            if not message.data:
-                raise EnvelopeError("malformed_json", "message body is empty; expected a JSON payload")
-            data = _json(_utf8(message.data, "payload"), "payload")
+            return _decode_binary(message, attrs, content_type)
         except EnvelopeError as exc:
-            exc.event_id = event_id
-            raise
-        return _build(attrs, data, "binary")
+            raise exc.identify(attrs) from None
     if content_type and content_type.split(";", 1)[0].strip().lower() == STRUCTURED_CONTENT_TYPE:
         doc = _json(_utf8(message.data, "structured event"), "structured event")
         if not isinstance(doc, dict):
             raise EnvelopeError("malformed_json", "structured event must be a JSON object")
-        inner_ct = doc.get("datacontenttype")
-        if not _is_json_content_type(inner_ct if isinstance(inner_ct, str) else None):
-            raise EnvelopeError(
-                "unsupported_content_type",
-                f"datacontenttype {inner_ct!r} is not JSON",
-                "datacontenttype",
-                doc.get("id") if isinstance(doc.get("id"), str) else None,
-            )
-        if "data_base64" in doc:
-            raise EnvelopeError(
-                "unsupported_content_type", "data_base64 is not supported; send JSON in 'data'", "data"
-            )
-        data = doc.pop("data", None)
-        return _build(doc, data, "structured")
+        try:
+            return _decode_structured(doc)
+        except EnvelopeError as exc:
+            raise exc.identify(doc) from None
     raise EnvelopeError(
         "missing_attribute",
         "not a CloudEvent: no ce-* attributes (binary mode) and content-type is not "
         f"{STRUCTURED_CONTENT_TYPE} (structured mode)",
         "specversion",
     )
+
+
+def _decode_binary(message: RawMessage, attrs: dict[str, Any], content_type: str | None) -> Envelope:
+    if content_type:
+        attrs["datacontenttype"] = content_type
+    if not _is_json_content_type(content_type):
+        raise EnvelopeError(
+            "unsupported_content_type",
+            f"content-type {content_type!r} is not JSON; tidegate payloads are application/json",
+            "datacontenttype",
+        )
+    if not message.data:
+        raise EnvelopeError("malformed_json", "message body is empty; expected a JSON payload")
+    data = _json(_utf8(message.data, "payload"), "payload")
+    return _build(attrs, data, "binary")
+
+
+def _decode_structured(doc: dict[str, Any]) -> Envelope:
+    """The JSON event format: attributes and `data` (JSON) or `data_base64` (the payload's bytes,
+    base64; with a JSON content type they are decoded and parsed like a binary-mode body)."""
+    inner_ct = doc.get("datacontenttype")
+    if not _is_json_content_type(inner_ct if isinstance(inner_ct, str) else None):
+        raise EnvelopeError(
+            "unsupported_content_type", f"datacontenttype {inner_ct!r} is not JSON", "datacontenttype"
+        )
+    if "data_base64" in doc:
+        if "data" in doc:
+            raise EnvelopeError(
+                "invalid_attribute", "an event carries either data or data_base64, not both", "data_base64"
+            )
+        encoded = doc.pop("data_base64")
+        try:
+            raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            raise EnvelopeError("malformed_json", "data_base64 is not a base64 string", "data_base64")
+        data = _json(_utf8(raw, "data_base64 payload"), "data_base64 payload")
+    else:
+        data = doc.pop("data", None)
+    return _build(doc, data, "structured")
 
 
 def to_binary(

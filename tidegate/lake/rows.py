@@ -182,7 +182,7 @@ def _quarantine_row(
         "event_id": r.event_id,
         "event_type": r.event_type,
         "schema_version": r.schema_version,
-        "event_time": r.envelope.time if r.envelope is not None else None,
+        "event_time": r.envelope.time if r.envelope is not None else r.event_time,
         "attributes": [(k, protector.mask_text(v)) for k, v in sorted(m.attributes.items())],
         "payload_size": len(m.data),
         "payload_sha256": hashlib.sha256(m.data).hexdigest(),
