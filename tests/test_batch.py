@@ -86,3 +86,35 @@ def test_the_lakes_only_writer_lands_an_id_once_even_when_it_is_resent_with_anot
     assert raw.height == 5
     assert raw.get_column("event_id").n_unique() == 5
     assert [(c.received, c.inserted) for c in run.commits if c.kind == "raw"] == [(1, 0)]
+
+
+@pytest.mark.parametrize("single_writer", [True, False], ids=["key index", "merge"])
+def test_an_event_is_identified_by_source_and_id_so_two_producers_may_share_an_id(
+    catalog, registry, tmp_path: Path, single_writer: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """CloudEvents identity is (source, id): another producer's `order-42` is another event.
+    The same (source, id) again is still a duplicate, in both commit paths."""
+    first = orders(catalog, registry, 3)
+    other = RawMessage(
+        first[0].data,
+        dict(first[0].attributes, **{"ce-source": "//other-shop.example.com"}),
+        "98",
+        datetime.now(UTC),
+        first[0].subscription,
+    )
+    same = RawMessage(
+        first[0].data, dict(first[0].attributes), "99", datetime.now(UTC), first[0].subscription
+    )
+    r = BatchRunner(
+        IngestConfig(str(tmp_path / "lake"), "run-t", str(catalog.path), "t", "t"),
+        single_writer=single_writer,
+    )
+    r.run("b1", first)
+    run = r.run("b2", [other, same])
+    raw = pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed"))
+    assert raw.height == 4
+    shared = raw.filter(pl.col("event_id") == first[0].attributes["ce-id"])
+    assert sorted(shared.get_column("event_source")) == sorted(
+        [first[0].attributes["ce-source"], "//other-shop.example.com"]
+    )
+    assert [(c.received, c.inserted) for c in run.commits if c.kind == "raw"] == [(2, 1)]

@@ -38,7 +38,7 @@ UTC_TS = pa.timestamp("us", tz="UTC")
 
 # Envelope and lineage columns every raw table starts with (name, type, nullable, doc).
 ENVELOPE_COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
-    ("event_id", pa.string(), False, "CloudEvents id (ce-id): the deduplication key"),
+    ("event_id", pa.string(), False, "CloudEvents id (ce-id); with event_source, the event's identity"),
     ("event_time", UTC_TS, False, "CloudEvents time (ce-time), UTC"),
     ("event_date", pa.date32(), False, "UTC date of event_time (partition column)"),
     ("event_source", pa.string(), False, "CloudEvents source (ce-source)"),
@@ -229,7 +229,11 @@ class TableSpec:
 
 
 def raw_table(event_type: str) -> TableSpec:
-    return TableSpec(f"raw/{event_type}", Kind.RAW, ("event_id",), ("event_date",), event_type=event_type)
+    # an event's identity is (source, id), as CloudEvents defines it: two producers may both
+    # send `order-42`, and both land
+    return TableSpec(
+        f"raw/{event_type}", Kind.RAW, ("event_source", "event_id"), ("event_date",), event_type=event_type
+    )
 
 
 def aggregate_table(name: str) -> TableSpec:

@@ -70,16 +70,19 @@ def verify(
     report = Report()
     raw: dict[str, pl.DataFrame] = {}
     for t in event_types:
-        df = _read(raw_uri(lake, t), ["event_id", "pubsub_message_id"], storage_options)
+        df = _read(raw_uri(lake, t), ["event_source", "event_id", "pubsub_message_id"], storage_options)
         if df is None:
             continue
         raw[t] = df
-        dup = df.group_by("event_id").len().filter(pl.col("len") > 1)
+        dup = df.group_by("event_source", "event_id").len().filter(pl.col("len") > 1)
         report.check(
-            f"raw/{t}: one row per event id",
+            f"raw/{t}: one row per event (source, id), whatever its date",
             dup.height == 0,
             f"{df.height:,} rows",
-            [f"raw/{t}: event id {r['event_id']} is there {r['len']} times" for r in dup.head(20).to_dicts()],
+            [
+                f"raw/{t}: event {r['event_id']} of {r['event_source']} is there {r['len']} times"
+                for r in dup.head(20).to_dicts()
+            ],
         )
     quarantine = _read(
         quarantine_uri(lake),

@@ -336,7 +336,7 @@ class SplitLateFn(beam.DoFn):
         if not rows:
             return
         frame = pl.DataFrame(
-            rows,
+            [{**r, "_row": i} for i, r in enumerate(rows)],
             schema_overrides={
                 "event_time": pl.Datetime("us", "UTC"),
                 "seen_max_event_time": pl.Datetime("us", "UTC"),
@@ -347,9 +347,9 @@ class SplitLateFn(beam.DoFn):
         if parts.late.height:
             self.late_counter.inc(parts.late.height)
             yield TaggedOutput(LATE, agg.late_pairs_of(parts.late, self.spec))
-        by_id = {r["event_id"]: r for r in rows}
-        for event_id, ws, we in parts.on_time.select("event_id", "window_start", "window_end").iter_rows():
-            row = by_id[event_id]
+        # rows by position, not by id: two sources may send the same id in one commit
+        for i, ws, we in parts.on_time.select("_row", "window_start", "window_end").iter_rows():
+            row = rows[i]
             yield TimestampedValue(
                 {**row, "_window": (ws.timestamp(), we.timestamp())}, row["event_time"].timestamp()
             )
