@@ -24,6 +24,9 @@ COMMANDS = [
     ["deploy", "dataflow"],
     ["status"],
     ["docs"],
+    ["quarantine"],
+    ["quarantine", "list"],
+    ["quarantine", "show"],
 ]
 
 

@@ -241,3 +241,57 @@ def test_follow_reports_a_heartbeat(pubsub_emulator, catalog, project, tmp_path:
     assert sum(b.messages for b in beats) <= 40
     assert beats[-1].last_commit is not None
     assert beats[-1].batches >= 1
+
+
+def test_odd_but_legal_cloudevents_from_the_sdk_and_misplaced_or_impossible_ones(
+    pubsub_emulator, catalog, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Published with the plain client, built with the cloudevents SDK where it applies: a
+    structured event carrying data_base64 and one with lower-case t/z land; a page view on the
+    orders topic, a ce-time in 2099 and a structured event with a bad specversion are
+    quarantined with their rule and keep the event's id and type; a second producer reusing an
+    id lands as its own event."""
+
+    from datetime import datetime
+
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+
+    provision(catalog, pubsub_emulator.address, project)
+    orders = valid_orders(catalog, 6, seed=12)
+    body, attrs = orders[0]
+    ce = {k.removeprefix("ce-"): v for k, v in attrs.items() if k.startswith("ce-")}
+    structured = {"content-type": "application/cloudevents+json"}
+    when = datetime.fromisoformat(ce["time"].replace("Z", "+00:00"))
+    sdk_attrs = {**ce, "id": "sdk-b64", "time": when, "datacontenttype": "application/json"}
+    sdk = CloudEvent(sdk_attrs, body)  # bytes data: the SDK writes data_base64
+    lower = {**attrs, "ce-id": "lower-tz", "ce-time": attrs["ce-time"].lower()}
+    page_view = {**attrs, "ce-id": "misplaced", "ce-type": "shop.page.viewed"}
+    future = {**attrs, "ce-id": "from-2099", "ce-time": "2099-01-01T00:00:00Z"}
+    bad_spec = json.dumps({**ce, "id": "bad-spec", "specversion": "0.3", "data": json.loads(body)}).encode()
+    second_producer = {**orders[1][1], "ce-source": "//other-shop.example.com"}
+    messages = [
+        *orders,
+        (JSONFormat().write(sdk), structured),
+        (body, lower),
+        (body, page_view),
+        (body, future),
+        (bad_spec, structured),
+        (orders[1][0], second_producer),
+    ]
+    publish_plain(pubsub_emulator.address, project, "shop-orders", messages)
+
+    summary = ingest(pubsub_emulator.address, catalog, project, tmp_path / "lake")
+    assert summary.received == len(messages)
+    raw = pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed"))
+    assert {"sdk-b64", "lower-tz"} <= set(raw.get_column("event_id"))
+    assert raw.filter(pl.col("event_id") == orders[1][1]["ce-id"]).height == 2  # two sources
+    assert raw.height == 6 + 2 + 1
+    q = pl.read_delta(quarantine_uri(str(tmp_path / "lake")))
+    got = {r["event_id"]: (r["rule"], r["event_type"]) for r in q.to_dicts()}
+    assert got == {
+        "misplaced": ("type_not_on_topic", "shop.page.viewed"),
+        "from-2099": ("event_time_in_future", "shop.order.placed"),
+        "bad-spec": ("unsupported_specversion", "shop.order.placed"),
+    }
+    assert q.filter(pl.col("event_id") == "bad-spec").get_column("event_time").is_not_null().all()

@@ -130,7 +130,7 @@ def parse_duration(text: str, name: str) -> timedelta:
         raise typer.BadParameter(str(exc), param_hint=name) from None
 
 
-def parse_time(text: str | None) -> datetime | None:
+def parse_time(text: str | None, option: str = "--start-time") -> datetime | None:
     if text is None:
         return None
     from tidegate.expectations.coercion import parse_rfc3339  # see the module docstring
@@ -138,7 +138,7 @@ def parse_time(text: str | None) -> datetime | None:
     try:
         return parse_rfc3339(text)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--start-time") from None
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def require_emulator(address: str) -> None:
