@@ -27,6 +27,7 @@ COMMANDS = [
     ["quarantine"],
     ["quarantine", "list"],
     ["quarantine", "show"],
+    ["quarantine", "redrive"],
 ]
 
 

@@ -95,3 +95,40 @@ def quarantine_show(
         ),
     )
     console.print(t)
+
+
+@quarantine_app.command("redrive")
+def quarantine_redrive(
+    rule: Annotated[
+        str | None, typer.Option(help="Redrive the messages quarantined under this rule.", show_default=False)
+    ] = None,
+    ids: Annotated[
+        str | None,
+        typer.Option(help="... or these Pub/Sub message ids (comma-separated).", show_default=False),
+    ] = None,
+    production: Annotated[
+        bool, typer.Option("--production", help="Refuse to run without a real PII key.")
+    ] = False,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Run quarantined messages through today's contracts and suites (after a fix): those that now
+    pass land in raw once, the rest stay quarantined; a ledger row and a `_redrives` row each."""
+    from tidegate import settings
+    from tidegate.pipelines.redrive import redrive
+
+    catalog = load_catalog(catalog_path)
+    wanted = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
+    with console.status("Redriving ..."):
+        result = redrive(
+            catalog, settings.lake_path(lake), rule=rule, message_ids=wanted, production=production
+        )
+    if result.taken == 0:
+        console.print("Nothing to redrive: no quarantined message matches (or all of them landed already).")
+        return
+    console.print(
+        f"Redrive {result.run_id}: {result.taken:,} taken -> {len(result.landed):,} landed in raw, "
+        f"{len(result.rejected_again):,} rejected again, {len(result.not_kept):,} without a kept original."
+    )
+    if result.rejected_again:
+        console.print("[dim]why they still fail: tidegate quarantine show <message id>[/]")

@@ -38,7 +38,7 @@ from tidegate.errors import TidegateError
 from tidegate.expectations.coercion import parse_rfc3339
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import app_id
-from tidegate.lake.delta import scan_table
+from tidegate.lake.delta import scan_table, try_open
 from tidegate.lake.lineage import row_lineage
 from tidegate.lake.tables import (
     LakeTables,
@@ -75,7 +75,12 @@ class Lake:
         return self.tables.uri(table)
 
     def table_names(self) -> list[str]:
-        return self.tables.names()
+        """Every table of this lake's catalog (those made on demand, like `_redrives`, once they exist)."""
+        return [
+            s.name
+            for s in self.tables.specs()
+            if not s.on_demand or try_open(s.uri(self.root), self.storage_options) is not None
+        ]
 
     def delta(self, table: str, *, version: int | None = None, as_of: TimeRef = None) -> DeltaTable:
         uri = self.uri(table)

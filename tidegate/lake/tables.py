@@ -199,6 +199,28 @@ METRICS_SCHEMA = pa.schema(
 )
 
 
+REDRIVES_SCHEMA = pa.schema(
+    [
+        pa.field("subscription", pa.string(), nullable=False),
+        pa.field(
+            "pubsub_message_id", pa.string(), nullable=False, metadata={"doc": "the quarantine row's message"}
+        ),
+        pa.field("redriven_at", UTC_TS, nullable=False),
+        pa.field(
+            "run_id", pa.string(), nullable=False, metadata={"doc": "the redrive run (its _ledger row)"}
+        ),
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("rule_before", pa.string(), nullable=False),
+        pa.field(
+            "outcome",
+            pa.string(),
+            nullable=False,
+            metadata={"doc": "landed (in raw, this run's batch) | rejected_again | original_not_kept"},
+        ),
+    ]
+)
+
+
 class Kind(StrEnum):
     RAW = "raw"
     QUARANTINE = "quarantine"
@@ -207,6 +229,7 @@ class Kind(StrEnum):
     METRICS = "metrics"
     AGGREGATE = "aggregate"
     LATE = "late"
+    REDRIVE = "redrive"
 
 
 @dataclass(frozen=True)
@@ -222,6 +245,7 @@ class TableSpec:
     schema: pa.Schema | None = None
     event_type: str | None = None
     aggregate: str | None = None
+    on_demand: bool = False  # made by an operator's action (a redrive), absent until then
 
     def uri(self, lake: str) -> str:
         """Its location under a lake root that may be a local path or a URI."""
@@ -252,6 +276,16 @@ LEDGER = TableSpec("_ledger", Kind.LEDGER, ("batch_id",), (), LEDGER_SCHEMA)
 QUALITY = TableSpec("_quality", Kind.QUALITY, QUALITY_KEYS, ("quality_date",), QUALITY_SCHEMA)
 METRICS = TableSpec("_metrics", Kind.METRICS, (), (), METRICS_SCHEMA)  # append-only, never deduplicated
 LATE = TableSpec("aggregates/_late", Kind.LATE, LATE_KEYS, ("aggregate",), LATE_SCHEMA)
+# what `tidegate quarantine redrive` did with each quarantined message it took (the quarantine
+# itself is never rewritten: a row is "redriven" when this table says so)
+REDRIVES = TableSpec(
+    "_redrives",
+    Kind.REDRIVE,
+    ("subscription", "pubsub_message_id", "run_id"),
+    (),
+    REDRIVES_SCHEMA,
+    on_demand=True,
+)
 
 
 class LakeTables:
@@ -260,7 +294,7 @@ class LakeTables:
     def __init__(self, root: str, catalog: Catalog) -> None:
         self.root = root
         self.catalog = catalog
-        specs = [raw_table(t) for t in catalog.event_types] + [QUARANTINE, LEDGER, QUALITY, METRICS]
+        specs = [raw_table(t) for t in catalog.event_types] + [QUARANTINE, LEDGER, QUALITY, METRICS, REDRIVES]
         specs += [aggregate_table(a.name) for a in catalog.aggregates] + [LATE]
         self._specs = {s.name: s for s in specs}
 
