@@ -21,6 +21,7 @@ COMMANDS = [
     ["lineage"],
     ["bench", "replay"],
     ["bench", "backlog"],
+    ["bench", "dedup"],
     ["deploy", "dataflow"],
     ["status"],
     ["docs"],

@@ -174,3 +174,20 @@ def bench_backlog_cmd(
         progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
     )
     _print_figures(f"tidegate bench backlog --messages {messages} --limit {limit}", figures, as_json)
+
+
+@bench_app.command("dedup")
+def bench_dedup_cmd(
+    rows: Annotated[
+        int, typer.Option("--rows", "-n", min=100_000, help="Grow the raw-shaped table up to this many rows.")
+    ] = 10_000_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """What exactly-once by (source, id) costs as a raw table grows: the insert-only MERGE (pruned to
+    the chunk's dates, and over the whole table) against the key index + append, per 5,000-row commit."""
+    from tidegate.bench_dedup import bench_dedup
+
+    figures = bench_dedup(
+        rows, progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
+    )
+    _print_figures(f"tidegate bench dedup --rows {rows}", figures, as_json)

@@ -1,0 +1,118 @@
+"""`tidegate bench dedup`: what exactly-once by (source, id) costs as a raw table grows.
+
+    tidegate bench dedup --rows 10000000 [--json]
+
+One raw-shaped table (event_source, event_id, event_date over 30 days, ingest_time, a payload
+column) grows in steps up to `--rows`. At each size a 5,000-row commit of which half the keys
+are already in the table (re-sent events, some with another date) is timed three ways:
+
+- `merge_pruned_ms`: the insert-only MERGE pruned to the chunk's event dates (streaming mode's
+  commit: it only sees duplicates within those dates, so the re-sent keys it inserts again are
+  counted in `merge_pruned_doubled`);
+- `merge_all_ms`: the same MERGE over the whole table (what dedup whatever the event date costs
+  without an index: every key column of the table is read);
+- `index_append_ms`: local mode's single writer: key index check, then an append. Its one-time
+  `index_load_s` (reading the keys of the whole table when a process first writes it) and the
+  index's size (`index_mib`, 16 bytes a key) are reported too.
+
+The median of three commits is reported; every commit's rows are new keys, so the table keeps
+growing by what they add.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from tidegate.lake.keyindex import KeyIndex
+from tidegate.lake.writer import append_new, insert_new
+
+KEYS = ("event_source", "event_id")
+DAYS = 30
+CHUNK = 5_000
+START = date(2026, 11, 1)
+
+
+def _rows(first: int, n: int, day_of: Any) -> pa.Table:
+    ids = [f"evt-{i:012d}" for i in range(first, first + n)]
+    now = datetime.now(UTC)
+    return pa.table(
+        {
+            "event_source": pa.array(["//shop.example.com/checkout"] * n),
+            "event_id": pa.array(ids),
+            "event_date": pa.array([day_of(i) for i in range(first, first + n)], pa.date32()),
+            "ingest_time": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+            "amount": pa.array([float(i % 1000) for i in range(first, first + n)]),
+        }
+    )
+
+
+def _spread(i: int) -> date:
+    return START + timedelta(days=i % DAYS)
+
+
+def _chunk(table_rows: int, serial: int) -> pa.Table:
+    """CHUNK rows dated today: half re-send keys already in the table (so they dedup across
+    dates), half are new."""
+    half = CHUNK // 2
+    today = START + timedelta(days=DAYS)
+    start = (serial * 7919 * half) % max(1, table_rows - half)
+    old = _rows(start, half, lambda _i: today)
+    new = _rows(10**11 + serial * half, half, lambda _i: today)
+    return pa.concat_tables([old, new])
+
+
+def bench_dedup(rows: int, progress: Any = print) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="tidegate-bench-dedup-"))
+    uri = str(work / "raw")
+    sizes = [s for s in (100_000, 1_000_000, 10_000_000, 100_000_000) if s < rows] + [rows]
+    figures: dict[str, Any] = {"rows": rows, "chunk": CHUNK}
+    have = 0
+    serial = 0
+    for size in sizes:
+        progress(f"growing the table to {size:,} rows ...")
+        while have < size:
+            n = min(1_000_000, size - have)
+            write_deltalake(uri, _rows(have, n, _spread), mode="append", partition_by=["event_date"])
+            have += n
+        timings: dict[str, list[float]] = {"merge_pruned_ms": [], "merge_all_ms": [], "index_append_ms": []}
+        doubled = 0  # re-sent keys the pruned MERGE inserted again: it cannot see other dates
+        for _ in range(3):
+            for name, prune in (("merge_pruned_ms", "event_date"), ("merge_all_ms", None)):
+                serial += 1
+                t = time.perf_counter()
+                done = insert_new(
+                    uri, _chunk(have, serial), keys=KEYS, partition_by=["event_date"], prune_on=prune
+                )
+                timings[name].append(1000 * (time.perf_counter() - t))
+                if prune:
+                    doubled += done.inserted - CHUNK // 2
+        index = KeyIndex(uri, KEYS)
+        t = time.perf_counter()
+        serial += 1
+        append_new(uri, _chunk(have, serial), keys=KEYS, index=index, partition_by=["event_date"])
+        load_s = time.perf_counter() - t
+        for _ in range(3):
+            serial += 1
+            t = time.perf_counter()
+            append_new(uri, _chunk(have, serial), keys=KEYS, index=index, partition_by=["event_date"])
+            timings["index_append_ms"].append(1000 * (time.perf_counter() - t))
+        label = f"{size // 1000:,}k".replace(",", "_") if size < 1_000_000 else f"{size // 1_000_000}m"
+        for name, values in timings.items():
+            figures[f"{label}_{name}"] = round(statistics.median(values), 1)
+        figures[f"{label}_index_load_s"] = round(load_s, 2)
+        figures[f"{label}_merge_pruned_doubled"] = doubled
+        figures[f"{label}_index_mib"] = round(len(index) * 16 / 2**20, 1)
+        progress(
+            f"  {size:,} rows: MERGE pruned {figures[f'{label}_merge_pruned_ms']:,} ms, "
+            f"MERGE all {figures[f'{label}_merge_all_ms']:,} ms, index+append "
+            f"{figures[f'{label}_index_append_ms']:,} ms (index load {load_s:.2f} s)"
+        )
+    return figures
