@@ -341,3 +341,23 @@ def test_event_time_far_ahead_of_publish_time_or_too_old_is_quarantined(catalog,
     strict = load_catalog(path)
     assert check(strict, "2020-01-01T00:00:00Z") == ["event_too_old"]
     assert check(strict, "2026-11-20T00:00:00Z") == []
+
+
+def test_streams_sharing_a_topic_accept_each_others_types(catalog, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two streams on one topic: a message of either type is on its topic on both subscriptions
+    (each lands once in its own raw table; the other copy is a duplicate there)."""
+    from tests.conftest import CONTRACTS_DIR
+    from tidegate.catalog import load_catalog
+
+    text = catalog.path.read_text().replace(
+        "contracts: ../expectations/contracts", f"contracts: {CONTRACTS_DIR}"
+    )
+    text = text.replace("topic: shop-payments", "topic: shop-orders")  # payments share the orders topic
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    shared = load_catalog(path)
+    assert shared.types_by_subscription["shop-payments-tidegate"] == {
+        "shop.order.placed",
+        "shop.payment.captured",
+    }
+    assert shared.types_by_subscription["shop-pageviews-tidegate"] == {"shop.page.viewed"}

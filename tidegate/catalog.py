@@ -401,12 +401,13 @@ class Catalog(_Strict):
 
     @cached_property
     def types_by_subscription(self) -> dict[str, frozenset[str]]:
-        """The event types each pipeline subscription's topic carries (its streams' types). The
-        dead-letter subscription is not here: a message moved there may be of any type."""
-        out: dict[str, set[str]] = {}
+        """The event types each pipeline subscription's topic carries: the types of every stream
+        on that topic (streams may share a topic). The dead-letter subscription is not here: a
+        message moved there may be of any type."""
+        by_topic: dict[str, set[str]] = {}
         for s in self.streams:
-            out.setdefault(s.subscription, set()).add(s.event_type)
-        return {sub: frozenset(types) for sub, types in out.items()}
+            by_topic.setdefault(s.topic, set()).add(s.event_type)
+        return {s.subscription: frozenset(by_topic[s.topic]) for s in self.streams}
 
 
 def default_catalog_path() -> Path:
