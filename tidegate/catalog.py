@@ -73,6 +73,13 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
+def _optional_duration(value: str | None) -> str | None:
+    """A duration setting that may be left out: checked, kept as written."""
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
 def _resource_name(value: str) -> str:
     if not _RESOURCE_RE.match(value) or value.startswith("goog"):
         raise ValueError(
@@ -108,12 +115,7 @@ class StreamSettings(_Strict):
     max_future: str = "1h"
     max_event_age: str | None = None
 
-    @field_validator("max_future", "max_event_age")
-    @classmethod
-    def _durations(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
+    _durations = field_validator("max_future", "max_event_age")(_optional_duration)
 
     @field_validator("message_retention")
     @classmethod
@@ -144,12 +146,7 @@ class Stream(_Strict):
     max_future: str = "1h"
     max_event_age: str | None = None
 
-    @field_validator("max_future", "max_event_age")
-    @classmethod
-    def _durations(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
+    _durations = field_validator("max_future", "max_event_age")(_optional_duration)
 
     @field_validator("event_type")
     @classmethod

@@ -272,12 +272,12 @@ def decode_envelope(message: RawMessage, max_payload_bytes: int) -> Envelope:
     event's id, type and time when they could be read)."""
     size = len(message.data)
     content_type = message.attributes.get("content-type") or message.attributes.get("Content-Type")
-    binary = any(k.lower().startswith(CE_PREFIX) for k in message.attributes)
     attrs: dict[str, Any] = {
         k[len(CE_PREFIX) :].lower(): v
         for k, v in message.attributes.items()
         if k.lower().startswith(CE_PREFIX)
     }
+    binary = bool(attrs)  # any ce-* attribute: binary mode
     if size > max_payload_bytes:  # never parse a body over the limit (structured mode: not even its id)
         oversize = EnvelopeError(
             "oversize", f"message body is {size} bytes, the limit is {max_payload_bytes}"

@@ -34,7 +34,16 @@ from tidegate.catalog import AggregateSpec
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import try_open
-from tidegate.lake.tables import aggregate_uri, late_uri, ledger_uri, quarantine_uri, raw_uri
+from tidegate.lake.tables import (
+    QUARANTINE,
+    TableSpec,
+    aggregate_uri,
+    late_uri,
+    ledger_uri,
+    quarantine_uri,
+    raw_table,
+    raw_uri,
+)
 
 
 @dataclass
@@ -74,32 +83,14 @@ def verify(
         if df is None:
             continue
         raw[t] = df
-        dup = df.group_by("event_source", "event_id").len().filter(pl.col("len") > 1)
-        report.check(
-            f"raw/{t}: one row per event (source, id), whatever its date",
-            dup.height == 0,
-            f"{df.height:,} rows",
-            [
-                f"raw/{t}: event {r['event_id']} of {r['event_source']} is there {r['len']} times"
-                for r in dup.head(20).to_dicts()
-            ],
-        )
+        _one_row_per_key(report, raw_table(t), df, "event (source, id), whatever its date")
     quarantine = _read(
         quarantine_uri(lake),
         ["subscription", "pubsub_message_id", "stage", "rule", "event_id", "event_type"],
         storage_options,
     )
     if quarantine is not None:
-        dup = quarantine.group_by("subscription", "pubsub_message_id").len().filter(pl.col("len") > 1)
-        report.check(
-            "quarantine: one row per message",
-            dup.height == 0,
-            f"{quarantine.height:,} rows",
-            [
-                f"quarantine: message {r['pubsub_message_id']} is there {r['len']} times"
-                for r in dup.head(20).to_dicts()
-            ],
-        )
+        _one_row_per_key(report, QUARANTINE, quarantine, "message")
     ledger = _read(
         ledger_uri(lake),
         ["batch_id", "received", "raw_written", "duplicates_skipped", "quarantined", "quarantine_duplicates"],
@@ -137,6 +128,21 @@ def verify(
             [f"no tidegate tables under {lake}: run `tidegate ingest` first"],
         )
     return report
+
+
+def _one_row_per_key(report: Report, table: TableSpec, frame: pl.DataFrame, what: str) -> None:
+    """The table holds each of its keys (tidegate.lake.tables) once."""
+    keys = list(table.keys)
+    dup = frame.group_by(keys).len().filter(pl.col("len") > 1)
+    report.check(
+        f"{table.name}: one row per {what}",
+        dup.height == 0,
+        f"{frame.height:,} rows",
+        [
+            f"{table.name}: {', '.join(f'{k}={r[k]}' for k in keys)} is there {r['len']} times"
+            for r in dup.head(20).to_dicts()
+        ],
+    )
 
 
 def _reconcile(

@@ -19,32 +19,33 @@ class Landed:
     rows: int
 
 
-def _count(lake: Lake, table: str, column: str) -> pl.DataFrame | None:
-    dt = try_open(lake.uri(table), lake.storage_options)
-    if dt is None:
+def _scan(lake: Lake, table: str) -> pl.LazyFrame | None:
+    if try_open(lake.uri(table), lake.storage_options) is None:
         return None
-    frame = pl.from_arrow(dt.to_pyarrow_table(columns=[column]))
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    return lake.scan(table)
+
+
+def _rows(lake: Lake, table: str) -> int:
+    frame = _scan(lake, table)
+    return 0 if frame is None else int(frame.select(pl.len()).collect().item())
+
+
+def _per(lake: Lake, table: str, *by: str) -> pl.DataFrame:
+    frame = _scan(lake, table)
+    if frame is None:
+        return pl.DataFrame()
+    return frame.group_by(*by).len().sort(*by).collect()
 
 
 def landed(lake: Lake) -> list[Landed]:
-    out: list[Landed] = []
-    for t in lake.catalog.event_types:
-        raw = _count(lake, f"raw/{t}", "event_id")
-        out.append(Landed(f"raw/{t}", "", "", 0 if raw is None else raw.height))
-    q = try_open(lake.uri("quarantine"), lake.storage_options)
-    if q is not None:
-        frame = pl.from_arrow(q.to_pyarrow_table(columns=["stage", "rule"]))
-        assert isinstance(frame, pl.DataFrame)
-        for r in frame.group_by("stage", "rule").len().sort("stage", "rule").iter_rows(named=True):
-            out.append(Landed("quarantine", r["stage"], r["rule"], r["len"]))
-    late = _count(lake, "aggregates/_late", "aggregate")
-    late_by = dict(late.group_by("aggregate").len().iter_rows()) if late is not None else {}
+    out = [Landed(f"raw/{t}", "", "", _rows(lake, f"raw/{t}")) for t in lake.catalog.event_types]
+    for r in _per(lake, "quarantine", "stage", "rule").iter_rows(named=True):
+        out.append(Landed("quarantine", r["stage"], r["rule"], r["len"]))
+    late = _per(lake, "aggregates/_late", "aggregate")
+    late_by = dict(late.iter_rows()) if late.height else {}
     for a in lake.catalog.aggregates:
-        windows = _count(lake, f"aggregates/{a.name}", "window_start")
         out.append(
-            Landed(f"aggregates/{a.name}", "windows", a.window.type, 0 if windows is None else windows.height)
+            Landed(f"aggregates/{a.name}", "windows", a.window.type, _rows(lake, f"aggregates/{a.name}"))
         )
         if late_by.get(a.name):
             out.append(Landed("aggregates/_late", a.name, "too late for the window", late_by[a.name]))

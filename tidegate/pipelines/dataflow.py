@@ -264,12 +264,10 @@ def run(
     name: str,
 ) -> dict[str, Any]:
     """Build the job with `builder(pipeline)`; dry run: return the job spec (nothing leaves this
-    machine); otherwise submit it and return its id and console URL."""
-    target.check()
+    machine); otherwise submit it and return its id and console URL. `launch` has checked the
+    target and the credentials."""
     if dry_run:
         _offline()
-    else:
-        require_credentials()
     options = PipelineOptions(pipeline_args(kind, target, dry_run=dry_run, name=name))
     pipeline = beam.Pipeline(options=options)
     builder(pipeline)

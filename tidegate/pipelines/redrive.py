@@ -111,7 +111,7 @@ def redrive(
             write_ledger(
                 config, [result.ledger], insert_only=False, message_ids=[m.message_id for m in messages]
             )
-            landed = _landed(reader, batch_id, {r["event_type"] for r in rows.iter_rows(named=True)})
+            landed = _landed(reader, batch_id)
             for m in messages:
                 (result.landed if m.message_id in landed else result.rejected_again).append(m.message_id)
         _record(lake, rows, result, config.storage)
@@ -135,18 +135,14 @@ def _selected(reader: Lake, rule: str | None, message_ids: list[str] | None) -> 
     return rows
 
 
-def _landed(reader: Lake, batch_id: str, event_types: set[str | None]) -> set[str]:
+def _landed(reader: Lake, batch_id: str) -> set[str]:
     """Pub/Sub message ids of the raw rows this redrive's batch wrote."""
     out: set[str] = set()
     for t in reader.catalog.event_types:
-        if t not in event_types and None not in event_types:
+        if try_open(raw_uri(reader.root, t), reader.storage_options) is None:
             continue
-        table = try_open(raw_uri(reader.root, t), reader.storage_options)
-        if table is None:
-            continue
-        frame = pl.from_arrow(table.to_pyarrow_table(columns=["batch_id", "pubsub_message_id"]))
-        assert isinstance(frame, pl.DataFrame)
-        out |= set(frame.filter(pl.col("batch_id") == batch_id).get_column("pubsub_message_id"))
+        rows = reader.raw(t).filter(pl.col("batch_id") == batch_id).select("pubsub_message_id").collect()
+        out |= set(rows.get_column("pubsub_message_id"))
     return out
 
 

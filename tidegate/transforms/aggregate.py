@@ -336,13 +336,13 @@ class SplitLateFn(beam.DoFn):
         if not rows:
             return
         frame = pl.DataFrame(
-            [{**r, "_row": i} for i, r in enumerate(rows)],
+            rows,
             schema_overrides={
                 "event_time": pl.Datetime("us", "UTC"),
                 "seen_max_event_time": pl.Datetime("us", "UTC"),
             },
             infer_schema_length=None,
-        )
+        ).with_row_index("_row")
         parts = agg.split(frame, self.spec)  # (session rows without a key are never assigned)
         if parts.late.height:
             self.late_counter.inc(parts.late.height)
