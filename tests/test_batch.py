@@ -4,6 +4,7 @@ the batch with nothing isolated."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import pytest
 
 from tidegate.catalog import Catalog
 from tidegate.expectations.envelope import RawMessage
-from tidegate.lake.tables import raw_uri
+from tidegate.lake.rows import payload_digest
+from tidegate.lake.tables import QUARANTINE, raw_uri
 from tidegate.pipelines.local.batch import MAX_POISON, BatchRunner
 from tidegate.producer import ProduceConfig, generate
 from tidegate.transforms.base import IngestConfig
+from tidegate.transforms.ledger import ChunkReceived, ledger_row
 
 
 def orders(catalog: Catalog, registry, count: int) -> list[RawMessage]:  # type: ignore[no-untyped-def]
@@ -68,17 +71,20 @@ def test_many_crashing_messages_in_one_batch_are_systematic_not_poison(
         r.run("b1", messages)
 
 
-def test_the_lakes_only_writer_lands_an_id_once_even_when_it_is_resent_with_another_date(
-    catalog, registry, tmp_path: Path
+@pytest.mark.parametrize("single_writer", [True, False], ids=["key index", "merge"])
+def test_an_id_lands_once_even_when_it_is_resent_with_another_date(
+    catalog, registry, tmp_path: Path, single_writer: bool
 ) -> None:  # type: ignore[no-untyped-def]
-    """Local mode dedups by the in-memory key index (lake.keyindex), not by the batch's event
-    dates: a producer re-sending an event with a ce-time on another day lands it once."""
+    """Dedup is by identity within the horizon (by ingest time), not by the batch's event
+    dates: a producer re-sending an event with a ce-time on another day lands it once, through
+    the key index (local mode) and the horizon MERGE (streaming, gs://) alike."""
     messages = orders(catalog, registry, 5)
     resent = messages[2]
     moved = dict(resent.attributes, **{"ce-time": "2021-05-05T10:00:00Z"})  # another day and year
     again = RawMessage(resent.data, moved, "99", datetime.now(UTC), resent.subscription)
     r = BatchRunner(
-        IngestConfig(str(tmp_path / "lake"), "run-t", str(catalog.path), "t", "t"), single_writer=True
+        IngestConfig(str(tmp_path / "lake"), "run-t", str(catalog.path), "t", "t"),
+        single_writer=single_writer,
     )
     r.run("b1", messages)
     run = r.run("b2", [again])
@@ -118,3 +124,85 @@ def test_an_event_is_identified_by_source_and_id_so_two_producers_may_share_an_i
         [first[0].attributes["ce-source"], "//other-shop.example.com"]
     )
     assert [(c.received, c.inserted) for c in run.commits if c.kind == "raw"] == [(2, 1)]
+
+
+def _copy(message: RawMessage, mid: str, **payload: object) -> RawMessage:
+    """Another Pub/Sub message with the same ce-source and ce-id, its data changed by `payload`."""
+    data = json.loads(message.data)
+    data.update(payload)
+    return RawMessage(
+        json.dumps(data).encode(), dict(message.attributes), mid, datetime.now(UTC), message.subscription
+    )
+
+
+@pytest.mark.parametrize("single_writer", [True, False], ids=["key index", "merge"])
+def test_the_same_identity_with_another_payload_is_an_id_conflict_recorded_once(
+    catalog, registry, tmp_path: Path, single_writer: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """A producer reusing (source, id) for another event: the first copy stays in raw, the
+    later one is quarantined as id_conflict with both payload digests, counted by the ledger
+    and checked by verify. The same payload, even reformatted, is a plain duplicate; the
+    conflicting message redelivered is recorded once."""
+    lake = tmp_path / "lake"
+    first = orders(catalog, registry, 4)
+    target = first[1]
+    r = BatchRunner(
+        IngestConfig(str(lake), "run-t", str(catalog.path), "t", "t"), single_writer=single_writer
+    )
+    r.run("b1", first)
+    changed = _copy(target, "90", amount=12345.5)
+    reformatted = RawMessage(  # same data, other whitespace and key order: not a conflict
+        json.dumps(dict(reversed(list(json.loads(target.data).items()))), indent=2).encode(),
+        dict(target.attributes),
+        "91",
+        datetime.now(UTC),
+        target.subscription,
+    )
+    run = r.run("b2", [changed, reformatted])
+    raw = pl.read_delta(raw_uri(str(lake), "shop.order.placed"))
+    assert raw.height == 4
+    kept = raw.filter(pl.col("event_id") == target.attributes["ce-id"])
+    assert kept.get_column("pubsub_message_id").to_list() == [target.message_id]
+    row = ledger_row("b2", "run-t", [_received(run), *run.commits])
+    assert (row["raw_written"], row["duplicates_skipped"], row["quarantined"], row["id_conflicts"]) == (
+        0,
+        1,
+        1,
+        1,
+    )
+    q = pl.read_delta(QUARANTINE.uri(str(lake)))
+    assert q.select("pubsub_message_id", "stage", "rule", "event_id").rows() == [
+        ("90", "identity", "id_conflict", target.attributes["ce-id"])
+    ]
+    landed = kept.get_column("payload_digest")[0]
+    reason = q.get_column("reason")[0]
+    assert landed in reason
+    assert payload_digest(json.loads(changed.data)) in reason
+    assert landed == payload_digest(json.loads(target.data))
+
+    again = r.run("b3", [changed])  # Pub/Sub redelivers the conflicting copy: recorded once
+    row = ledger_row("b3", "run-t", [_received(again), *again.commits])
+    assert (row["quarantined"], row["quarantine_duplicates"], row["id_conflicts"]) == (0, 1, 0)
+    assert pl.read_delta(QUARANTINE.uri(str(lake))).height == 1
+
+
+def test_two_copies_with_different_payloads_in_one_batch_keep_the_first(
+    catalog, registry, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    lake = tmp_path / "lake"
+    first = orders(catalog, registry, 2)
+    r = BatchRunner(IngestConfig(str(lake), "run-t", str(catalog.path), "t", "t"), single_writer=True)
+    run = r.run("b1", [*first, _copy(first[0], "77", amount=1.25)])
+    row = ledger_row("b1", "run-t", [_received(run, 3), *run.commits])
+    assert (row["raw_written"], row["quarantined"], row["id_conflicts"]) == (2, 1, 1)
+    raw = pl.read_delta(raw_uri(str(lake), "shop.order.placed"))
+    assert sorted(raw.get_column("pubsub_message_id")) == sorted(m.message_id for m in first)
+
+
+def _received(run, count: int | None = None) -> ChunkReceived:  # type: ignore[no-untyped-def]
+    n = (
+        count
+        if count is not None
+        else sum(c.received for c in run.commits if c.kind in ("raw", "quarantine"))
+    )
+    return ChunkReceived("b", n, ("shop-orders-tidegate",), datetime.now(UTC), "")

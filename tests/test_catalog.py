@@ -102,3 +102,74 @@ def test_missing_contracts_directory_is_reported(tmp_path: Path) -> None:
     text = BASE.replace(str(CONTRACTS_DIR), "no/such/dir")
     with pytest.raises(ConfigError, match="contracts directory"):
         load_catalog(write_catalog(tmp_path, text))
+
+
+def test_a_stream_may_carry_several_types_behind_one_subscription(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    """`event_types: [a, b]`: both types are the catalog's, both land from that one subscription
+    in their own raw tables, and a known type from another topic is still refused there."""
+    from datetime import UTC, datetime
+
+    import polars as pl
+
+    from tests.test_batch import orders
+    from tidegate.expectations.envelope import RawMessage
+    from tidegate.lake.tables import QUARANTINE, raw_uri
+    from tidegate.pipelines.local.batch import BatchRunner
+    from tidegate.producer import ProduceConfig, generate
+    from tidegate.transforms.base import IngestConfig
+
+    text = f"""
+project: local-lake
+contracts: {CONTRACTS_DIR}
+streams:
+  - event_types: [shop.order.placed, shop.payment.captured]
+    topic: shop-checkout
+    subscription: shop-checkout-tidegate
+  - event_type: shop.page.viewed
+    topic: shop-pageviews
+    subscription: shop-pageviews-tidegate
+"""
+    catalog = load_catalog(write_catalog(tmp_path, text))
+    assert catalog.event_types == ["shop.order.placed", "shop.payment.captured", "shop.page.viewed"]
+    assert catalog.stream("shop.payment.captured").subscription == "shop-checkout-tidegate"
+    assert catalog.types_by_subscription["shop-checkout-tidegate"] == {
+        "shop.order.placed",
+        "shop.payment.captured",
+    }
+
+    def read_from_checkout(types: tuple[str, ...], n: int, seed: int) -> list[RawMessage]:
+        config = ProduceConfig(types=types, count=n, seed=seed, structured_rate=0.0)
+        return [
+            RawMessage(m.data, m.attributes, f"{seed}-{i}", datetime.now(UTC), "shop-checkout-tidegate")
+            for i, m in enumerate(generate(config, catalog, registry))
+        ]
+
+    messages = [
+        *orders(catalog, registry, 3),
+        *read_from_checkout(("shop.payment.captured",), 2, 7),
+        *read_from_checkout(("shop.page.viewed",), 1, 8),
+    ]
+    messages[:3] = [
+        RawMessage(m.data, m.attributes, m.message_id, m.publish_time, "shop-checkout-tidegate")
+        for m in messages[:3]
+    ]
+    lake = tmp_path / "lake"
+    BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True).run(
+        "b1", messages
+    )
+    assert pl.read_delta(raw_uri(str(lake), "shop.order.placed")).height == 3
+    assert pl.read_delta(raw_uri(str(lake), "shop.payment.captured")).height == 2
+    assert pl.read_delta(QUARANTINE.uri(str(lake))).get_column("rule").to_list() == ["type_not_on_topic"]
+
+
+def test_a_type_in_two_streams_is_rejected(tmp_path: Path) -> None:
+    text = (
+        BASE
+        + """
+  - event_types: [shop.page.viewed, shop.order.placed]
+    topic: shop-pageviews
+    subscription: shop-pageviews-tidegate
+"""
+    )
+    with pytest.raises(ConfigError, match=r"event type 'shop\.order\.placed' is declared twice"):
+        load_catalog(write_catalog(tmp_path, text))

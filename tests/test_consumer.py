@@ -295,3 +295,108 @@ def test_odd_but_legal_cloudevents_from_the_sdk_and_misplaced_or_impossible_ones
         "bad-spec": ("unsupported_specversion", "shop.order.placed"),
     }
     assert q.filter(pl.col("event_id") == "bad-spec").get_column("event_time").is_not_null().all()
+
+
+def test_an_id_reused_for_another_payload_is_quarantined_as_a_conflict_and_verify_counts_it(
+    pubsub_emulator, catalog, project, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """A producer sends order A; later the same (source, id) with another item count (a conflict),
+    and the same data again as a structured event from the cloudevents SDK (a plain duplicate):
+    A stays in raw, the conflict is quarantined with both digests, the ledger counts it, and
+    verify, status and `quarantine list --rule id_conflict` show it."""
+    from datetime import datetime
+
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+
+    provision(catalog, pubsub_emulator.address, project)
+    orders = valid_orders(catalog, 5, seed=21)
+    lake = tmp_path / "lake"
+    publish_plain(pubsub_emulator.address, project, "shop-orders", orders)
+    assert ingest(pubsub_emulator.address, catalog, project, lake).raw_written == 5
+
+    body, attrs = orders[2]
+    changed = json.loads(body)
+    changed["item_count"] += 1
+    ce = {k.removeprefix("ce-"): v for k, v in attrs.items() if k.startswith("ce-")}
+    ce["time"] = datetime.fromisoformat(ce["time"].replace("Z", "+00:00"))
+    same_again = CloudEvent({**ce, "datacontenttype": "application/json"}, json.loads(body))
+    conflict_id, _dup_id = publish_plain(
+        pubsub_emulator.address,
+        project,
+        "shop-orders",
+        [
+            (json.dumps(changed).encode(), attrs),
+            (JSONFormat().write(same_again), {"content-type": "application/cloudevents+json"}),
+        ],
+    )
+    summary = ingest(pubsub_emulator.address, catalog, project, lake)
+    assert (summary.received, summary.raw_written, summary.duplicates_skipped) == (2, 0, 1)
+    assert (summary.quarantined, summary.id_conflicts) == (1, 1)
+
+    raw = pl.read_delta(raw_uri(str(lake), "shop.order.placed"))
+    assert raw.height == 5
+    assert raw.filter(pl.col("event_id") == attrs["ce-id"]).get_column("item_count").to_list() == [
+        json.loads(body)["item_count"]
+    ]
+    q = pl.read_delta(quarantine_uri(str(lake))).row(0, named=True)
+    assert (q["pubsub_message_id"], q["rule"], q["event_id"]) == (conflict_id, "id_conflict", attrs["ce-id"])
+
+    verified = cli("verify", "--lake", lake)
+    assert verified.code == 0, verified.out
+    assert "id conflicts: each recorded once" in verified.out
+    status = cli("status", "--lake", lake, "--json")
+    assert json.loads(status.out)["ledger"]["id_conflicts"] == 1
+    listed = cli("quarantine", "list", "--lake", lake, "--rule", "id_conflict", "--json")
+    assert [r["pubsub_message_id"] for r in json.loads(listed.out)] == [conflict_id]
+
+
+def test_a_redrive_after_a_suite_fix_lands_the_wrongly_quarantined_orders_once(
+    pubsub_emulator, project, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """End to end: a too-strict suite (EUR only) quarantines real orders published with the plain
+    client; the suite is fixed; `tidegate quarantine redrive` lands them once, and verify passes."""
+    from tests.test_redrive import catalog_copy
+
+    strict = catalog_copy(tmp_path / "strict", currencies=["EUR"])
+    fixed = catalog_copy(tmp_path / "fixed")
+    provision(strict, pubsub_emulator.address, project)
+    orders = valid_orders(fixed, 60, seed=31)
+    publish_plain(pubsub_emulator.address, project, "shop-orders", orders)
+    lake = tmp_path / "lake"
+    summary = ingest(pubsub_emulator.address, strict, project, lake)
+    assert summary.received == 60
+    wrongly = (
+        pl.read_delta(quarantine_uri(str(lake)))
+        .filter(pl.col("rule") == "expect_column_values_to_be_in_set")
+        .get_column("pubsub_message_id")
+    )
+    assert 0 < wrongly.len() < 60
+
+    done = cli(
+        "quarantine",
+        "redrive",
+        "--lake",
+        lake,
+        "--catalog",
+        fixed.path,
+        "--rule",
+        "expect_column_values_to_be_in_set",
+    )
+    assert done.code == 0, done.out + done.err
+    raw = pl.read_delta(raw_uri(str(lake), "shop.order.placed"))
+    assert raw.get_column("event_id").n_unique() == raw.height
+    assert set(wrongly) <= set(raw.get_column("pubsub_message_id"))
+    assert cli("verify", "--lake", lake, "--catalog", fixed.path).code == 0
+    again = cli(
+        "quarantine",
+        "redrive",
+        "--lake",
+        lake,
+        "--catalog",
+        fixed.path,
+        "--rule",
+        "expect_column_values_to_be_in_set",
+    )
+    assert again.code == 0
+    assert pl.read_delta(raw_uri(str(lake), "shop.order.placed")).height == raw.height

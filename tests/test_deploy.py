@@ -85,11 +85,11 @@ def test_terraform_is_formatted() -> None:
 
 
 @needs_terraform
-@pytest.mark.parametrize("which", ["shipped", "custom"])
+@pytest.mark.parametrize("which", ["shipped", "custom", "shared"])
 def test_terraform_derives_every_stream_from_the_catalog(tmp_path: Path, which: str) -> None:
     if which == "shipped":
         path = ROOT / "tidegate" / "infra" / "catalog.yaml"
-    else:  # defaults overridden, per-stream settings, a schema on one topic
+    elif which == "custom":  # defaults overridden, per-stream settings, a schema on one topic
         path = tmp_path / "catalog.yaml"
         path.write_text(
             f"project: acme-data\ncontracts: {ROOT / 'tidegate' / 'expectations' / 'contracts'}\n"
@@ -100,9 +100,19 @@ def test_terraform_derives_every_stream_from_the_catalog(tmp_path: Path, which: 
             "  - {event_type: shop.page.viewed, topic: views, subscription: views-sub, ack_deadline_seconds: 30,"
             " message_retention: 3d, publish_schema: true}\n"
         )
+    else:  # several types behind one subscription, and two streams on one topic
+        path = tmp_path / "catalog.yaml"
+        path.write_text(
+            f"project: acme-data\ncontracts: {ROOT / 'tidegate' / 'expectations' / 'contracts'}\n"
+            "streams:\n"
+            "  - {event_types: [shop.order.placed, shop.payment.captured], topic: checkout, subscription: checkout-sub}\n"
+            "  - {event_type: shop.page.viewed, topic: checkout, subscription: views-sub}\n"
+        )
     catalog = load_catalog(path)
     streams = evaluate_catalog(tmp_path, path, "local.streams")
-    assert set(streams) == set(catalog.event_types)  # every stream: a topic and a subscription
+    assert set(streams) == {s.event_type for s in catalog.streams}  # every stream: a subscription
+    topics = evaluate_catalog(tmp_path, path, "local.topics")
+    assert set(topics) == {s.topic for s in catalog.streams}  # every topic once
     for s in catalog.streams:
         tf = streams[s.event_type]
         assert (tf["topic"], tf["subscription"]) == (s.topic, s.subscription)
@@ -122,8 +132,8 @@ def test_terraform_derives_every_stream_from_the_catalog(tmp_path: Path, which: 
 
 def test_every_catalog_resource_is_created_per_stream_with_its_dead_letter_policy() -> None:
     r = resources("main.tf")
-    for kind in ("google_pubsub_topic", "google_pubsub_subscription"):
-        assert r[(kind, "stream")]["for_each"] == "${local.streams}"
+    assert r[("google_pubsub_topic", "stream")]["for_each"] == "${local.topics}"  # a shared topic once
+    assert r[("google_pubsub_subscription", "stream")]["for_each"] == "${local.streams}"
     sub = r[("google_pubsub_subscription", "stream")]
     assert sub["ack_deadline_seconds"] == "${each.value.ack_deadline_seconds}"
     assert sub["enable_exactly_once_delivery"] == "${each.value.exactly_once_delivery}"

@@ -121,12 +121,13 @@ def test_generations_past_the_horizon_are_dropped_and_newer_ones_kept(tmp_path: 
     append(uri, index, rows(["today"]))
     long_ago = datetime.now(UTC).date() - timedelta(days=9)
     week_ago = datetime.now(UTC).date() - timedelta(days=7)
+    no_value = np.zeros(1, dtype=np.uint64)
     index._generations[:0] = [
-        (long_ago, np.array([b"x" * 16], dtype="S16")),
-        (week_ago, np.array([b"y" * 16], dtype="S16")),
+        (long_ago, np.array([b"x" * 16], dtype="S16"), no_value),
+        (week_ago, np.array([b"y" * 16], dtype="S16"), no_value),
     ]
     index._merge()  # what happens every 50k keys
-    assert [day for day, _ in index._generations] == [week_ago, datetime.now(UTC).date()]
+    assert [day for day, _, _ in index._generations] == [week_ago, datetime.now(UTC).date()]
     assert index.seen(index.digests(rows(["today", "other"]))) == [True, False]
 
 

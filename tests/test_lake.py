@@ -4,21 +4,22 @@ PII tokens and quarantine rows that never hold PII in clear. No Beam here."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from tests.checking import check_batch
 from tidegate.errors import ConfigError
 from tidegate.expectations.envelope import RawMessage
+from tidegate.lake.keyindex import KeyIndex
 from tidegate.lake.pii import DEV_KEY, PiiProtector, load_protector
 from tidegate.lake.rows import commit_metadata, quarantine_rows, raw_rows, trace_id
 from tidegate.lake.tables import raw_schema
-from tidegate.lake.writer import dedupe, insert_new
+from tidegate.lake.writer import append_new, dedupe, insert_new
 from tidegate.producer import EXPECTED_RULE, ProduceConfig, generate
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -51,6 +52,43 @@ def test_insert_new_is_idempotent_and_append_only(tmp_path: Path) -> None:
     assert rows.filter(pl.col("id") == "b").get_column("v").to_list() == [1]  # never updated
     ops = [h["operation"] for h in DeltaTable(uri).history()]
     assert set(ops) <= {"WRITE", "MERGE"}  # only inserts: no UPDATE, DELETE, OPTIMIZE rewrites
+
+
+@pytest.mark.parametrize("path", ["merge", "key index"])
+def test_dedup_reaches_back_as_far_as_the_horizon_by_ingest_time_whatever_the_date(
+    tmp_path: Path, path: str
+) -> None:
+    """The dedup horizon is by ingest time: a key landed 3 days ago is a duplicate on any event
+    date; one landed 10 days ago (past the 7-day horizon) lands again, as documented. Both
+    commit paths (the horizon MERGE, the key index) agree; a different digest is a conflict."""
+    uri = str(tmp_path / "t")
+    now = datetime.now(UTC)
+    stamped = pa.timestamp("us", tz="UTC")
+    landed = pa.table(
+        {
+            "id": ["old", "recent"],
+            "d": [date(2026, 1, 1), date(2026, 1, 2)],
+            "ingest_time": pa.array([now - timedelta(days=10), now - timedelta(days=3)], stamped),
+            "digest": ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"],
+        }
+    )
+    write_deltalake(uri, landed, partition_by=["d"])
+    again = pa.table(
+        {
+            "id": ["old", "recent", "recent"],
+            "d": [date(2026, 6, 1)] * 3,  # another date than the landed copies
+            "ingest_time": pa.array([now] * 3, stamped),
+            "digest": ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"],
+        }
+    )
+    if path == "merge":
+        done = insert_new(uri, again, keys=["id"], horizon=timedelta(days=7), conflict_on="digest")
+    else:
+        index = KeyIndex(uri, ["id"], horizon=timedelta(days=7), value="digest")
+        done = append_new(uri, again, keys=["id"], index=index)
+    assert (done.offered, done.inserted) == (2, 1)
+    assert done.conflicts == ((2, "bbbbbbbbbbbbbbbb"),)  # the third row: "recent" with another digest
+    assert sorted(pl.read_delta(uri).get_column("id")) == ["old", "old", "recent"]
 
 
 def test_schema_evolves_with_a_new_optional_column(tmp_path: Path) -> None:

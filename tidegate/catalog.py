@@ -131,9 +131,13 @@ class StreamSettings(_Strict):
 
 
 class Stream(_Strict):
-    """One event type: its topic, its pipeline subscription and how its contract evolves."""
+    """One pipeline subscription on a topic, the event type(s) it carries and how their
+    contracts evolve. `event_type: a` or `event_types: [a, b]` (several types behind one
+    subscription; each still has its own contract, suite and raw table, and shares the
+    stream's settings)."""
 
     event_type: str
+    event_types: list[str] = Field(default_factory=list)
     description: str = ""
     topic: ResourceName
     subscription: ResourceName
@@ -148,12 +152,42 @@ class Stream(_Strict):
 
     _durations = field_validator("max_future", "max_event_age")(_optional_duration)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _types(cls, data: Any) -> Any:
+        """`event_types: [a, b]` alone names the stream by its first type; `event_type: a` alone
+        is `event_types: [a]`; with both, `event_type` comes first."""
+        if not isinstance(data, dict):
+            return data
+        many = data.get("event_types")
+        if many is not None and not isinstance(many, list):
+            return data  # the field's own validation says what is wrong
+        one = data.get("event_type")
+        if one is None and many:
+            one = many[0]
+        if one is None:
+            return data
+        return {**data, "event_type": one, "event_types": list(dict.fromkeys([one, *(many or [])]))}
+
     @field_validator("event_type")
     @classmethod
     def _event_type(cls, v: str) -> str:
         if not _EVENT_TYPE_RE.match(v):
             raise ValueError(f"{v!r} is not a dotted event type like shop.order.placed")
         return v
+
+    @field_validator("event_types")
+    @classmethod
+    def _event_types(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not isinstance(t, str) or not _EVENT_TYPE_RE.match(t):
+                raise ValueError(f"{t!r} is not a dotted event type like shop.order.placed")
+        return v
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Every event type this stream carries (its `event_type` first)."""
+        return tuple(self.event_types)
 
     @field_validator("topic", "subscription")
     @classmethod
@@ -329,7 +363,7 @@ class Catalog(_Strict):
         seen: dict[str, str] = {}
         for s in self.streams:
             for kind, name in (
-                ("event type", s.event_type),
+                *(("event type", t) for t in s.types),
                 ("subscription", s.subscription),
             ):
                 key = f"{kind}:{name}"
@@ -342,7 +376,7 @@ class Catalog(_Strict):
             raise ValueError("the dead-letter topic must not also be a stream topic")
         if self.dead_letter.subscription in subs:
             raise ValueError("the dead-letter subscription must not also be a stream subscription")
-        types = {s.event_type for s in self.streams}
+        types = set(self.event_types)
         names: set[str] = set()
         for a in self.aggregates:
             if a.source not in types:
@@ -364,8 +398,9 @@ class Catalog(_Strict):
         return (self.path.parent / self.contracts).resolve()
 
     def stream(self, event_type: str) -> Stream:
+        """The stream carrying `event_type`."""
         for s in self.streams:
-            if s.event_type == event_type:
+            if event_type in s.types:
                 return s
         known = ", ".join(self.event_types)
         raise ConfigError(f"unknown event type {event_type!r}", hint=f"the catalog declares: {known}")
@@ -373,7 +408,7 @@ class Catalog(_Strict):
     @cached_property
     def payload_limits(self) -> dict[str, int]:
         """max_payload_bytes per event type (computed once, read for every message)."""
-        return {s.event_type: s.max_payload_bytes for s in self.streams}
+        return {t: s.max_payload_bytes for s in self.streams for t in s.types}
 
     @cached_property
     def max_payload_bytes(self) -> int:
@@ -382,18 +417,19 @@ class Catalog(_Strict):
 
     @property
     def event_types(self) -> list[str]:
-        return [s.event_type for s in self.streams]
+        return [t for s in self.streams for t in s.types]
 
     @cached_property
     def time_bounds(self) -> dict[str, tuple[timedelta, timedelta | None]]:
         """Per event type: how far ahead of its publish time a ce-time may be, and how far
         behind (None: no limit)."""
         return {
-            s.event_type: (
+            t: (
                 timedelta(seconds=parse_duration(s.max_future)),
                 timedelta(seconds=parse_duration(s.max_event_age)) if s.max_event_age else None,
             )
             for s in self.streams
+            for t in s.types
         }
 
     @cached_property
@@ -403,7 +439,7 @@ class Catalog(_Strict):
         message moved there may be of any type."""
         by_topic: dict[str, set[str]] = {}
         for s in self.streams:
-            by_topic.setdefault(s.topic, set()).add(s.event_type)
+            by_topic.setdefault(s.topic, set()).update(s.types)
         return {s.subscription: frozenset(by_topic[s.topic]) for s in self.streams}
 
 

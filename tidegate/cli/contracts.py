@@ -24,15 +24,16 @@ def contracts_list(catalog_path: CatalogOpt = None) -> None:
     for col in ("event type", "versions", "compatibility", "topic", "PII fields", "GX suite"):
         table.add_column(col)
     for s in catalog.streams:
-        t = registry.types[s.event_type]
-        table.add_row(
-            s.event_type,
-            ", ".join(f"v{v}" for v in sorted(t.versions)),
-            s.compatibility.value,
-            s.topic,
-            ", ".join(sorted(t.latest.pii_fields)) or "-",
-            t.suite_path.name if t.suite_path else "[red]missing[/]",
-        )
+        for event_type in s.types:
+            t = registry.types[event_type]
+            table.add_row(
+                event_type,
+                ", ".join(f"v{v}" for v in sorted(t.versions)),
+                s.compatibility.value,
+                s.topic,
+                ", ".join(sorted(t.latest.pii_fields)) or "-",
+                t.suite_path.name if t.suite_path else "[red]missing[/]",
+            )
     console.print(table)
 
 
@@ -90,19 +91,20 @@ def contracts_check(catalog_path: CatalogOpt = None) -> None:
     from tidegate.lake.aggregates import check_aggregates
 
     check_aggregates(catalog, registry)  # keys and metric fields exist in their source tables
-    report = check_registry(registry, {s.event_type: s.compatibility for s in catalog.streams})
+    modes = {t: s.compatibility for s in catalog.streams for t in s.types}
+    report = check_registry(registry, modes)
     broken = 0
-    for s in catalog.streams:
-        problems = report[s.event_type]
-        versions = registry.versions(s.event_type)
+    for event_type, mode in modes.items():
+        problems = report[event_type]
+        versions = registry.versions(event_type)
         if problems:
             broken += len(problems)
-            err_console.print(f"[red]✗[/] {s.event_type} ({s.compatibility.value}, versions {versions}):")
+            err_console.print(f"[red]✗[/] {event_type} ({mode.value}, versions {versions}):")
             for p in problems:
                 err_console.print(f"    {p}")
         else:
             console.print(
-                f"[green]✓[/] {s.event_type}: {len(versions)} version(s) compatible under {s.compatibility.value}"
+                f"[green]✓[/] {event_type}: {len(versions)} version(s) compatible under {mode.value}"
             )
     if broken:
         raise typer.Exit(1)

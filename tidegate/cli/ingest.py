@@ -47,6 +47,7 @@ def run_local_ingest(
             console.print(
                 f"  batch {b.batch_id.rsplit('-', 1)[-1]}: {b.received:,} received -> {b.raw_written:,} raw, "
                 f"{b.duplicates_skipped:,} duplicates skipped, {b.quarantined:,} quarantined"
+                + (f" ([yellow]{b.id_conflicts:,} id conflicts[/])" if b.id_conflicts else "")
                 + (f", {b.late:,} late" if b.late else "")
                 + (f", [red]{b.poisoned:,} poison (left to the dead-letter policy)[/]" if b.poisoned else "")
                 + f" ({b.seconds:.2f}s, {b.received / b.seconds if b.seconds else 0:,.0f} msg/s)"
@@ -202,7 +203,9 @@ def ingest(
     console.print(
         f"Done ({summary.stopped_by}): {summary.batches} batch(es), {summary.received:,} messages -> "
         f"{summary.raw_written:,} raw, {summary.duplicates_skipped:,} duplicates skipped, "
-        f"{summary.quarantined:,} quarantined, {summary.late:,} late for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
+        f"{summary.quarantined:,} quarantined"
+        + (f" ({summary.id_conflicts:,} id conflicts)" if summary.id_conflicts else "")
+        + f", {summary.late:,} late for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
     )
 
 

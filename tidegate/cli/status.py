@@ -122,6 +122,11 @@ def status(
             f"{led['duplicates_skipped']:,} duplicates + {led['quarantined']:,} quarantined + {led['quarantine_duplicates']:,} re-quarantined"
         )
         console.print(f"  quarantine rate {led['quarantine_rate']:.2%}; latest run {led['latest_run']}")
+        if led.get("id_conflicts"):
+            console.print(
+                f"  [yellow]{led['id_conflicts']:,} id conflict(s)[/]: copies of a landed (source, id) with another "
+                "payload, quarantined as id_conflict (`tidegate quarantine list --rule id_conflict`)"
+            )
         lat = report["latency_seconds"]
         if lat["events"]:
             console.print(

@@ -276,3 +276,29 @@ def expectations_stage(
             else:
                 valid.append(event)
     return valid, rejected, outcomes
+
+
+def id_conflict(event: ValidEvent, landed_digest: str, this_digest: str) -> Rejection:
+    """A valid event whose identity (source, id) is already in raw history with another payload
+    (found at commit time, lake.writer): the copy in raw stays, this one is quarantined with
+    both payload digests, so a producer that sent two events under one id is visible."""
+    env = event.envelope
+    return Rejection(
+        event.message,
+        "identity",
+        (
+            RuleFailure(
+                "identity",
+                "id_conflict",
+                "id",
+                f"({env.source}, {env.id}) already landed in raw/{event.contract.event_type} with payload "
+                f"digest {landed_digest}; this copy's payload digest is {this_digest}: two different "
+                "events were sent under one id",
+            ),
+        ),
+        event_id=env.id,
+        event_type=event.contract.event_type,
+        schema_version=event.contract.version,
+        envelope=env,
+        record=event.record,
+    )

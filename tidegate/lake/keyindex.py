@@ -1,10 +1,11 @@
 """The keys a table already holds, in memory, for its only writer: dedup without a MERGE.
 
-    index = key_index(uri, ["event_id"])           # one per table per process
+    index = key_index(uri, ["event_source", "event_id"], value="payload_digest")  # one per table
     index.sync(table)                              # follow the table's log (or reload it)
     digests = index.digests(rows)                  # one per row, on the index's keys
     seen = index.seen(digests)                     # -> list[bool]
-    index.added(new_digests, version, table)       # after this process committed them
+    landed = index.values(digests)                 # -> the value column of each key (0: unknown)
+    index.added(new_digests, version, table, new_values)  # after this process committed them
 
 Why: an insert-only MERGE scans the key column of every file it cannot prune. Raw history is
 partitioned by event date, so the MERGE of a micro-batch read the whole day's partition: its
@@ -24,7 +25,12 @@ How it stays right:
 - Not covered: deleting a table and creating it again while its writer runs (the writer holds
   the lake lock; `tidegate maintain` and every other writer take it too).
 
-Cost: 16 bytes per key (a BLAKE2b-128 digest: a false "already there" needs a 128-bit
+**Values.** An index may keep one 64-bit value per key (`value=`: raw history keeps each
+event's `payload_digest`), so the writer can tell a plain duplicate (same payload) from an id
+conflict (another payload under the same identity) without reading the table. 0 means
+unknown (a row landed before the column existed): never a conflict.
+
+Cost: 16 bytes per key (24 with a value) (a BLAKE2b-128 digest: a false "already there" needs a 128-bit
 collision) in sorted numpy arrays, one per day (a generation), plus a set of recent digests
 merged into today's in bulk. A million keys is ~16 MB and ~1 s to load. Keys older than
 `horizon` (by the table's `ingest_time`) are not loaded, and a generation is dropped once
@@ -54,6 +60,11 @@ _MERGE_RECENT = 50_000  # recent digests kept in a set before they are merged in
 _SEP = "\x1f"
 
 
+def value_of(hex_digest: str | None) -> int:
+    """A hex digest (a `payload_digest`) as the index's 64-bit value; 0 for none."""
+    return int(hex_digest[:16], 16) if hex_digest else 0
+
+
 def _digests(rows: pa.Table, keys: Sequence[str]) -> list[bytes]:
     columns = [rows.column(k).to_pylist() for k in keys]
     if len(columns) == 1:
@@ -64,24 +75,32 @@ def _digests(rows: pa.Table, keys: Sequence[str]) -> list[bytes]:
 
 
 class KeyIndex:
-    def __init__(self, uri: str, keys: Sequence[str], horizon: timedelta | None = DEDUP_HORIZON) -> None:
+    def __init__(
+        self,
+        uri: str,
+        keys: Sequence[str],
+        horizon: timedelta | None = DEDUP_HORIZON,
+        value: str | None = None,
+    ) -> None:
         self.uri = uri
         self.keys = tuple(keys)
+        self.value = value  # the column whose value each key keeps (None: keys only)
         self.horizon = horizon
         self.version: int | None = None  # the table version the index reflects (None: not loaded)
         self.table_id: str | None = None  # the Delta table's metadata id (None: created by this index)
         self._ours: set[int] = set()  # versions this process committed that `version` has not reached
-        # generations of sorted digests, each tagged with the day its keys were added (or loaded):
-        # a generation older than the horizon is dropped, so a long --follow run stays bounded
-        self._generations: list[tuple[date, np.ndarray]] = []
-        self._recent: set[bytes] = set()
+        # generations of sorted digests (and their values, aligned), each tagged with the day its
+        # keys were added (or loaded): a generation older than the horizon is dropped, so a long
+        # --follow run stays bounded
+        self._generations: list[tuple[date, np.ndarray, np.ndarray]] = []
+        self._recent: dict[bytes, int] = {}
         self.lock = threading.Lock()
         self.table: Any = None  # the writer's open DeltaTable (lake.writer.append_new)
         self.table_opened_at = -1  # the version `table` was opened at (lake.writer._current)
         self.loads = 0  # full loads from the table (bench and tests read it)
 
     def __len__(self) -> int:
-        return sum(len(g) for _, g in self._generations) + len(self._recent)
+        return sum(len(g) for _, g, _ in self._generations) + len(self._recent)
 
     def invalidate(self) -> None:
         self.version = None
@@ -115,23 +134,37 @@ class KeyIndex:
         return _digests(rows, self.keys)
 
     def seen(self, digests: list[bytes]) -> list[bool]:
-        if not digests:
-            return []
+        return [bool(f) for f in self._find(digests)[0]]
+
+    def values(self, digests: list[bytes]) -> list[int]:
+        """The value each key keeps (0: not in the index, or unknown)."""
+        return [int(v) for v in self._find(digests)[1]]
+
+    def _find(self, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         found = np.array([d in self._recent for d in digests], dtype=bool)
+        values = np.array([self._recent.get(d, 0) for d in digests], dtype=np.uint64)
+        if not digests:
+            return found, values
         cand = np.array(digests, dtype="S16")
-        for _, base in self._generations:
+        for _, base, vals in self._generations:
             if not len(base):
                 continue
             idx = np.searchsorted(base, cand)
             idx[idx == len(base)] = 0
-            found |= base[idx] == cand
-        return [bool(f) for f in found]
+            hit = base[idx] == cand
+            found |= hit
+            values = np.where(hit, vals[idx], values)
+        return found, values
 
-    def added(self, digests: list[bytes], version: int, table: Any) -> None:
-        """The keys (`digests`) this process committed in `version` of `table`."""
+    def added(self, digests: list[bytes], version: int, table: Any, values: Sequence[int] = ()) -> None:
+        """The keys (`digests`) this process committed in `version` of `table`, with their
+        values when the index keeps them."""
         if self.table_id is None:
             self.table_id = table.metadata().id
-        self._recent.update(digests)
+        if values:
+            self._recent.update(zip(digests, values, strict=True))
+        else:
+            self._recent.update(dict.fromkeys(digests, 0))
         if self.version is not None and version == self.version + 1:
             self.version = version
         else:
@@ -143,7 +176,7 @@ class KeyIndex:
 
     def _reset(self, version: int | None) -> None:
         self._generations = []
-        self._recent = set()
+        self._recent = {}
         self._ours = set()
         self.version = version
         self.table_id = None
@@ -151,15 +184,17 @@ class KeyIndex:
     def _merge(self) -> None:
         today = datetime.now(UTC).date()
         fresh = np.array(list(self._recent), dtype="S16")
+        vals = np.array(list(self._recent.values()), dtype=np.uint64)
         if self._generations and self._generations[-1][0] == today:
-            fresh = np.concatenate([self._generations.pop()[1], fresh])
-        self._generations.append((today, np.unique(fresh)))
-        self._recent = set()
+            _, old, old_vals = self._generations.pop()
+            fresh, vals = np.concatenate([old, fresh]), np.concatenate([old_vals, vals])
+        self._generations.append((today, *_sorted(fresh, vals)))
+        self._recent = {}
         if self.horizon is not None:
             # keep a generation until every key in it is past the horizon (+1 day: a day's keys
             # span that day); keys re-sent later than that land again, as documented
             oldest = today - self.horizon - timedelta(days=1)
-            self._generations = [(day, g) for day, g in self._generations if day >= oldest]
+            self._generations = [g for g in self._generations if g[0] >= oldest]
 
     def _load(self, table: Any) -> None:
 
@@ -169,20 +204,32 @@ class KeyIndex:
         if self.horizon is not None and "ingest_time" in dataset.schema.names:
             cutoff = datetime.now(UTC) - self.horizon
             where = ds.field("ingest_time") >= pa.scalar(cutoff, dataset.schema.field("ingest_time").type)
-        keys = dataset.to_table(columns=list(self.keys), filter=where)
+        with_value = self.value is not None and self.value in dataset.schema.names
+        columns = [*self.keys, self.value] if with_value and self.value else list(self.keys)
+        keys = dataset.to_table(columns=columns, filter=where)
         self._reset(version)
         self.table_id = table.metadata().id
         if keys.num_rows:
-            loaded = np.unique(np.array(_digests(keys, self.keys), dtype="S16"))
-            self._generations = [(datetime.now(UTC).date(), loaded)]
+            loaded = np.array(_digests(keys, self.keys), dtype="S16")
+            if with_value and self.value:
+                vals = np.array([value_of(v) for v in keys.column(self.value).to_pylist()], dtype=np.uint64)
+            else:
+                vals = np.zeros(len(loaded), dtype=np.uint64)
+            self._generations = [(datetime.now(UTC).date(), *_sorted(loaded, vals))]
         self.loads += 1
 
 
-_INDEXES: dict[tuple[str, tuple[str, ...]], KeyIndex] = {}
+def _sorted(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique keys, sorted, with the value of each key's first occurrence."""
+    unique, first = np.unique(keys, return_index=True)
+    return unique, values[first]
+
+
+_INDEXES: dict[tuple[str, tuple[str, ...], str | None], KeyIndex] = {}
 _LOCK = threading.Lock()
 
 
-def key_index(uri: str, keys: Sequence[str]) -> KeyIndex:
+def key_index(uri: str, keys: Sequence[str], value: str | None = None) -> KeyIndex:
     """This process's index of `uri` on `keys` (created empty, loaded on first `sync`)."""
     with _LOCK:
-        return _INDEXES.setdefault((uri, tuple(keys)), KeyIndex(uri, keys))
+        return _INDEXES.setdefault((uri, tuple(keys), value), KeyIndex(uri, keys, value=value))

@@ -49,6 +49,13 @@ ENVELOPE_COLUMNS: list[tuple[str, pa.DataType, bool, str]] = [
     ("pubsub_message_id", pa.string(), False, "Pub/Sub message id of the copy that landed"),
     ("pubsub_publish_time", UTC_TS, True, "when Pub/Sub accepted the message"),
     ("subscription", pa.string(), False, "subscription the message was read from"),
+    (
+        "payload_digest",
+        pa.string(),
+        True,
+        "BLAKE2b-64 (hex) of the data as canonical JSON: a copy of (source, id) with another digest is an "
+        "id conflict (quarantine rule id_conflict); null on rows landed before tidegate recorded it",
+    ),
     ("ingest_time", UTC_TS, False, "when tidegate committed the row"),
     (
         "seen_max_event_time",
@@ -116,6 +123,9 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("raw_versions", pa.map_(pa.string(), pa.int64()), nullable=False),
         pa.field("quarantine_version", pa.int64()),
         pa.field("message_digest", pa.string(), nullable=False),
+        # of `quarantined`, the copies of an event already in raw with another payload (null on
+        # rows written before tidegate counted them)
+        pa.field("id_conflicts", pa.int64()),
     ]
 )
 

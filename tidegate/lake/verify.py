@@ -113,6 +113,8 @@ def verify(
             f"{totals['quarantine_duplicates']:,} re-quarantined",
             [f"ledger: batch {r['batch_id']} does not balance: {r}" for r in off.head(20).to_dicts()],
         )
+    if quarantine is not None:
+        _conflicts_recorded(report, quarantine, raw, ledger_uri(lake), storage_options)
     for spec in aggregates:
         if spec.source in raw:
             _parity(report, lake, spec, storage_options)
@@ -128,6 +130,58 @@ def verify(
             [f"no tidegate tables under {lake}: run `tidegate ingest` first"],
         )
     return report
+
+
+def _conflicts_recorded(
+    report: Report,
+    quarantine: pl.DataFrame,
+    raw: dict[str, pl.DataFrame],
+    ledger: str,
+    storage_options: dict[str, str] | None,
+) -> None:
+    """Every id conflict is recorded once: one quarantine row per conflicting message (its key),
+    as many as the ledger counted, each naming an event that is in raw history."""
+    rows = quarantine.filter(pl.col("rule") == "id_conflict")
+    counted = None
+    try:
+        table = DeltaTable(ledger, storage_options=storage_options)
+        if "id_conflicts" in table.schema().to_arrow().names:
+            counted = int(
+                pl.from_arrow(table.to_pyarrow_table(columns=["id_conflicts"]))  # type: ignore[union-attr]
+                .get_column("id_conflicts")
+                .fill_null(0)
+                .sum()
+            )
+    except TableNotFoundError:
+        pass
+    if rows.height == 0 and not counted:
+        return
+    problems: list[str] = []
+    if counted is not None and counted != rows.height:
+        problems.append(
+            f"the ledger counts {counted:,} id conflicts, the quarantine holds {rows.height:,} id_conflict rows"
+        )
+    landed: dict[str, set[str]] = {}
+    for t in rows.get_column("event_type").unique().drop_nulls().to_list():
+        frame = raw.get(t)
+        ids = rows.filter(pl.col("event_type") == t).get_column("event_id")
+        landed[t] = (
+            set(frame.filter(pl.col("event_id").is_in(ids.implode())).get_column("event_id").to_list())
+            if frame is not None
+            else set()
+        )
+    for r in rows.to_dicts():
+        if r["event_id"] not in landed.get(r["event_type"] or "", set()):
+            problems.append(
+                f"quarantine: id_conflict of message {r['pubsub_message_id']} names {r['event_type']} "
+                f"ce-id {r['event_id']}, which is not in raw history"
+            )
+    report.check(
+        "id conflicts: each recorded once, each against an event in raw",
+        not problems,
+        f"{rows.height:,} id conflicts",
+        problems[:20],
+    )
 
 
 def _one_row_per_key(report: Report, table: TableSpec, frame: pl.DataFrame, what: str) -> None:

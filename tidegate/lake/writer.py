@@ -4,14 +4,22 @@
 quarantine: an insert-only MERGE on the key (`when_not_matched_insert_all`), so a row whose
 key is already in the table is skipped, never updated. Replaying a micro-batch (Pub/Sub
 redelivery, a snapshot seek, a restart after a crash between commit and ack) therefore
-inserts nothing twice, and ingestion never rewrites or deletes a row. A partition predicate
-(the batch's event dates) keeps the MERGE from scanning the whole table (platform facts:
-~8x faster).
+inserts nothing twice, and ingestion never rewrites or deletes a row. Raw history's MERGE
+looks only at rows ingested within the dedup horizon (`horizon=`: `t.ingest_time >= now - 7 d`;
+file statistics skip older files, since files are written in ingest order), so an id re-sent
+with any event time lands once, and a commit reads the horizon's keys, not the table's. Other
+tables prune on a partition column (`prune_on=`, platform facts: ~8x faster).
+
+**Id conflicts.** With `conflict_on=` (a digest column; raw history's `payload_digest`), a row
+whose key is already in the table (or earlier in the same batch) with ANOTHER digest is an id
+conflict: it is not inserted, and `CommitResult.conflicts` names it (its position in the rows
+handed in, and the digest that landed) so the caller can quarantine it. A row with the same
+digest is a plain duplicate.
 
 `append_new(uri, rows, keys=..., index=...)` is the same contract for a table's only writer
 (local mode holds the lake lock): the keys already in the table come from an in-memory index
 (`tidegate.lake.keyindex`), the new rows are appended, and a commit costs the same whatever the table's
-size. It also dedups across event dates, which the MERGE's partition predicate does not.
+size. Both dedup whatever the event date, within the horizon.
 
 Commit conflicts (another writer committed first) are retried with backoff and then raised
 as `TransientError`: the batch is not acked and will be redelivered, nothing is quarantined.
@@ -26,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +44,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from tidegate.errors import TransientError
 from tidegate.lake.delta import try_open
+from tidegate.lake.keyindex import value_of
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +62,21 @@ class CommitResult:
     version: int | None  # table version after the commit (None: nothing committed)
     files: int = 0  # data files the commit added
     bytes: int = 0  # their size
+    # id conflicts: (position in the rows handed in, payload digest already landed), not inserted
+    conflicts: tuple[tuple[int, str], ...] = ()
 
     @property
     def skipped(self) -> int:
         return self.offered - self.inserted
 
 
-def dedupe(rows: pa.Table, keys: Sequence[str]) -> pa.Table:
-    """Keep the first row of each key (input order), as Arrow compute, no Python loop."""
+def _first_of_keys(rows: pa.Table, keys: Sequence[str]) -> list[int] | None:
+    """Positions of the first row of each key (input order), or None when every key is unique
+    (the usual case), as Arrow compute, no Python loop."""
     if rows.num_rows <= 1:
-        return rows
+        return None
     if len(keys) == 1 and pc.count_distinct(rows.column(keys[0]), mode="all").as_py() == rows.num_rows:
-        return rows  # the usual case, without building groups
+        return None  # without building groups
     idx = pa.array(range(rows.num_rows), pa.int64())
     first = (
         rows.select(list(keys))
@@ -74,8 +86,78 @@ def dedupe(rows: pa.Table, keys: Sequence[str]) -> pa.Table:
         .column("__row_min")
     )
     if len(first) == rows.num_rows:
-        return rows
-    return rows.take(first.take(pc.sort_indices(first)))  # first occurrences, in input order
+        return None
+    return sorted(first.to_pylist())
+
+
+def dedupe(rows: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """Keep the first row of each key (input order)."""
+    first = _first_of_keys(rows, keys)
+    return rows if first is None else rows.take(first)
+
+
+@dataclass
+class _Offer:
+    """The rows of a commit after in-batch dedup: `rows` (the first of each key), where each sits
+    in the rows handed in (`at`), and the later copies (`dropped`: position in the rows handed
+    in, index of their key's row in `rows`) with the digest of every row handed in."""
+
+    rows: pa.Table
+    at: list[int]
+    dropped: list[tuple[int, int]]
+    digests: list[str | None]
+
+    def conflicts(self, landed: Sequence[str | None]) -> list[tuple[int, str]]:
+        """Id conflicts, given the digest each of `rows`' keys has in the table after the commit
+        (`landed[j]`; None: unknown, never a conflict): every row handed in whose digest differs
+        from its key's landed one, with that digest."""
+        out = []
+        for j, there in enumerate(landed):
+            ours = self.digests[self.at[j]] if self.digests else None
+            if there and ours and there != ours:
+                out.append((self.at[j], there))
+        for i, j in self.dropped:
+            there = landed[j]
+            if there and self.digests[i] and there != self.digests[i]:
+                out.append((i, there))
+        return sorted(out)
+
+
+def _offer(rows: pa.Table, keys: Sequence[str], conflict_on: str | None) -> _Offer:
+    digests = rows.column(conflict_on).to_pylist() if conflict_on else []
+    first = _first_of_keys(rows, keys)
+    if first is None:
+        return _Offer(rows, list(range(rows.num_rows)), [], digests)
+    dropped: list[tuple[int, int]] = []
+    if conflict_on:
+        key_cols = [rows.column(k).to_pylist() for k in keys]
+        slot = {tuple(c[i] for c in key_cols): j for j, i in enumerate(first)}
+        keep = set(first)
+        dropped = [(i, slot[tuple(c[i] for c in key_cols)]) for i in range(rows.num_rows) if i not in keep]
+    return _Offer(rows.take(first), first, dropped, digests)
+
+
+def _landed_digests(
+    table: DeltaTable, offer: _Offer, keys: Sequence[str], conflict_on: str, where: Any
+) -> list[str | None]:
+    """After an insert-only MERGE: the digest each offered key has in the table (`where` is the
+    MERGE's horizon as a dataset filter). Reads only the batch's keys' rows, and is only called
+    when the MERGE skipped something or the batch held copies."""
+    import pyarrow.dataset as ds
+
+    dataset = table.to_pyarrow_dataset()
+    if conflict_on not in dataset.schema.names:
+        return [None] * offer.rows.num_rows
+    last = keys[-1]
+    # compared as plain strings: delta-rs writes some files' strings as string_view, and a
+    # value set of one type does not bind to the other
+    wanted = pc.is_in(ds.field(last).cast(pa.string()), value_set=pc.unique(offer.rows.column(last)))
+    found = dataset.to_table(columns=[*keys, conflict_on], filter=wanted if where is None else wanted & where)
+    landed: dict[tuple[Any, ...], str | None] = {}
+    for row in found.to_pylist():
+        landed.setdefault(tuple(row[k] for k in keys), row[conflict_on])
+    key_cols = [offer.rows.column(k).to_pylist() for k in keys]
+    return [landed.get(tuple(c[j] for c in key_cols)) for j in range(offer.rows.num_rows)]
 
 
 def _literal(value: Any) -> str:
@@ -118,17 +200,22 @@ def insert_new(
     metadata: dict[str, Any] | None = None,
     partition_by: Sequence[str] = (),
     prune_on: str | None = None,
+    horizon: timedelta | None = None,
+    conflict_on: str | None = None,
     storage_options: dict[str, str] | None = None,
     prepare: Callable[[DeltaTable | None, pa.Table], pa.Table] | None = None,
 ) -> CommitResult:
     """Insert the rows whose key is not in the table yet; one commit, lineage in its metadata.
 
     `prune_on` names a partition column; the MERGE only looks at target partitions holding
-    values the batch has (a key can only match within its own partition). `prepare(table, rows)`
-    runs on every attempt against the snapshot the commit is based on (raw history stamps its
-    watermark base there, so a retried commit re-reads it).
+    values the batch has (a key can only match within its own partition). `horizon` limits the
+    MERGE to target rows whose `ingest_time` is within it (raw history: dedup whatever the event
+    date, at the cost of the horizon's keys). `conflict_on`: see the module docstring.
+    `prepare(table, rows)` runs on every attempt against the snapshot the commit is based on
+    (raw history stamps its watermark base there, so a retried commit re-reads it).
     """
-    rows = dedupe(rows, keys)
+    offer = _offer(rows, keys, conflict_on)
+    rows = offer.rows
     if rows.num_rows == 0:
         return CommitResult(uri, 0, 0, None)
     meta = _stringify(metadata or {})
@@ -149,12 +236,29 @@ def insert_new(
                 )
                 created = DeltaTable(uri, storage_options=storage_options)
                 files, size = _added(created, set())
-                return CommitResult(uri, rows.num_rows, rows.num_rows, created.version(), files, size)
+                return CommitResult(
+                    uri,
+                    rows.num_rows,
+                    rows.num_rows,
+                    created.version(),
+                    files,
+                    size,
+                    tuple(offer.conflicts([offer.digests[i] for i in offer.at]) if conflict_on else ()),
+                )
             before = _names(table)
             predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
             if prune_on:
                 values = pc.unique(rows.column(prune_on)).to_pylist()
                 predicate = f"t.{prune_on} IN ({', '.join(_literal(v) for v in values)}) AND {predicate}"
+            where = None
+            if horizon is not None:
+                import pyarrow.dataset as ds
+
+                cutoff = datetime.now(UTC) - horizon
+                predicate = (
+                    f"t.ingest_time >= CAST('{cutoff:%Y-%m-%dT%H:%M:%S.%fZ}' AS TIMESTAMP) AND {predicate}"
+                )
+                where = ds.field("ingest_time") >= pa.scalar(cutoff, pa.timestamp("us", tz="UTC"))
             metrics = (
                 table.merge(
                     batch,
@@ -169,7 +273,12 @@ def insert_new(
             )
             inserted = int(metrics.get("num_target_rows_inserted", 0))
             files, size = _added(table, before) if inserted else (0, 0)
-            return CommitResult(uri, rows.num_rows, inserted, table.version(), files, size)
+            conflicts: list[tuple[int, str]] = []
+            if conflict_on and (inserted < rows.num_rows or offer.dropped):
+                conflicts = offer.conflicts(_landed_digests(table, offer, keys, conflict_on, where))
+            return CommitResult(
+                uri, rows.num_rows, inserted, table.version(), files, size, tuple(sorted(conflicts))
+            )
         except (CommitFailedError, FileExistsError) as exc:
             _backoff(uri, attempt, exc)
         except DeltaError as exc:
@@ -214,8 +323,12 @@ def append_new(
     """`insert_new` for a table's only writer (local mode holds the lake lock): the rows whose
     key the in-memory index does not know are appended, one commit, no MERGE, so a commit costs
     the same whatever the table's size (tidegate/lake/keyindex.py says why and how the index stays right).
+    Id conflicts are found on the index's value column (`index.value`), as `insert_new`'s
+    `conflict_on`.
     """
-    rows = dedupe(rows, keys)
+    conflict_on = index.value
+    offer = _offer(rows, keys, conflict_on)
+    rows = offer.rows
     if rows.num_rows == 0:
         return CommitResult(uri, 0, 0, None)
     meta = _stringify(metadata or {})
@@ -226,9 +339,21 @@ def append_new(
                 index.sync(table)
                 digests = index.digests(rows)
                 seen = index.seen(digests)
+                conflicts: list[tuple[int, str]] = []
+                ours: list[int] = []
+                if conflict_on:
+                    hexes = [offer.digests[i] for i in offer.at]
+                    ours = [value_of(h) for h in hexes]
+                    if any(seen) or offer.dropped:
+                        values = index.values(digests) if any(seen) else [0] * len(hexes)
+                        landed = [  # what the key holds after this commit: the table's, or ours
+                            (f"{v:016x}" if v else None) if s else h
+                            for v, s, h in zip(values, seen, hexes, strict=True)
+                        ]
+                        conflicts = offer.conflicts(landed)
                 new = rows.filter(pa.array([not s for s in seen], pa.bool_())) if any(seen) else rows
                 if new.num_rows == 0:
-                    return CommitResult(uri, rows.num_rows, 0, None)
+                    return CommitResult(uri, rows.num_rows, 0, None, conflicts=tuple(conflicts))
                 batch = prepare(table, new) if prepare else new
                 before = _names(table) if table is not None else set()
                 write_deltalake(
@@ -245,9 +370,14 @@ def append_new(
                     index.table_opened_at = table.version()
                 index.table = table
                 version = table.version()
-                index.added([d for d, s in zip(digests, seen, strict=True) if not s], version, table)
+                index.added(
+                    [d for d, s in zip(digests, seen, strict=True) if not s],
+                    version,
+                    table,
+                    [v for v, s in zip(ours, seen, strict=True) if not s] if ours else (),
+                )
                 files, size = _added(table, before)
-                return CommitResult(uri, rows.num_rows, new.num_rows, version, files, size)
+                return CommitResult(uri, rows.num_rows, new.num_rows, version, files, size, tuple(conflicts))
             except (CommitFailedError, FileExistsError) as exc:
                 index.invalidate()
                 _backoff(uri, attempt, exc)

@@ -106,8 +106,12 @@ def status(lake: Lake) -> dict[str, Any]:
             + sums["quarantine_duplicates"]
         )
         last_run = led.sort("committed_at").get_column("run_id")[-1]
+        conflicts = (
+            int(led.get_column("id_conflicts").fill_null(0).sum()) if "id_conflicts" in led.columns else 0
+        )
         out["ledger"] = {
             **{k: int(v) for k, v in sums.items()},
+            "id_conflicts": conflicts,
             "batches": led.height,
             "balanced": accounted == sums["received"],
             "quarantine_rate": round(sums["quarantined"] / sums["received"], 4) if sums["received"] else 0.0,

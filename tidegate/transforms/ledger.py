@@ -11,7 +11,8 @@ A streaming job has no driver, so the ledger is a branch of the pipeline:
 in streaming mode (`IngestConfig.commit_per_chunk`), so each raw / quarantine `TableCommit`
 names exactly one chunk. `BalanceFn` keeps, per chunk id, what arrived; when the messages
 handed to the writers add up to the messages received it emits the ledger row (received =
-written + duplicates + quarantined + re-quarantined, as in local mode) and forgets the chunk.
+written + duplicates + quarantined + re-quarantined, as in local mode; `id_conflicts` counts the
+quarantined copies that reused a landed (source, id) with another payload) and forgets the chunk.
 If they never add up (a message vanished between reading and writing: a bug), a processing-time
 timer emits what it has after `timeout_seconds` anyway: an unbalanced row, which
 `tidegate status` and `tidegate verify` flag, instead of state that silently waits forever.
@@ -94,6 +95,7 @@ def ledger_row(batch_id: str, run_id: str, items: Iterable[Any]) -> dict[str, An
         "raw_versions": sorted((c.event_type or "", c.version) for c in raw if c.version is not None),
         "quarantine_version": max((c.version for c in quarantine if c.version is not None), default=None),
         "message_digest": received.message_digest if received else "",
+        "id_conflicts": sum(c.conflicts for c in quarantine),
     }
 
 

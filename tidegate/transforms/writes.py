@@ -12,6 +12,7 @@ so every table of a batch commits side by side (`parallel_commits`). Each commit
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import time
@@ -31,10 +32,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 from tidegate.expectations.checks import (
     Rejection,
     ValidEvent,
+    id_conflict,
 )
 from tidegate.expectations.envelope import RawMessage
 from tidegate.faults import fault_point, transient_fault
-from tidegate.lake.keyindex import key_index
+from tidegate.lake.keyindex import DEDUP_HORIZON, key_index
 from tidegate.lake.pii import load_protector
 from tidegate.lake.rows import (
     commit_metadata,
@@ -81,6 +83,7 @@ class TableCommit:
     details: tuple[tuple[str, str, str | None, bool], ...] = ()
     committed_at: float = 0.0  # epoch seconds when the commit was done: its rows are visible
     ms: int = 0  # how long the commit took
+    conflicts: int = 0  # quarantine commits: of `inserted`, the id conflicts (ledger id_conflicts)
 
     @classmethod
     def of(
@@ -142,9 +145,9 @@ class CommitPool:
         self._lock = threading.Lock()
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[str, list[Future[TableCommit]]] = defaultdict(list)
+        self._pending: dict[str, list[Future[Any]]] = defaultdict(list)
 
-    def submit(self, key: str, commit: Callable[[], TableCommit]) -> None:
+    def submit(self, key: str, commit: Callable[[], TableCommit | tuple[TableCommit, ...]]) -> None:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="commit")
@@ -158,14 +161,18 @@ class CommitPool:
             exc = f.exception()
             if exc is not None:
                 raise exc
-        return [f.result() for f in futures]
+        done: list[TableCommit] = []
+        for f in futures:
+            result = f.result()
+            done += result if isinstance(result, tuple) else [result]  # raw commits: (raw, conflicts)
+        return done
 
 
 COMMITS = CommitPool()
 
 
 class _WriterFn(_CatalogFn):
-    def _handed_off(self, commits: list[tuple[list[str], Callable[[], TableCommit]]]) -> bool:
+    def _handed_off(self, commits: list[tuple[list[str], Callable[[], Any]]]) -> bool:
         """Local mode (`parallel_commits`): give the commits to COMMITS, keyed by their batch
         ids, and let finish_bundle return without waiting. False: commit here, in the bundle."""
         if not self.config.parallel_commits:
@@ -198,12 +205,13 @@ def _insert(
     uri: str,
     rows: Any,
     keys: Sequence[str],
-    prune_on: str | None = None,
+    value: str | None = None,
     **kwargs: Any,
 ) -> Callable[[], Any]:
     """The idempotent commit of `rows` to `uri`: append after an in-memory key check for the lake's
-    only writer (local mode), the insert-only MERGE otherwise (lake.writer; `prune_on` is its
-    partition predicate, which the key index does not need)."""
+    only writer (local mode), the insert-only MERGE otherwise (lake.writer). With `value` (raw
+    history: `payload_digest`) the commit dedups within the horizon whatever the event date and
+    reports id conflicts on that column."""
 
     if config.single_writer:
         return functools.partial(
@@ -211,13 +219,13 @@ def _insert(
             uri,
             rows,
             keys=keys,
-            index=key_index(uri, keys),
+            index=key_index(uri, keys, value),
             storage_options=config.storage,
             **kwargs,
         )
-    return functools.partial(
-        insert_new, uri, rows, keys=keys, prune_on=prune_on, storage_options=config.storage, **kwargs
-    )
+    if value is not None:
+        kwargs.update(horizon=DEDUP_HORIZON, conflict_on=value)
+    return functools.partial(insert_new, uri, rows, keys=keys, storage_options=config.storage, **kwargs)
 
 
 class WriteRawHistoryFn(_WriterFn):
@@ -280,19 +288,19 @@ class WriteRawHistoryFn(_WriterFn):
                     event_type,
                     batch_ids,
                     functools.partial(
-                        _commit_timed,
-                        "raw",
+                        self._commit_raw,
                         event_type,
                         batch_ids,
-                        len(events),
+                        events,
+                        rows.column("payload_digest").to_pylist(),
                         _insert(
                             self.config,
                             raw_uri(self.config.lake, event_type),
                             rows,
                             raw_table(event_type).keys,
+                            value="payload_digest",
                             metadata=meta,
                             partition_by=raw_table(event_type).partition_by,
-                            prune_on="event_date",
                             prepare=lambda table, batch: stamp_seen_max_event_time(table, batch, now),
                         ),
                     ),
@@ -309,7 +317,7 @@ class WriteRawHistoryFn(_WriterFn):
                 done = list(pool.map(lambda c: c[2](), commits))
         else:
             done = [c[2]() for c in commits]
-        for (event_type, batch_ids, _), commit in zip(commits, done, strict=True):
+        for (event_type, batch_ids, _), (commit, *conflicts) in zip(commits, done, strict=True):
             self.commit_ms.update(commit.ms)
             self.written.inc(commit.inserted)
             self.duplicates.inc(commit.received - commit.inserted)
@@ -324,6 +332,52 @@ class WriteRawHistoryFn(_WriterFn):
                 )
                 yield TaggedOutput(ROWS, _global((event_type, rows)))  # one element per commit
             yield _global(commit)
+            for quarantined in conflicts:
+                yield _global(quarantined)
+
+    def _commit_raw(
+        self,
+        event_type: str,
+        batch_ids: list[str],
+        events: list[ValidEvent],
+        digests: list[str],
+        commit: Callable[[], Any],
+    ) -> tuple[TableCommit, ...]:
+        """One type's raw commit, then (if any) its id conflicts to the quarantine: the raw
+        commit found them, and they must be recorded before the batch is accounted for."""
+        started = time.perf_counter()
+        result = commit()
+        ms = int((time.perf_counter() - started) * 1000)
+        n = len(result.conflicts)
+        raw = TableCommit.of("raw", event_type, batch_ids, len(events) - n, result, (), time.time(), ms)
+        if not n:
+            return (raw,)
+        Metrics.counter("tidegate", "id_conflicts").inc(n)
+        rejections = [id_conflict(events[i], landed, digests[i]) for i, landed in result.conflicts]
+        rows = quarantine_rows(
+            rejections,
+            self.registry,
+            self.protector,
+            run_id=self.config.run_id,
+            batch_id=",".join(batch_ids),
+            now=datetime.now(UTC),
+        )
+        meta = self._meta(batch_ids, [r.message for r in rejections], extra={"tidegate_table": "quarantine"})
+        quarantined = _commit_timed(
+            "quarantine",
+            None,
+            batch_ids,
+            n,
+            _insert(
+                self.config,
+                QUARANTINE.uri(self.config.lake),
+                rows,
+                QUARANTINE.keys,
+                metadata=meta,
+                partition_by=QUARANTINE.partition_by,
+            ),
+        )
+        return raw, dataclasses.replace(quarantined, conflicts=quarantined.inserted)
 
 
 class WriteQuarantineFn(_WriterFn):

@@ -10,6 +10,7 @@ data "google_project" "this" {}
 
 locals {
   streams     = module.catalog.streams
+  topics      = module.catalog.topics
   dead_letter = module.catalog.dead_letter
   # Pub/Sub's own service agent moves poison messages to the dead-letter topic: it needs to
   # publish there and to acknowledge on the source subscriptions.
@@ -19,17 +20,17 @@ locals {
 # -- Pub/Sub ---------------------------------------------------------------------------------
 
 resource "google_pubsub_schema" "contract" {
-  for_each   = { for t, s in local.streams : t => s if s.publish_schema }
+  for_each   = { for topic, s in local.topics : topic => s if s.publish_schema }
   name       = "${each.value.topic}-contract"
   type       = "AVRO"
   definition = file(each.value.latest_contract)
 }
 
 resource "google_pubsub_topic" "stream" {
-  for_each                   = local.streams
-  name                       = each.value.topic
+  for_each                   = local.topics
+  name                       = each.key
   message_retention_duration = "${each.value.retention_seconds}s"
-  labels                     = { app = "tidegate", event_type = replace(each.key, ".", "_") }
+  labels                     = { app = "tidegate", event_type = replace(each.value.event_type, ".", "_") }
 
   dynamic "schema_settings" {
     for_each = each.value.publish_schema ? [1] : []
@@ -48,7 +49,7 @@ resource "google_pubsub_topic" "dead_letter" {
 resource "google_pubsub_subscription" "stream" {
   for_each                     = local.streams
   name                         = each.value.subscription
-  topic                        = google_pubsub_topic.stream[each.key].id
+  topic                        = google_pubsub_topic.stream[each.value.topic].id
   ack_deadline_seconds         = each.value.ack_deadline_seconds
   message_retention_duration   = "${each.value.retention_seconds}s"
   enable_exactly_once_delivery = each.value.exactly_once_delivery

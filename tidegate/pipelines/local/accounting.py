@@ -50,6 +50,7 @@ class BatchOutcome:
     quarantined: int
     quarantine_duplicates: int
     raw_versions: dict[str, int]
+    id_conflicts: int
     quarantine_version: int | None
     seconds: float
     poisoned: int = 0
@@ -71,6 +72,7 @@ class RunSummary:
     duplicates_skipped: int = 0
     quarantined: int = 0
     quarantine_duplicates: int = 0
+    id_conflicts: int = 0
     poisoned: int = 0
     late: int = 0
     seconds: float = 0.0
@@ -83,6 +85,7 @@ class RunSummary:
         self.duplicates_skipped += b.duplicates_skipped
         self.quarantined += b.quarantined
         self.quarantine_duplicates += b.quarantine_duplicates
+        self.id_conflicts += b.id_conflicts
         self.poisoned += b.poisoned
 
 
@@ -116,6 +119,7 @@ def account(
         quarantined=row["quarantined"],
         quarantine_duplicates=row["quarantine_duplicates"],
         raw_versions=dict(row["raw_versions"]),
+        id_conflicts=row["id_conflicts"],
         quarantine_version=row["quarantine_version"],
         seconds=0.0,
         poisoned=len(run.poison),

@@ -28,7 +28,9 @@ locals {
   contracts_rel = try(local.catalog.contracts, "../expectations/contracts")
   contracts_dir = abspath(startswith(local.contracts_rel, "/") ? local.contracts_rel : "${dirname(var.catalog_path)}/${local.contracts_rel}")
 
-  merged = { for s in local.catalog.streams : s.event_type => merge(local.defaults, s) }
+  # a stream names one type (`event_type`) or several behind one subscription (`event_types`);
+  # it is keyed by its first type
+  merged = { for s in local.catalog.streams : try(s.event_type, s.event_types[0]) => merge(local.defaults, s) }
 
   streams = {
     for t, s in local.merged : t => merge(s, {
@@ -40,11 +42,19 @@ locals {
     })
   }
 
+  # each topic once (streams may share one), with the first stream that names it
+  topics = { for topic, ss in { for t, s in local.streams : s.topic => merge(s, { event_type = t })... } : topic => ss[0] }
+
   dead_letter = merge({
     topic                 = "tidegate-dead-letter"
     subscription          = "tidegate-dead-letter-sub"
     max_delivery_attempts = 10
   }, try(local.catalog.dead_letter, {}))
+}
+
+output "topics" {
+  description = "Each topic once (streams may share one), with the first stream that names it."
+  value       = local.topics
 }
 
 output "streams" {
