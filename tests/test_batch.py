@@ -96,7 +96,7 @@ def test_an_id_lands_once_even_when_it_is_resent_with_another_date(
 
 @pytest.mark.parametrize("single_writer", [True, False], ids=["key index", "merge"])
 def test_an_event_is_identified_by_source_and_id_so_two_producers_may_share_an_id(
-    catalog, registry, tmp_path: Path, single_writer: bool
+    catalog, registry, tmp_path: Path, single_writer: bool, cli
 ) -> None:  # type: ignore[no-untyped-def]
     """CloudEvents identity is (source, id): another producer's `order-42` is another event.
     The same (source, id) again is still a duplicate, in both commit paths."""
@@ -124,6 +124,26 @@ def test_an_event_is_identified_by_source_and_id_so_two_producers_may_share_an_i
         [first[0].attributes["ce-source"], "//other-shop.example.com"]
     )
     assert [(c.received, c.inserted) for c in run.commits if c.kind == "raw"] == [(2, 1)]
+    # lineage of a shared id asks whose, and answers for the source given
+    shared_id = first[0].attributes["ce-id"]
+    lake = str(tmp_path / "lake")
+    ambiguous = cli("lineage", "raw/shop.order.placed", "--lake", lake, "--row", shared_id)
+    assert ambiguous.code != 0
+    assert "--source" in ambiguous.err
+    assert "//other-shop.example.com" in ambiguous.err
+    chosen = cli(
+        "lineage",
+        "raw/shop.order.placed",
+        "--lake",
+        lake,
+        "--row",
+        shared_id,
+        "--source",
+        "//other-shop.example.com",
+        "--json",
+    )
+    assert chosen.code == 0, chosen.err
+    assert json.loads(chosen.out)["row"]["pubsub_message_id"] == "98"
 
 
 def _copy(message: RawMessage, mid: str, **payload: object) -> RawMessage:

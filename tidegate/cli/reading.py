@@ -113,6 +113,14 @@ def lineage(
             show_default=False,
         ),
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="With --row: the event's ce-source, when producers share the id.",
+            show_default=False,
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Commits to show, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     lake: LakeOpt = None,
@@ -126,7 +134,7 @@ def lineage(
     root = settings.lake_path(lake)
     uri = LakeTables(root, load_catalog(catalog_path)).resolve(table).uri(root)
     if row is not None:
-        info = row_lineage(uri, row, settings.storage_options())
+        info = row_lineage(uri, row, settings.storage_options(), source=source)
         if as_json:
             console.print_json(json.dumps(info, default=str))
             return

@@ -138,6 +138,7 @@ def stored_partials(stored: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
 def source_columns(spec: AggregateSpec) -> list[str]:
     """The raw columns an aggregate reads (identity, event time, watermark base, keys, fields)."""
     wanted = [
+        "event_source",
         "event_id",
         "event_time",
         "seen_max_event_time",
@@ -454,7 +455,10 @@ def late_pairs(rows: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
 def late_pairs_of(late: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
     return late.select(
         pl.lit(spec.name).alias("aggregate"),
-        pl.col("event_id") if "event_id" in late.columns else pl.lit(None, pl.String).alias("event_id"),
+        *(
+            pl.col(c) if c in late.columns else pl.lit(None, pl.String).alias(c)
+            for c in ("event_source", "event_id")
+        ),
         "event_time",
         *WINDOW,
         "watermark",

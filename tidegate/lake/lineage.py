@@ -58,8 +58,11 @@ def commits(uri: str, storage_options: dict[str, str] | None = None) -> list[dic
     return out
 
 
-def row_lineage(uri: str, key: str, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
-    """One row (by event id, or by Pub/Sub message id) and the commit that added it."""
+def row_lineage(
+    uri: str, key: str, storage_options: dict[str, str] | None = None, source: str | None = None
+) -> dict[str, Any]:
+    """One row (by event id, or by Pub/Sub message id) and the commit that added it. An event is
+    identified by (source, id): when producers share an id, `source` says whose."""
     table = open_table(uri, storage_options)
     names = table.schema().to_arrow().names
     cols = [c for c in ("event_id", "pubsub_message_id") if c in names]
@@ -70,6 +73,16 @@ def row_lineage(uri: str, key: str, storage_options: dict[str, str] | None = Non
     if found.height == 0:
         raise TidegateError(
             f"no row with id {key!r} in {uri}", hint=f"ids are matched against {', '.join(cols)}"
+        )
+    if source is not None and "event_source" in found.columns:
+        found = found.filter(pl.col("event_source") == source)
+        if found.height == 0:
+            raise TidegateError(f"no row with id {key!r} and source {source!r} in {uri}")
+    elif "event_source" in found.columns and found.get_column("event_source").n_unique() > 1:
+        sources = sorted(str(s) for s in found.get_column("event_source").unique().to_list())
+        raise TidegateError(
+            f"{key!r} is the id of {len(sources)} events in {uri}, one per source: {', '.join(sources)}",
+            hint="an event is identified by (source, id): add --source <one of them>",
         )
     row = found.drop([c for c in ("payload_encrypted",) if c in found.columns]).to_dicts()[0]
     batch_ids = set(str(row.get("batch_id", "")).split(","))

@@ -134,6 +134,9 @@ LATE_SCHEMA = pa.schema(
     [
         pa.field("aggregate", pa.string(), nullable=False),
         pa.field("event_type", pa.string(), nullable=False),
+        # the event's identity is (event_source, event_id); null on rows recorded before the
+        # source was kept
+        pa.field("event_source", pa.string()),
         pa.field("event_id", pa.string(), nullable=False),
         pa.field("event_time", UTC_TS, nullable=False),
         pa.field("window_start", UTC_TS, nullable=False),
@@ -145,7 +148,7 @@ LATE_SCHEMA = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
     ]
 )
-LATE_KEYS = ("aggregate", "event_id", "window_start")
+LATE_KEYS = ("aggregate", "event_source", "event_id", "window_start")
 
 QUALITY_SCHEMA = pa.schema(
     [
