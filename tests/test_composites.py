@@ -297,6 +297,42 @@ def test_balance_ledger_writes_one_balanced_row_per_chunk(catalog, registry, con
     assert ledger.select("batch_id", "received", "duplicates_skipped").rows() == [("c1", 5, 0), ("c2", 5, 1)]
 
 
+def test_streaming_chunks_quarantine_an_id_conflict_and_their_ledger_rows_balance(
+    catalog, registry, config
+) -> None:  # type: ignore[no-untyped-def]
+    """Streaming mode (one commit per chunk, the horizon MERGE): a copy of a landed event with
+    another payload goes to the quarantine as id_conflict from the raw writer, and the chunk's
+    ledger row still balances, with the conflict counted."""
+    from dataclasses import replace as dc_replace
+
+    from tidegate.transforms.ledger import BalanceLedger
+
+    streaming = dc_replace(config, commit_per_chunk=True, single_writer=False, parallel_commits=False)
+    good = orders(catalog, registry, 4, seed=8)
+    first = Chunk("c1", good)
+    second = Chunk("c2", [with_payload(good[1], item_count=99), replace(good[2], message_id="m-again")])
+    with test_pipeline.TestPipeline() as p:
+        chunks = p | beam.Create([first, second])
+        ingested = chunks | Ingest(streaming)
+        rows = chunks | BalanceLedger(streaming, ingested.commits)
+        assert_that(
+            rows
+            | beam.Map(
+                lambda r: (
+                    r["batch_id"],
+                    r["received"],
+                    r["raw_written"],
+                    r["duplicates_skipped"],
+                    r["quarantined"],
+                    r["id_conflicts"],
+                )
+            ),
+            equal_to([("c1", 4, 4, 0, 0, 0), ("c2", 2, 0, 1, 1, 1)]),
+        )
+    q = pl.read_delta(QUARANTINE.uri(config.lake))
+    assert q.select("rule", "event_id").rows() == [("id_conflict", ce_id(good[1]))]
+
+
 def test_the_quarantine_lists_and_shows_a_message_without_pii_in_clear(
     catalog, registry, config, cli
 ) -> None:  # type: ignore[no-untyped-def]
