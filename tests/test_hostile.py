@@ -41,13 +41,20 @@ from tidegate.expectations.envelope import (
     to_binary,
     to_structured,
 )
-from tidegate.lake.pii import PiiProtector
+from tidegate.lake.pii import PiiPolicy, PiiProtector, pii_policies
 from tidegate.lake.rows import QUARANTINE_MAX_ORIGINAL_BYTES, quarantine_rows, raw_rows
 from tidegate.lake.tables import raw_schema
 from tidegate.lake.writer import insert_new
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 PROTECTOR = PiiProtector(b"k" * 40)
+
+
+def POLICIES(registry):  # type: ignore[no-untyped-def]
+    """Every shipped type's PII policy (the catalog's pii settings and the contracts' marks)."""
+    from tidegate.catalog import load_catalog
+
+    return pii_policies(load_catalog(), registry)
 ORDER_TYPE = "shop.order.placed"
 ORDER_JSON = json.dumps(ORDER)
 
@@ -128,7 +135,7 @@ def land(tmp_path: Path, out: Outcome, registry) -> tuple[pl.DataFrame, pl.DataF
         rows = raw_rows(
             events,
             raw_schema(contracts),
-            contracts.latest.pii_fields,
+            PiiPolicy(dict(contracts.latest.pii_classes)),
             PROTECTOR,
             run_id="run-1",
             batch_id="b-1",
@@ -139,7 +146,7 @@ def land(tmp_path: Path, out: Outcome, registry) -> tuple[pl.DataFrame, pl.DataF
         raw = pl.concat([raw, pl.read_delta(uri).select("event_id", "pubsub_message_id")])
     quarantine = pl.DataFrame()
     if out.rejected:
-        rows = quarantine_rows(out.rejected, registry, PROTECTOR, run_id="run-1", batch_id="b-1", now=NOW)
+        rows = quarantine_rows(out.rejected, POLICIES(registry), PROTECTOR, run_id="run-1", batch_id="b-1", now=NOW)
         uri = str(lake / "quarantine")
         insert_new(uri, rows, keys=["subscription", "pubsub_message_id"], partition_by=["quarantine_date"])
         quarantine = pl.read_delta(uri)
@@ -280,7 +287,7 @@ def test_json_nested_exactly_to_the_cap_is_read(catalog, registry) -> None:  # t
     bad = contract_stage(m, env, registry)
     assert isinstance(bad, Rejection)
     assert (bad.stage, bad.rules) == ("contract", ["unexpected_field"])  # v1 has no coupon_code
-    row = quarantine_rows([bad], registry, PROTECTOR, run_id="r", batch_id="b", now=NOW).to_pylist()[0]
+    row = quarantine_rows([bad], POLICIES(registry), PROTECTOR, run_id="r", batch_id="b", now=NOW).to_pylist()[0]
     assert row["payload_preview"].startswith('{"order_id": "ord_7Q2K9X4M"')  # redacted, not degraded
     assert "lena.weber" not in row["payload_preview"]
     pickle.loads(pickle.dumps(bad))
@@ -355,7 +362,7 @@ def test_a_row_arrow_refuses_is_degraded_and_the_others_keep_everything(catalog,
         for ce_id in ("evt-\ud800", "evt-3")
     ]
     assert all(isinstance(r, Rejection) for r in rejections)
-    rows = quarantine_rows(rejections, registry, PROTECTOR, run_id="r", batch_id="b", now=NOW).to_pylist()  # type: ignore[arg-type]
+    rows = quarantine_rows(rejections, POLICIES(registry), PROTECTOR, run_id="r", batch_id="b", now=NOW).to_pylist()  # type: ignore[arg-type]
     assert (rows[0]["event_id"], rows[0]["pubsub_message_id"], rows[0]["attributes"]) == (
         "evt-?",
         "evt-?",
@@ -390,8 +397,7 @@ def test_oversize_originals_are_kept_encrypted_up_to_the_cap_then_only_digest_an
         hashlib.sha256(huge_body).hexdigest(),
     )
     assert huge["payload_encrypted"] == b""  # above the cap: size and digest only
-    assert len(huge["payload_preview"]) <= 2001
-    assert "@" not in huge["payload_preview"]
+    assert huge["payload_preview"] is None  # never parsed: no preview (the digest and size stay)
     assert PROTECTOR.decrypt(small["payload_encrypted"]) == small_body
 
 

@@ -3,6 +3,7 @@ PII tokens and quarantine rows that never hold PII in clear. No Beam here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -10,20 +11,30 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
+from cryptography.exceptions import InvalidTag
 from deltalake import DeltaTable, write_deltalake
 
 from tests.checking import check_batch
 from tidegate.errors import ConfigError
 from tidegate.expectations.envelope import RawMessage
 from tidegate.lake.keyindex import KeyIndex
-from tidegate.lake.pii import DEV_KEY, PiiProtector, load_protector
+from tidegate.lake.pii import (
+    DEV_KEY,
+    KeyRing,
+    PiiPolicy,
+    PiiProtector,
+    key_problem,
+    load_protector,
+)
+from tidegate.lake.pii import pii_policies as policies_of
 from tidegate.lake.rows import commit_metadata, quarantine_rows, raw_rows, trace_id
 from tidegate.lake.tables import raw_schema
 from tidegate.lake.writer import append_new, dedupe, insert_new
 from tidegate.producer import EXPECTED_RULE, ProduceConfig, generate
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-KEY = b"k" * 40
+KEY = b"0d5cbd2f6b4e8a91c3f7e2a4b6d8f0a1c3e5f7092b4d6f8a0c2e4f6a8b0d2f4e"  # random, as token_hex(32)
+OTHER_KEY = b"7c1e9a3f5b2d8c6e4a0f2b9d7e5c3a1f8d6b4e2c0a9f7e5d3c1b0a8f6e4d2c1b"
 
 
 def table(ids: list[str], day: date = date(2026, 11, 26), **extra: list) -> pa.Table:  # type: ignore[type-arg]
@@ -139,39 +150,106 @@ def test_trace_id_comes_from_a_well_formed_traceparent() -> None:
     assert trace_id(None) is None
 
 
-def test_pii_tokens_are_keyed_deterministic_and_opaque() -> None:
-    a, b = PiiProtector(KEY), PiiProtector(b"x" * 40)
-    token = a.token("lena.weber@web.de")
-    assert token == a.token("lena.weber@web.de")
-    assert token != b.token("lena.weber@web.de")
+def test_pii_tokens_are_keyed_deterministic_per_class_and_reversible_only_with_the_key() -> None:
+    a, b = PiiProtector(KEY), PiiProtector(OTHER_KEY)
+    token = a.token("lena.weber@web.de", "email")
+    assert token == a.token("lena.weber@web.de", "email")  # joinable
+    assert token != b.token("lena.weber@web.de", "email")  # keyed
+    assert token != a.token("lena.weber@web.de", "customer_id")  # per class
     assert token is not None
-    assert token.startswith("pii_")
+    assert token.startswith("pii_1_")
     assert "lena" not in token
+    assert a.detokenize(token, "email") == "lena.weber@web.de"
+    with pytest.raises(InvalidTag):
+        b.detokenize(token, "email")  # another key cannot open it
+    with pytest.raises(InvalidTag):
+        a.detokenize(token, "customer_id")  # nor another class's subkey
+    # the length shows only to 16 bytes
+    assert len(a.token("ab", "email") or "") == len(a.token("abcdefghijklmno", "email") or "")
     assert a.decrypt(a.encrypt(b"original bytes")) == b"original bytes"
-    assert a.mask_text("mail me at lena.weber@web.de now") == f"mail me at {token} now"
+    assert a.mask_text("mail me at lena.weber@web.de now") == f"mail me at {a.token('lena.weber@web.de')} now"
+
+
+def test_the_key_id_names_the_key_without_letting_a_reader_test_a_guess() -> None:
+    protector = PiiProtector(KEY)
+    assert protector.key_id == PiiProtector(KEY).key_id != PiiProtector(OTHER_KEY).key_id
+    assert protector.key_id not in hashlib.sha256(KEY).hexdigest()  # not a hash of the key
+
+
+def test_masking_reaches_what_the_old_regex_missed() -> None:
+    p = PiiProtector(KEY)
+    for text in ("root@localhost", "jürgen.müller@exämple.de", '"alice@examp', "a.b+c@x.io"):
+        masked = p.mask_text(text)
+        assert "@" not in masked, masked
+    assert p.preview(None) is None  # an unparsed payload gets no preview at all
+    nested = {"order": {"customer_email": "deep@example.org", "lines": [{"customer_email": ["x@y.z"]}]}}
+    text = p.preview(nested, {"customer_email": "email"}) or ""
+    assert "deep@" not in text
+    assert "x@y.z" not in text
+    url = p.mask_url("https://u:pw@shop.example.com/p/42?email=carol@example.org&utm=x#top")
+    assert url.startswith("https://pii_1_")
+    assert "/p/42?email=pii_1_" in url
+    assert "carol" not in url
+    assert "pw" not in url.split("@")[0].removeprefix("https://pii_1_")
 
 
 def test_key_handling(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("TIDEGATE_PII_KEY", raising=False)
-    monkeypatch.delenv("TIDEGATE_PII_KEY_FILE", raising=False)
-    monkeypatch.delenv("TIDEGATE_ENV", raising=False)
+    for var in ("TIDEGATE_PII_KEY", "TIDEGATE_PII_KEY_FILE", "TIDEGATE_PII_KEY_SECRET", "TIDEGATE_ENV"):
+        monkeypatch.delenv(var, raising=False)
     protector, warning = load_protector()
-    assert protector.key == DEV_KEY
+    assert protector.ring.secret(1) == DEV_KEY
     assert protector.development
     assert warning
-    with pytest.raises(ConfigError, match="production mode needs a PII key"):
-        load_protector(production=True)
+    # anything near production refuses the public development key
+    for near in ({"production": True}, {"gcp": True}, {"lake": "gs://acme-lake/lake"}):
+        with pytest.raises(ConfigError, match="public development key"):
+            load_protector(**near)  # type: ignore[arg-type]
+    assert load_protector(lake="file:///tmp/lake")[0].development  # a local lake is not production
     monkeypatch.setenv("TIDEGATE_ENV", "production")
     with pytest.raises(ConfigError):
         load_protector()
-    (tmp_path / "key").write_text("s" * 48 + "\n")
+    (tmp_path / "key").write_bytes(KEY + b"\n")
     monkeypatch.setenv("TIDEGATE_PII_KEY_FILE", str(tmp_path / "key"))
     protector, warning = load_protector()
-    assert protector.key == b"s" * 48
+    assert protector.ring.secret(1) == KEY
     assert warning is None
     monkeypatch.setenv("TIDEGATE_PII_KEY", "short")
     with pytest.raises(ConfigError, match="at least 32"):
         load_protector()
+    # --production refuses the development key's bytes and an obviously weak key...
+    monkeypatch.setenv("TIDEGATE_PII_KEY", DEV_KEY.decode())
+    with pytest.raises(ConfigError, match="public development key"):
+        load_protector()
+    monkeypatch.setenv("TIDEGATE_PII_KEY", "a" * 32)
+    with pytest.raises(ConfigError, match="low-entropy"):
+        load_protector()
+    # ... which locally is only a warning
+    monkeypatch.delenv("TIDEGATE_ENV")
+    protector, warning = load_protector()
+    assert "low-entropy" in (warning or "")
+
+
+def test_rotation_keeps_every_version_usable_and_retokenizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = KeyRing.single(KEY)
+    old = PiiProtector(ring)
+    token, sealed = old.token("lena@web.de", "email"), old.encrypt(b"original")
+    rotated = ring.rotated()
+    assert (rotated.current, [v for v, _ in rotated.keys]) == (2, [1, 2])
+    assert key_problem(rotated.secret(2)) is None  # a new random key
+    new = PiiProtector(KeyRing.parse(rotated.to_json().encode(), "test"))
+    assert new.key_version == 2
+    assert (new.token("lena@web.de", "email") or "").startswith("pii_2_")  # new rows: newest key
+    assert new.detokenize(token or "", "email") == "lena@web.de"  # old tokens: still readable
+    assert new.decrypt(sealed) == b"original"  # old originals: still decryptable (MultiFernet)
+    assert new.retokenize(token, "email") == new.token("lena@web.de", "email")
+    assert new.decrypt(new.reencrypt(sealed)) == b"original"
+    text = f"reason mentions {token} and {old.token('x@y.io', 'text')}"
+    moved = new.retokenize_text(text, ["email"]) or ""
+    assert "pii_1_" not in moved
+    assert new.token("lena@web.de", "email") in moved
+    assert old.key_id != new.key_id
+    monkeypatch.setenv("TIDEGATE_PII_KEY", rotated.to_json())
+    assert load_protector(production=True)[0].key_version == 2
 
 
 SECRET = "projects/acme-data/secrets/tidegate-pii-key/versions/latest"
@@ -185,17 +263,19 @@ def test_the_key_comes_from_secret_manager(monkeypatch: pytest.MonkeyPatch) -> N
 
     for var in ("TIDEGATE_PII_KEY", "TIDEGATE_PII_KEY_FILE", "TIDEGATE_PII_KEY_SECRET", "TIDEGATE_ENV"):
         monkeypatch.delenv(var, raising=False)
-    with secret_manager({SECRET: b"k" * 64 + b"\n"}, monkeypatch) as fake:
+    with secret_manager({SECRET: KEY + b"\n"}, monkeypatch) as fake:
         protector, warning = load_protector(production=True, secret=SECRET)
-        assert protector.key == b"k" * 64
+        assert protector.ring.secret(1) == KEY
         assert warning is None
         assert not protector.development
         load_protector(production=True, secret=SECRET)
         assert fake.requests == [SECRET]  # once per process, not per bundle
         monkeypatch.setenv("TIDEGATE_PII_KEY_SECRET", SECRET)
-        assert load_protector(production=True)[0].key == b"k" * 64  # or named by the environment
-        monkeypatch.setenv("TIDEGATE_PII_KEY", "e" * 40)
-        assert load_protector(production=True, secret=SECRET)[0].key == b"e" * 40  # explicit key wins
+        assert load_protector(production=True)[0].ring.secret(1) == KEY  # or named by the environment
+        monkeypatch.setenv("TIDEGATE_PII_KEY", OTHER_KEY.decode())
+        assert (
+            load_protector(production=True, secret=SECRET)[0].ring.secret(1) == OTHER_KEY
+        )  # explicit key wins
         monkeypatch.delenv("TIDEGATE_PII_KEY")
 
         missing = SECRET.replace("tidegate-pii-key", "nope")
@@ -230,7 +310,7 @@ def test_raw_rows_tokenize_pii_and_keep_lineage(catalog, registry, validator) ->
     t = raw_rows(
         checked.valid,
         raw_schema(contracts),
-        contracts.latest.pii_fields,
+        PiiPolicy(dict(contracts.latest.pii_classes)),
         PiiProtector(KEY),
         run_id="r",
         batch_id="b",
@@ -248,7 +328,9 @@ def test_raw_rows_tokenize_pii_and_keep_lineage(catalog, registry, validator) ->
 def test_quarantine_rows_never_hold_pii_in_clear(catalog, registry, validator) -> None:  # type: ignore[no-untyped-def]
     msgs, checked = _checked(catalog, registry, validator, invalid_rate=1.0)
     protector = PiiProtector(KEY)
-    t = quarantine_rows(checked.rejected, registry, protector, run_id="r", batch_id="b", now=NOW)
+    t = quarantine_rows(
+        checked.rejected, policies_of(catalog, registry), protector, run_id="r", batch_id="b", now=NOW
+    )
     assert t.num_rows == 600
     clear = {json.loads(m.data)["customer_email"] for m in msgs if m.kind == "not_in_set"}
     text = json.dumps(t.drop_columns(["payload_encrypted"]).to_pylist(), default=str)

@@ -92,6 +92,16 @@ def _resource_name(value: str) -> str:
 ResourceName = Annotated[str, Field(min_length=3)]
 
 
+def _landed_attributes(v: list[str]) -> list[str]:
+    """Only CloudEvents attributes that land in raw as free text can be classified as PII."""
+    for name in v:
+        if name not in ("subject",):
+            raise ValueError(
+                f"pii_attributes: {name!r} is not an attribute tidegate lands as free text (only 'subject')"
+            )
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -114,8 +124,15 @@ class StreamSettings(_Strict):
     # (`event_too_old`). Both keep a wrong producer clock out of the raw history and aggregates.
     max_future: str = "1h"
     max_event_age: str | None = None
+    # personal data outside the contract's "pii" fields: CloudEvents attributes that land in raw
+    # (only `subject` does: event_subject), tokenized like a PII field (class "subject"); and
+    # payload fields holding URLs, whose query-string values (and user:password@) are tokenized
+    # (class "url_query") while the path stays readable for aggregates (tidegate.lake.pii)
+    pii_attributes: list[str] = Field(default_factory=lambda: ["subject"])
+    pii_url_fields: list[str] = Field(default_factory=list)
 
     _durations = field_validator("max_future", "max_event_age")(_optional_duration)
+    _pii_attributes = field_validator("pii_attributes")(_landed_attributes)
 
     @field_validator("message_retention")
     @classmethod
@@ -149,8 +166,11 @@ class Stream(_Strict):
     publish_schema: bool = False
     max_future: str = "1h"
     max_event_age: str | None = None
+    pii_attributes: list[str] = Field(default_factory=lambda: ["subject"])
+    pii_url_fields: list[str] = Field(default_factory=list)
 
     _durations = field_validator("max_future", "max_event_age")(_optional_duration)
+    _pii_attributes = field_validator("pii_attributes")(_landed_attributes)
 
     @model_validator(mode="before")
     @classmethod

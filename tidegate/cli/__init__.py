@@ -14,7 +14,7 @@ shown only with TIDEGATE_DEBUG=1.
 # this order (the order a new user meets them in).
 # isort: off
 from tidegate.cli import platform, produce, ingest, status, reading, history  # noqa: F401
-from tidegate.cli import quarantine, contracts, demo, deploy, bench  # noqa: F401
+from tidegate.cli import quarantine, contracts, keys, demo, deploy, bench  # noqa: F401
 
 # isort: on
 from tidegate.cli.app import app, main

@@ -31,7 +31,10 @@ def contracts_list(catalog_path: CatalogOpt = None) -> None:
                 ", ".join(f"v{v}" for v in sorted(t.versions)),
                 s.compatibility.value,
                 s.topic,
-                ", ".join(sorted(t.latest.pii_fields)) or "-",
+                ", ".join(f"{f} ({c})" for f, c in sorted(t.latest.pii_classes.items()))
+                + "".join(f", {f} (url_query)" for f in s.pii_url_fields)
+                + (", ce-subject (subject)" if "subject" in s.pii_attributes else "")
+                or "-",
                 t.suite_path.name if t.suite_path else "[red]missing[/]",
             )
     console.print(table)
@@ -65,7 +68,7 @@ def contracts_show(
             f.name,
             escape(str(f.type)),
             "yes" if f.nullable else "no",
-            "yes" if f.name in contract.pii_fields else "",
+            f"class {contract.pii_classes[f.name]}" if f.name in contract.pii_classes else "",
             contract.schema["fields"][contract.field_names.index(f.name)].get("doc", ""),
         )
     console.print(table)

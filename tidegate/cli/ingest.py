@@ -32,14 +32,17 @@ def run_local_ingest(
     subscriptions: list[str] | None = None,
     project: str | None = None,
 ) -> RunSummary:
-    from tidegate.lake.pii import is_production, load_protector
+    from tidegate.lake.pii import is_production, is_remote_lake, load_protector
     from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions
     from tidegate.pipelines.runs import ingest_config
 
-    production = is_production(production)
-    _protector, warning = load_protector(production)
+    # real Pub/Sub (no emulator address) or a lake off this machine is production: the
+    # development key is refused there (lake.pii.load_protector), here and in every writer
+    gcp = address is None
+    _protector, warning = load_protector(production, lake=lake, gcp=gcp)
     if warning and not quiet:
         err_console.print(f"[yellow]warning:[/] {warning}")
+    production = is_production(production) or gcp or is_remote_lake(lake)
     config = ingest_config(catalog, lake, production)
 
     def show(b: BatchOutcome) -> None:

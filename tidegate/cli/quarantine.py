@@ -73,7 +73,7 @@ def quarantine_show(
     from tidegate.ops.quarantine import quarantined_message
 
     reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
-    protector, _warning = load_protector()
+    protector, _warning = load_protector(lake=reader.root)
     info = quarantined_message(reader, message_id, protector)
     if as_json:
         console.print_json(json.dumps(info, default=str))

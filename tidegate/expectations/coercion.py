@@ -400,6 +400,25 @@ def _compile_union(branches: list[Any], named: dict[str, Any]) -> Coercer:
     return coerce
 
 
+def _private(coerce: Coercer, expected: str) -> Coercer:
+    """A PII field's coercer: its violations name the field and the problem, never the value
+    (a rejection reason is read by people who may not see personal data)."""
+
+    def coerce_private(value: Any, path: str, out: list[Violation]) -> Any:
+        errs: list[Violation] = []
+        result = coerce(value, path, errs)
+        for v in errs:
+            what = (
+                f"expected {expected}, got {_type_name(value)}"
+                if v.rule == "wrong_type"
+                else v.rule.replace("_", " ")
+            )
+            out.append(Violation(v.rule, v.field, f"{path}: {what} (personal data: the value is not shown)"))
+        return result
+
+    return coerce_private
+
+
 def compile_record(schema: dict[str, Any], named: dict[str, Any]) -> Coercer:
     name = schema["name"]
     named[name] = schema
@@ -408,7 +427,10 @@ def compile_record(schema: dict[str, Any], named: dict[str, Any]) -> Coercer:
     fields: list[tuple[str, Coercer, bool, Any]] = []
     for f in schema["fields"]:
         has_default = "default" in f
-        fields.append((f["name"], _compile(f["type"], named), has_default, f.get("default")))
+        coercer = _compile(f["type"], named)
+        if f.get("pii"):
+            coercer = _private(coercer, _describe(f["type"]))
+        fields.append((f["name"], coercer, has_default, f.get("default")))
     known = frozenset(f[0] for f in fields)
 
     def coerce_record(value: Any, path: str, out: list[Violation]) -> Any:

@@ -169,7 +169,17 @@ class Contract:
 
     @cached_property
     def pii_fields(self) -> frozenset[str]:
-        return frozenset(f["name"] for f in self.schema["fields"] if f.get("pii"))
+        return frozenset(self.pii_classes)
+
+    @cached_property
+    def pii_classes(self) -> dict[str, str]:
+        """PII field -> token class: `"pii": true` is the field's own class, `"pii": "email"`
+        a shared one (tokens of one class join across fields and tables)."""
+        return {
+            f["name"]: (f["pii"] if isinstance(f["pii"], str) else f["name"])
+            for f in self.schema["fields"]
+            if f.get("pii")
+        }
 
     @cached_property
     def arrow_schema(self) -> pa.Schema:
@@ -232,6 +242,47 @@ class ContractRegistry:
         return sorted(self.types[event_type].versions)
 
 
+_PII_CLASS_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_SCALARS = {"string", "int", "long", "float", "double", "boolean"}
+
+
+def _check_pii_marks(schema: dict[str, Any], path: Path) -> None:
+    """`"pii"` is `true` or a class name, on a top-level scalar field (a string, a number, or
+    a nullable one): the value is replaced by a token string, whole."""
+    for f in schema.get("fields", []):
+        mark = f.get("pii")
+        if mark in (None, False):
+            nested = f.get("type")
+            if isinstance(nested, dict) and nested.get("type") == "record" and _any_pii(nested):
+                raise ConfigError(
+                    f"contract {path}: field {f.get('name')!r} holds a record with a field marked pii",
+                    hint="mark PII on top-level fields only (a token replaces the whole value)",
+                )
+            continue
+        if not (mark is True or (isinstance(mark, str) and _PII_CLASS_RE.fullmatch(mark))):
+            raise ConfigError(
+                f"contract {path}: field {f.get('name')!r} has pii {mark!r}",
+                hint='use "pii": true (the field is its own class) or "pii": "<class>", e.g. "email"',
+            )
+        t = f.get("type")
+        branches = [b for b in (t if isinstance(t, list) else [t]) if b != "null"]
+        kinds = {b if isinstance(b, str) else b.get("type") for b in branches}
+        logical = any(isinstance(b, dict) and b.get("logicalType") for b in branches)
+        if len(kinds) != 1 or not kinds <= _SCALARS or logical:
+            raise ConfigError(
+                f"contract {path}: field {f.get('name')!r} is marked pii but is not a plain string or number",
+                hint="a token (a string) replaces a PII value: mark a string field, or a nullable one",
+            )
+
+
+def _any_pii(record: dict[str, Any]) -> bool:
+    for f in record.get("fields", []):
+        t = f.get("type")
+        if f.get("pii") or (isinstance(t, dict) and t.get("type") == "record" and _any_pii(t)):
+            return True
+    return False
+
+
 def load_contract(path: Path, event_type: str, version: int) -> Contract:
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
@@ -239,6 +290,7 @@ def load_contract(path: Path, event_type: str, version: int) -> Contract:
         raise ConfigError(f"contract {path} is not valid JSON: {exc}") from None
     if not isinstance(schema, dict) or schema.get("type") != "record":
         raise ConfigError(f"contract {path} must be an Avro record schema")
+    _check_pii_marks(schema, path)
     contract = Contract(event_type=event_type, version=version, schema=schema, path=path)
     try:
         contract.parsed  # noqa: B018 - parse now so a broken schema fails at load time

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,8 +26,8 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
 from tidegate.expectations.checks import Rejection, ValidEvent
-from tidegate.expectations.contracts import ContractRegistry
-from tidegate.lake.pii import PiiProtector
+from tidegate.expectations.envelope import json_depth_exceeds
+from tidegate.lake.pii import SUBJECT, PiiPolicy, PiiProtector, all_pii
 from tidegate.lake.tables import QUARANTINE_SCHEMA
 
 # Above this size a quarantined message keeps only payload_size and payload_sha256: Pub/Sub
@@ -65,15 +65,15 @@ def payload_digest(data: Any) -> str:
 def raw_rows(
     events: Sequence[ValidEvent],
     schema: pa.Schema,
-    pii_fields: Iterable[str],
+    policy: PiiPolicy,
     protector: PiiProtector,
     *,
     run_id: str,
     batch_id: str,
     ingest_time: datetime,
 ) -> pa.Table:
-    """One row per event, in the raw table's schema, PII fields tokenized."""
-    pii = set(pii_fields)
+    """One row per event, in the raw table's schema, PII tokenized: the contract's PII fields
+    (each in its class), ce-subject if the catalog says so, and the query strings of URL fields."""
     n = len(events)
     envs = [e.envelope for e in events]
     msgs = [e.message for e in events]
@@ -82,7 +82,9 @@ def raw_rows(
         "event_time": [e.time for e in envs],
         "event_date": [e.time.date() for e in envs],
         "event_source": [e.source for e in envs],
-        "event_subject": [e.subject for e in envs],
+        "event_subject": [protector.token(e.subject, SUBJECT) for e in envs]
+        if policy.subject
+        else [e.subject for e in envs],
         "schema_version": [e.contract.version for e in events],
         "trace_id": [trace_id(e.traceparent) for e in envs],
         "traceparent": [e.traceparent for e in envs],
@@ -107,8 +109,10 @@ def raw_rows(
             values = columns[field.name]
         else:
             values = [e.record.get(field.name) for e in events]
-            if field.name in pii:
-                values = [protector.token(v) for v in values]
+            if field.name in policy.classes:
+                values = [protector.token(v, policy.classes[field.name]) for v in values]
+            elif field.name in policy.url_fields:
+                values = [protector.mask_url(v) for v in values]
         arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
@@ -170,8 +174,24 @@ def committed_rows(
     return rows
 
 
+_PREVIEW_PARSE_BYTES = 1 << 16
+
+
 def _parsed_payload(r: Rejection) -> Any:
-    return r.envelope.data if r.envelope is not None else None
+    """What a preview may be built from: the envelope's parsed data, or, when the envelope was
+    refused before its data was read, the body if it is small, shallow, valid JSON. Anything
+    else (malformed, too deep, too big, not UTF-8) gets no preview: previews are never made
+    from unparsed text."""
+    if r.envelope is not None:
+        return r.envelope.data
+    data = r.message.data
+    if len(data) > _PREVIEW_PARSE_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+        return None if json_depth_exceeds(text) else json.loads(text)
+    except ValueError:
+        return None
 
 
 def _kept_original(data: bytes, protector: PiiProtector) -> bytes:
@@ -179,12 +199,23 @@ def _kept_original(data: bytes, protector: PiiProtector) -> bytes:
     return protector.encrypt(data) if len(data) <= QUARANTINE_MAX_ORIGINAL_BYTES else b""
 
 
+def _attribute(name: str, value: str, protector: PiiProtector) -> str:
+    """A message attribute for the quarantine: ce-subject tokenized (whatever the catalog says:
+    a rejected message may be of any type), anything else with e-mail-like text masked."""
+    return protector.token(value, SUBJECT) or "" if name == "ce-subject" else protector.mask_text(value)
+
+
 def _quarantine_row(
-    r: Rejection, pii: frozenset[str], protector: PiiProtector, common: dict[str, Any]
+    r: Rejection, pii: PiiPolicy, protector: PiiProtector, common: dict[str, Any]
 ) -> dict[str, Any]:
-    """One quarantine row, every text PII-masked, the payload previewed with PII tokenized."""
+    """One quarantine row, every text PII-masked, the payload previewed with PII tokenized
+    (only a parsed payload: unparsed bytes are never previewed)."""
     m = r.message
     first = r.failures[0]
+    parsed = _parsed_payload(r)
+    classes = pii.preview_classes()
+    if r.envelope is None and isinstance(parsed, dict) and "specversion" in parsed:
+        classes["subject"] = SUBJECT  # a structured-mode event: its attributes are in the body
     return {
         **common,
         "pubsub_message_id": m.message_id,
@@ -201,10 +232,10 @@ def _quarantine_row(
         "event_type": r.event_type,
         "schema_version": r.schema_version,
         "event_time": r.envelope.time if r.envelope is not None else r.event_time,
-        "attributes": [(k, protector.mask_text(v)) for k, v in sorted(m.attributes.items())],
+        "attributes": [(k, _attribute(k, v, protector)) for k, v in sorted(m.attributes.items())],
         "payload_size": len(m.data),
         "payload_sha256": hashlib.sha256(m.data).hexdigest(),
-        "payload_preview": protector.preview(m.data, _parsed_payload(r), pii),
+        "payload_preview": protector.preview(parsed, classes),
         "payload_encrypted": _kept_original(m.data, protector),
     }
 
@@ -261,7 +292,7 @@ _ARROW_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError)
 
 def quarantine_rows(
     rejections: Sequence[Rejection],
-    registry: ContractRegistry,
+    policies: Mapping[str, PiiPolicy],
     protector: PiiProtector,
     *,
     run_id: str,
@@ -275,13 +306,13 @@ def quarantine_rows(
     Never fails for one rejection: a row that cannot be built (e.g. a payload too deep to
     redact) or converted to Arrow (e.g. a string with a lone surrogate) is replaced by a
     degraded row that keeps the reason, size, digest and encrypted original."""
-    all_pii = frozenset(f for t in registry.types.values() for c in t.versions.values() for f in c.pii_fields)
+    unknown = all_pii(policies)
     common = {"quarantined_at": now, "quarantine_date": now.date(), "run_id": run_id, "batch_id": batch_id}
     rows: list[dict[str, Any]] = []
     for r in rejections:
         try:
-            known = registry.types.get(r.event_type or "")
-            rows.append(_quarantine_row(r, known.latest.pii_fields if known else all_pii, protector, common))
+            policy = policies.get(r.event_type or "", unknown)
+            rows.append(_quarantine_row(r, policy, protector, common))
         except Exception as exc:  # noqa: BLE001 - one rejection must never stop the batch
             rows.append(_degraded_row(r, exc, protector, common))
     try:
@@ -317,6 +348,7 @@ def commit_metadata(
     contracts: dict[str, str] | None = None,
     suite_fingerprint: str | None = None,
     pii_key_id: str | None = None,
+    pii_key_version: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Commit metadata: which messages, which run, which code, which rules."""
@@ -343,5 +375,7 @@ def commit_metadata(
         meta["tidegate_gx_suite_fingerprint"] = suite_fingerprint
     if pii_key_id is not None:
         meta["tidegate_pii_key_id"] = pii_key_id
+    if pii_key_version is not None:
+        meta["tidegate_pii_key_version"] = pii_key_version
     meta.update(extra or {})
     return {k: str(v) for k, v in meta.items()}

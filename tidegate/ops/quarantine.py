@@ -20,7 +20,7 @@ from cryptography.fernet import InvalidToken
 
 from tidegate.errors import TidegateError
 from tidegate.expectations.contracts import ContractRegistry
-from tidegate.lake.pii import PiiProtector
+from tidegate.lake.pii import SUBJECT, PiiPolicy, PiiProtector, all_pii, pii_policies
 from tidegate.lake.read import Lake
 
 LIST_COLUMNS = [
@@ -68,27 +68,21 @@ def quarantined_message(lake: Lake, message_id: str, protector: PiiProtector) ->
     except InvalidToken:
         out["original_note"] = "kept, but this PII key cannot decrypt it (another key encrypted it)"
         return out
-    registry = ContractRegistry.from_catalog(lake.catalog)
-    known = registry.types.get(row.get("event_type") or "")
-    pii = (
-        known.latest.pii_fields
-        if known
-        else frozenset(f for t in registry.types.values() for c in t.versions.values() for f in c.pii_fields)
-    )
-    out["original"] = _tokenized(original, pii, protector)
+    policies = pii_policies(lake.catalog, ContractRegistry.from_catalog(lake.catalog))
+    policy = policies.get(row.get("event_type") or "", all_pii(policies))
+    out["original"] = _tokenized(original, policy, protector)
     return out
 
 
-def _tokenized(original: bytes, pii: frozenset[str], protector: PiiProtector) -> Any:
-    """The payload as JSON with its PII fields tokenized (structured mode: inside `data`); text
-    that is not JSON comes back with anything like an e-mail address masked."""
+def _tokenized(original: bytes, policy: PiiPolicy, protector: PiiProtector) -> Any:
+    """The payload as JSON with its PII tokenized at any depth (structured mode: also the
+    event's `subject`); text that is not JSON comes back with anything like an e-mail address
+    masked."""
     text = original.decode("utf-8", errors="replace")
     try:
         doc = json.loads(text)
     except ValueError:
         return protector.mask_text(text)
-    target = doc.get("data") if isinstance(doc, dict) and isinstance(doc.get("data"), dict) else doc
-    if isinstance(target, dict):
-        for name in pii & target.keys():
-            target[name] = protector.token(target[name])
-    return doc
+    if isinstance(doc, dict) and isinstance(doc.get("subject"), str) and "specversion" in doc:
+        doc["subject"] = protector.token(doc["subject"], SUBJECT)
+    return protector.redact(doc, policy.preview_classes())

@@ -186,11 +186,12 @@ def streaming_builder(
     """The streaming ingest's graph for `target`. Workers read the PII key from Secret Manager
     (`pii_key_secret`, or in production the one tidegate/infra/terraform makes); a launch reads it
     once here, so a missing secret or grant fails now and not on the first worker bundle. A dry
-    run reads nothing and builds with the development key."""
-    secret = worker_secret(target.project, pii_key_secret, production)
+    run reads nothing. A Dataflow job is always production (its lake is on GCS): `production`
+    is accepted for the callers' sake, and the development key is refused whatever it says."""
+    secret = worker_secret(target.project, pii_key_secret, True)
     if not dry_run:
-        load_protector(production, secret)
-    config = ingest_config(catalog, target.lake, production and not dry_run, pii_key_secret=secret)
+        load_protector(True, secret, lake=target.lake)
+    config = ingest_config(catalog, target.lake, not dry_run, pii_key_secret=secret)
     return lambda p: build_streaming(p, catalog, target, config)
 
 

@@ -34,7 +34,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="replay: windows starting before this RFC 3339 time")
     p.add_argument("--catalog", help="stream catalog path inside the image (default: the packaged one)")
     p.add_argument(
-        "--production", default="true", choices=["true", "false"], help="refuse the development PII key"
+        "--production",
+        default="true",
+        choices=["true"],
+        help="always true: a Dataflow job's lake is on GCS, where the development PII key is refused",
     )
     p.add_argument(
         "--pii_key_secret",

@@ -33,7 +33,7 @@ from tidegate.errors import TidegateError
 from tidegate.expectations.envelope import RawMessage
 from tidegate.lake.delta import try_open
 from tidegate.lake.lock import is_locked_lake, lake_lock
-from tidegate.lake.pii import load_protector
+from tidegate.lake.pii import is_remote_lake, load_protector
 from tidegate.lake.read import Lake
 from tidegate.lake.rows import message_digest
 from tidegate.lake.tables import REDRIVES, REDRIVES_SCHEMA, raw_uri
@@ -69,6 +69,9 @@ def redrive(
             hint="--rule RULE (e.g. expect_column_values_to_be_in_set) or --ids ID[,ID...]; "
             "`tidegate quarantine list` shows both",
         )
+    # the key first: a lake that needs a real one is refused before anything is read
+    protector, _warning = load_protector(production, lake=lake)
+    production = production or is_remote_lake(lake)
     config = replace(ingest_config(catalog, lake, production), run_id=new_run_id("redrive"))
     batch_id = f"{config.run_id}-b000000"
     result = RedriveResult(config.run_id, batch_id)
@@ -78,7 +81,6 @@ def redrive(
         result.taken = rows.height
         if rows.is_empty():
             return result
-        protector, _warning = load_protector(production)
         messages: list[RawMessage] = []
         for r in rows.iter_rows(named=True):
             try:

@@ -18,6 +18,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from tidegate.catalog import load_catalog
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.expectations.suites import SuiteValidator, suite_fingerprint
+from tidegate.lake.pii import pii_policies
 from tidegate.lake.tables import (
     raw_schema,
 )
@@ -109,6 +110,14 @@ def suite_fingerprints(catalog_path: str) -> dict[str, str]:
 
     registry = worker_state(catalog_path)[1]
     return {t: suite_fingerprint(c.suite_path) for t, c in registry.types.items() if c.suite_path}
+
+
+@functools.lru_cache(maxsize=4)
+def pii_policies_of(catalog_path: str) -> dict[str, Any]:
+    """Every event type's lake.pii.PiiPolicy, once per worker process."""
+
+    catalog, registry = worker_state(catalog_path)
+    return pii_policies(catalog, registry)
 
 
 @functools.lru_cache(maxsize=4)

@@ -58,6 +58,7 @@ from tidegate.transforms.base import (
     IngestConfig,
     _CatalogFn,
     _global,
+    pii_policies_of,
     raw_schemas,
     suite_fingerprints,
     suite_validator,
@@ -184,7 +185,10 @@ class _WriterFn(_CatalogFn):
     def setup(self) -> None:
         super().setup()
 
-        self.protector, _warning = load_protector(self.config.production, self.config.pii_key_secret)
+        self.protector, _warning = load_protector(
+            self.config.production, self.config.pii_key_secret, lake=self.config.lake
+        )
+        self.policies = pii_policies_of(self.config.catalog_path)
 
     def _meta(self, batch_ids: list[str], messages: list[RawMessage], **extra: Any) -> dict[str, str]:
 
@@ -196,6 +200,7 @@ class _WriterFn(_CatalogFn):
             subscriptions={m.subscription for m in messages},
             message_ids=[m.message_id for m in messages],
             pii_key_id=self.protector.key_id,
+            pii_key_version=self.protector.key_version,
             **extra,
         )
 
@@ -262,7 +267,7 @@ class WriteRawHistoryFn(_WriterFn):
             rows = raw_rows(
                 events,
                 self.schemas[event_type],
-                contracts.latest.pii_fields,
+                self.policies[event_type],
                 self.protector,
                 run_id=self.config.run_id,
                 batch_id=",".join(batch_ids),
@@ -356,7 +361,7 @@ class WriteRawHistoryFn(_WriterFn):
         rejections = [id_conflict(events[i], landed, digests[i]) for i, landed in result.conflicts]
         rows = quarantine_rows(
             rejections,
-            self.registry,
+            self.policies,
             self.protector,
             run_id=self.config.run_id,
             batch_id=",".join(batch_ids),
@@ -407,7 +412,7 @@ class WriteQuarantineFn(_WriterFn):
         batch_ids = sorted(self.batch_ids)
         rows = quarantine_rows(
             self.buffer,
-            self.registry,
+            self.policies,
             self.protector,
             run_id=self.config.run_id,
             batch_id=",".join(batch_ids),
