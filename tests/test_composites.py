@@ -264,6 +264,22 @@ def test_to_chunks_groups_messages_without_losing_any(catalog, registry) -> None
         assert_that(chunks | beam.Map(lambda c: len(c.messages)), _sizes_at_most(10), label="sizes")
 
 
+def test_a_chunk_is_bounded_by_bytes_too(catalog, registry) -> None:  # type: ignore[no-untyped-def]
+    """What ToChunks does to each batch GroupIntoBatches hands it: ten 3 MB messages with a 7 MB
+    limit make chunks of two, none lost; a message over the limit travels alone; the batch is
+    read once, lazily."""
+    from tidegate.pipelines.streaming import message_bytes, split_by_bytes
+
+    base = orders(catalog, registry, 11)
+    big = [replace(m, data=m.data + b" " * 3_000_000) for m in base[:10]]
+    huge = replace(base[10], data=base[10].data + b" " * 9_000_000)
+    chunks = list(split_by_bytes(iter([*big[:5], huge, *big[5:]]), 7_000_000))
+    assert [len(c.messages) for c in chunks] == [2, 2, 1, 1, 2, 2, 1]
+    assert sorted(ce_id(m) for c in chunks for m in c.messages) == ids(base)
+    assert all(len(c.messages) == 1 or sum(message_bytes(m) for m in c.messages) <= 7_000_000 for c in chunks)
+    assert len({c.batch_id for c in chunks}) == len(chunks)
+
+
 def _sizes_at_most(limit: int) -> Any:
     def check(sizes: list[int]) -> None:
         assert sum(sizes) == 25

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +20,7 @@ from tidegate.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 TF = ROOT / "tidegate" / "infra" / "terraform"
+WORKER_KEY = b"4f9675a20f457c946d9ede40695c601c577d833609ead57162b8cd5eb6b10cf2"  # a random key, as `secrets.token_hex(32)` makes one
 TERRAFORM = shutil.which("terraform")
 needs_terraform = pytest.mark.skipif(
     TERRAFORM is None, reason="terraform is not installed (see README: Deploying)"
@@ -44,6 +47,33 @@ def resources(*files: str) -> dict[tuple[str, str], dict[str, Any]]:
                 for name, body in named.items():
                     out[(rtype, name)] = body
     return out
+
+
+ROOT_TF = sorted(p.name for p in TF.glob("*.tf"))  # the root module: main, variables, outputs, versions
+
+
+def blocks(kind: str, *files: str) -> dict[str, Any]:
+    """name -> body of every `variable`, `output` or `locals` entry in the given .tf files (default: all)."""
+    out: dict[str, Any] = {}
+    for f in files or ROOT_TF:
+        for block in _unquote(hcl2.load((TF / f).open())).get(kind, []):
+            out.update(block)
+    return out
+
+
+def data_sources(*files: str) -> dict[tuple[str, str], dict[str, Any]]:
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in files or ROOT_TF:
+        for block in _unquote(hcl2.load((TF / f).open())).get("data", []):
+            for dtype, named in block.items():
+                for name, body in named.items():
+                    out[(dtype, name)] = body
+    return out
+
+
+def dynamic(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """The `dynamic "<name>"` block of a resource (or nested block) body."""
+    return next(d[name] for d in body.get("dynamic", []) if name in d)
 
 
 def terraform(args: list[str], cwd: Path, stdin: str | None = None) -> str:
@@ -144,16 +174,48 @@ def test_every_catalog_resource_is_created_per_stream_with_its_dead_letter_polic
     assert topic["dynamic"][0]["schema_settings"]["for_each"] == "${each.value.publish_schema ? [1] : []}"
 
 
-def test_buckets_are_private_and_quarantine_expires() -> None:
+# Lifecycle conditions that select live objects (the current version of a file a Delta table
+# may still reference). Only `days_since_noncurrent_time` / `num_newer_versions` with_state
+# ARCHIVED select noncurrent versions alone.
+LIVE_OBJECT_CONDITIONS = {
+    "age",
+    "created_before",
+    "custom_time_before",
+    "days_since_custom_time",
+    "matches_prefix",
+    "matches_suffix",
+    "matches_storage_class",
+}
+
+
+def test_buckets_are_private_and_nothing_deletes_live_delta_files() -> None:
+    """Deleting objects by age inside the lake deletes _delta_log entries and data files a table
+    still references ("No table metadata or protocol found in delta log"). The lake bucket only
+    expires noncurrent versions; the staging bucket (not a Delta table) still expires by age."""
     r = resources("main.tf")
     for name in ("lake", "staging"):
         b = r[("google_storage_bucket", name)]
         assert b["uniform_bucket_level_access"] is True
         assert b["public_access_prevention"] == "enforced"
-    rule = r[("google_storage_bucket", "lake")]["lifecycle_rule"][0]
-    assert rule["condition"][0]["matches_prefix"] == ["lake/quarantine/"]
-    assert rule["condition"][0]["age"] == "${var.quarantine_retention_days}"
-    assert rule["action"][0]["type"] == "Delete"
+    lake_rules = r[("google_storage_bucket", "lake")].get("lifecycle_rule", [])
+    assert lake_rules, "the lake bucket expires its noncurrent versions"
+    for rule in lake_rules:
+        cond = rule["condition"][0]
+        assert rule["action"][0]["type"] == "Delete"
+        assert not LIVE_OBJECT_CONDITIONS & set(cond), cond
+        assert cond["with_state"] == "ARCHIVED"  # noncurrent versions only, never a live object
+        assert cond["days_since_noncurrent_time"] == "${var.noncurrent_version_retention_days}"
+    assert not any("lifecycle_rule" in d for d in r[("google_storage_bucket", "lake")].get("dynamic", []))
+    assert blocks("variable")["noncurrent_version_retention_days"]["type"] == "number"
+    staging = r[("google_storage_bucket", "staging")]["lifecycle_rule"][0]
+    assert staging["condition"][0]["age"] == 7
+    assert staging["action"][0]["type"] == "Delete"
+
+
+def test_the_lake_bucket_keeps_object_versions() -> None:
+    """An overwritten or deleted lake object (a vacuumed file, a mistaken delete) stays recoverable."""
+    lake = resources("main.tf")[("google_storage_bucket", "lake")]
+    assert lake["versioning"][0]["enabled"] is True
 
 
 ALLOWED = {
@@ -167,6 +229,7 @@ ALLOWED = {
     ("google_storage_bucket_iam_member", "roles/storage.objectViewer"),
     ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
     ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
+    ("google_kms_crypto_key_iam_member", "roles/cloudkms.cryptoKeyEncrypterDecrypter"),
 }
 
 
@@ -178,7 +241,7 @@ def _roles(body: dict[str, Any]) -> set[str]:
 
 
 def test_no_role_is_broader_than_stated() -> None:
-    r = resources("main.tf")
+    r = resources(*ROOT_TF)  # every file of the root module: a grant cannot hide in a new one
     grants = {
         (t, role)
         for (t, _), body in r.items()
@@ -201,6 +264,193 @@ def test_no_role_is_broader_than_stated() -> None:
         r[("google_storage_bucket_iam_member", "pipeline_lake")]["bucket"]
         == "${google_storage_bucket.lake.name}"
     )
+    # the key is only ever granted to Google's service agents, and only when CMEK is on
+    kms = r[("google_kms_crypto_key_iam_member", "service_agents")]
+    assert (
+        kms["for_each"]
+        == "${{for name, member in local.kms_agents : name => member if var.kms_key_name != null}}"
+    )
+
+
+# -- Terraform an auditor signs off (issue 14, outcome 4) ----------------------------------------
+
+
+def test_data_access_to_storage_and_secrets_is_audited() -> None:
+    """Data Access audit logs (off by default) for Cloud Storage (lake, quarantine, staging) and
+    Secret Manager (the PII key): every read of the quarantine or of the key leaves a trace."""
+    r = resources(*ROOT_TF)
+    audited = {body["service"]: body for (t, _), body in r.items() if t == "google_project_iam_audit_config"}
+    assert set(audited) >= {"storage.googleapis.com", "secretmanager.googleapis.com"}
+    for service in ("storage.googleapis.com", "secretmanager.googleapis.com"):
+        configs = audited[service]["audit_log_config"]
+        assert {c["log_type"] for c in configs} == {"ADMIN_READ", "DATA_READ", "DATA_WRITE"}, service
+        assert not any(c.get("exempted_members") for c in configs), "nobody is exempted, the pipeline neither"
+        assert audited[service]["project"] == "${var.project}"
+
+
+def _lake_condition(prefix: str) -> str:
+    """The IAM condition granting reads of lake/<prefix>/, with the module's locals substituted."""
+    local = blocks("locals")
+    expr = local["lake_read_condition"][prefix]
+    return expr.replace("${local.lake_objects}", local["lake_objects"]).replace(
+        "${local.lake_prefix}", local["lake_prefix"]
+    )
+
+
+def test_analysts_read_only_raw_and_aggregates_and_auditors_the_quarantine() -> None:
+    """No bucket-wide objectViewer on the lake: analysts get IAM conditions on raw/ and
+    aggregates/; the quarantine is readable by the pipeline and var.quarantine_auditors only."""
+    r = resources(*ROOT_TF)
+    local = blocks("locals")
+    objects = "projects/_/buckets/${google_storage_bucket.lake.name}/objects/lake"
+    for prefix in ("raw", "aggregates", "quarantine"):
+        cond = _lake_condition(prefix)
+        assert cond == (
+            f"resource.name.startsWith('{objects}/{prefix}/') || "
+            f"api.getAttribute('storage.googleapis.com/objectListPrefix', '').startsWith('lake/{prefix}/')"
+        )
+    assert local["lake_prefix"] == "lake"
+    assert blocks("output")["lake"]["value"] == "gs://${google_storage_bucket.lake.name}/lake"
+    # conditional bucket grants need uniform bucket-level access
+    assert r[("google_storage_bucket", "lake")]["uniform_bucket_level_access"] is True
+
+    viewers = {
+        name: body
+        for (t, name), body in r.items()
+        if t == "google_storage_bucket_iam_member" and body["role"] == "roles/storage.objectViewer"
+    }
+    assert set(viewers) == {"reader_lake", "auditor_quarantine"}
+    for body in viewers.values():
+        assert body["bucket"] == "${google_storage_bucket.lake.name}"
+        assert body["condition"], "an unconditional objectViewer would open the whole bucket"
+    analysts = viewers["reader_lake"]
+    assert analysts["for_each"] == "${local.lake_reader_grants}"
+    assert analysts["condition"][0]["expression"] == "${local.lake_read_condition[each.value.prefix]}"
+    grants = local["lake_reader_grants"]
+    assert '["raw", "aggregates"]' in grants
+    assert "quarantine" not in grants
+    assert "var.analyst_members" in local["lake_readers"]
+    assert "google_service_account.reader.email" in local["lake_readers"]
+    auditors = viewers["auditor_quarantine"]
+    assert auditors["for_each"] == "${toset(var.quarantine_auditors)}"
+    assert auditors["condition"][0]["expression"] == '${local.lake_read_condition["quarantine"]}'
+    assert blocks("variable")["quarantine_auditors"]["default"] == []
+    # besides them, only the pipeline's service account reads the lake (objectAdmin: it writes it)
+    lake_grants = {
+        name
+        for (t, name), body in r.items()
+        if t == "google_storage_bucket_iam_member" and body["bucket"] == "${google_storage_bucket.lake.name}"
+    }
+    assert lake_grants == {"reader_lake", "auditor_quarantine", "pipeline_lake"}
+    assert r[("google_storage_bucket_iam_member", "pipeline_lake")]["member"] == (
+        "serviceAccount:${google_service_account.pipeline.email}"
+    )
+
+
+def test_a_customer_managed_key_encrypts_everything_at_rest_when_set() -> None:
+    """var.kms_key_name (default: Google-managed keys) reaches the buckets, the topics, the PII key
+    secret and, through an output, the Dataflow job; the service agents may use the key."""
+    r = resources(*ROOT_TF)
+    var = blocks("variable")["kms_key_name"]
+    assert var["default"] is None
+    assert var["type"] == "string"
+    on = "${var.kms_key_name == null ? [] : [var.kms_key_name]}"
+    for name in ("lake", "staging"):
+        enc = dynamic(r[("google_storage_bucket", name)], "encryption")
+        assert enc["for_each"] == on
+        assert enc["content"][0]["default_kms_key_name"] == "${encryption.value}"
+    for name in ("stream", "dead_letter"):
+        assert r[("google_pubsub_topic", name)]["kms_key_name"] == "${var.kms_key_name}"
+    replication = r[("google_secret_manager_secret", "pii_key")]["replication"][0]
+    assert dynamic(replication, "auto")["for_each"] == "${var.kms_key_name == null ? [1] : []}"
+    managed = dynamic(replication, "user_managed")
+    assert managed["for_each"] == on
+    replica = managed["content"][0]["replicas"][0]
+    assert replica["location"] == "${var.region}"
+    assert replica["customer_managed_encryption"][0]["kms_key_name"] == "${user_managed.value}"
+    # every resource the key encrypts waits for the agents' grant
+    grant = "${google_kms_crypto_key_iam_member.service_agents}"
+    for key in (
+        ("google_storage_bucket", "lake"),
+        ("google_storage_bucket", "staging"),
+        ("google_pubsub_topic", "stream"),
+        ("google_pubsub_topic", "dead_letter"),
+        ("google_secret_manager_secret", "pii_key"),
+    ):
+        assert grant in r[key]["depends_on"], key
+    kms = r[("google_kms_crypto_key_iam_member", "service_agents")]
+    assert kms["crypto_key_id"] == "${var.kms_key_name}"
+    assert kms["role"] == "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+    agents = blocks("locals")["kms_agents"]
+    assert set(agents) == {"storage", "pubsub", "secretmanager", "dataflow", "compute"}
+    assert "google_storage_project_service_account" in agents["storage"]
+    assert ("google_storage_project_service_account", "this") in data_sources()
+    assert "@gcp-sa-secretmanager.iam.gserviceaccount.com" in agents["secretmanager"]
+    assert "@dataflow-service-producer-prod.iam.gserviceaccount.com" in agents["dataflow"]
+    assert "@compute-system.iam.gserviceaccount.com" in agents["compute"]
+    # the job is launched by `tidegate deploy dataflow`, not by terraform: the key is an output
+    out = blocks("output")["dataflow_kms_key"]
+    assert out["value"] == '${var.kms_key_name == null ? "" : var.kms_key_name}'
+    assert "--dataflow_kms_key" in out["description"]
+
+
+def test_dataflow_workers_get_private_ips_on_a_subnetwork_with_private_google_access() -> None:
+    """var.subnetwork (or the one terraform creates, with Private Google Access and no route to
+    the internet) is an output the launch passes with --subnetwork and --no_use_public_ips."""
+    r = resources(*ROOT_TF)
+    assert blocks("variable")["subnetwork"]["default"] is None
+    created = "${var.subnetwork == null ? 1 : 0}"
+    net = r[("google_compute_network", "workers")]
+    assert net["count"] == created
+    assert net["auto_create_subnetworks"] is False
+    sub = r[("google_compute_subnetwork", "workers")]
+    assert sub["count"] == created
+    assert sub["private_ip_google_access"] is True
+    assert sub["region"] == "${var.region}"
+    fw = r[("google_compute_firewall", "workers_internal")]
+    assert fw["direction"] == "INGRESS"
+    assert fw["source_tags"] == ["dataflow"]
+    assert fw["target_tags"] == ["dataflow"]
+    assert "source_ranges" not in fw  # nothing from outside the workers
+    # no external IPs, routers or NAT anywhere in the module
+    assert not {t for t, _ in r} & {
+        "google_compute_address",
+        "google_compute_router_nat",
+        "google_compute_router",
+    }
+    assert blocks("locals")["subnetwork"] == (
+        "${var.subnetwork != null ? var.subnetwork : one(google_compute_subnetwork.workers[*].self_link)}"
+    )
+    out = blocks("output")["subnetwork"]
+    assert out["value"] == "${local.subnetwork}"
+    assert "--no_use_public_ips" in out["description"]
+
+
+LOCK = TF / ".terraform.lock.hcl"
+
+
+def test_the_provider_lock_is_committed_and_matches_the_pinned_version() -> None:
+    """`terraform init` verifies the provider against these hashes instead of trusting whatever
+    the registry serves: the file is committed (not gitignored) and pins the exact version."""
+    required = blocks("terraform", "versions.tf")["required_providers"][0]["google"]
+    assert required["source"] == "hashicorp/google"
+    version = required["version"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), "an exact version, the one the lock has hashes for"
+    lock = _unquote(hcl2.load(LOCK.open()))
+    providers = {name: body for block in lock["provider"] for name, body in block.items()}
+    assert set(providers) == {"registry.terraform.io/hashicorp/google"}
+    google = providers["registry.terraform.io/hashicorp/google"]
+    assert google["version"] == version
+    assert google["constraints"] == version
+    hashes = google["hashes"]
+    assert all(re.fullmatch(r"zh:[0-9a-f]{64}|h1:[A-Za-z0-9+/]{43}=", h) for h in hashes), hashes
+    assert sum(h.startswith("zh:") for h in hashes) >= 10  # every platform's package
+    assert any(h.startswith("h1:") for h in hashes)
+    if shutil.which("git") and (ROOT / ".git").exists():
+        ignored = subprocess.run(
+            ["git", "check-ignore", "-q", str(LOCK.relative_to(ROOT))], cwd=ROOT, check=False
+        )
+        assert ignored.returncode == 1, ".terraform.lock.hcl must not be gitignored"
 
 
 @pytest.mark.emulator
@@ -285,6 +535,28 @@ def test_deploy_dry_run_builds_the_streaming_job_offline(cli, catalog, tmp_path:
     assert opts["job_name"] == "tidegate-ingest"
     for a in catalog.aggregates:
         assert f"WriteAggregates/{a.name}/Upsert" in job["steps"]
+    assert opts.get("use_public_ips") is False  # private workers by default
+
+
+def test_deploy_puts_workers_on_the_private_subnetwork_with_the_customer_key(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "job.json"
+    key = "projects/acme-data/locations/europe-west1/keyRings/tidegate/cryptoKeys/lake"
+    r = cli(
+        *DEPLOY,
+        "--streaming",
+        "--subnetwork",
+        "regions/europe-west1/subnetworks/tidegate-workers",
+        "--dataflow-kms-key",
+        key,
+        "--dry-run",
+        "--job-file",
+        spec,
+    )
+    assert r.code == 0, r.text
+    opts = json.loads(spec.read_text())["options"]
+    assert opts["subnetwork"] == "regions/europe-west1/subnetworks/tidegate-workers"
+    assert opts["use_public_ips"] is False
+    assert opts["dataflow_kms_key"] == key
 
 
 def test_deploy_dry_run_builds_the_batch_replay_offline(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -356,7 +628,7 @@ def test_deploy_launches_and_prints_the_console_url(cli, monkeypatch) -> None:  
         ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9"),  # any other GCS call: loopback, refused
     ):
         monkeypatch.setenv(var, value)  # nothing may look for GCP beyond loopback
-    with secret_manager({secret: b"p" * 64}, monkeypatch) as fake_sm:
+    with secret_manager({secret: WORKER_KEY}, monkeypatch) as fake_sm:
         r = cli(
             *DEPLOY,
             "--streaming",
@@ -381,7 +653,7 @@ def test_deploy_launches_and_prints_the_console_url(cli, monkeypatch) -> None:  
     assert fake_sm.requests == [secret]
     assert configs[0].production is True
     assert configs[0].pii_key_secret == secret
-    assert "p" * 64 not in repr(configs[0]) + json.dumps(opts, default=str)
+    assert WORKER_KEY.decode() not in repr(configs[0]) + json.dumps(opts, default=str)
 
 
 def test_deploy_without_credentials_says_how_to_get_them(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -446,6 +718,273 @@ def test_the_image_uses_the_beam_version_the_lock_pins() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for package in project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
         assert f"COPY {package}/ {package}/" in text
+
+
+# -- A reproducible, least-privilege image (issue 14, outcome 5) -------------------------------
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile as (INSTRUCTION, arguments): continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        word, _, rest = (buf + stripped).partition(" ")
+        out.append((word.upper(), " ".join(rest.split())))
+        buf = ""
+    return out
+
+
+def _global_args() -> dict[str, str]:
+    """ARG name -> default for the ARGs declared before the first FROM (the ones FROM lines see)."""
+    args: dict[str, str] = {}
+    for ins, rest in _instructions():
+        if ins == "FROM":
+            break
+        if ins == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args
+
+
+DIGEST_REF = re.compile(
+    r"(?P<name>[^:@\s]+):(?P<tag>[^@\s]+)@sha256:\$\{(?P<arg>[A-Z_]+)(?P<required>:\?[^}\s]+)?\}"
+)
+
+
+def test_base_images_are_pinned_by_digest() -> None:
+    """Every FROM names its image by digest (a tag can be moved to other content; a digest cannot),
+    through an ARG whose default is a real digest, or which is required (the build stops without
+    one) when no digest of that tag could be verified. The tag beside it says which release."""
+    args = _global_args()
+    stages: set[str] = set()
+    images = 0
+    for ins, rest in _instructions():
+        if ins == "COPY" and "--from=" in rest:
+            source = rest.split("--from=")[1].split()[0]
+            assert source in stages, f"COPY --from={source}: an image not pinned by a FROM stage"
+        if ins != "FROM":
+            continue
+        words = rest.split()
+        if words[0] in stages:
+            continue
+        images += 1
+        ref = DIGEST_REF.fullmatch(words[0])
+        assert ref, f"FROM {words[0]}: not pinned by digest (image:tag@sha256:${{ARG}})"
+        assert ref["arg"] in args, f"{ref['arg']} must be a global ARG (declared before the first FROM)"
+        tag = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], ref["tag"])
+        assert tag, ref["tag"]
+        assert tag != "latest", ref["tag"]
+        default = args[ref["arg"]]
+        if ref["required"]:  # no default digest: fail closed, never fall back to the bare tag
+            assert re.fullmatch(r"([0-9a-f]{64})?", default), default
+        else:
+            assert re.fullmatch(r"[0-9a-f]{64}", default), f"{ref['arg']}={default!r} is not a sha256 digest"
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+    assert images >= 3  # the launcher, the build stage and the runtime
+    text = DOCKERFILE.read_text()
+    for arg in {m["arg"] for m in DIGEST_REF.finditer(text)}:
+        assert re.search(rf"#[^\n]*\n(#[^\n]*\n|ARG [^\n]*\n)*ARG {arg}=", text), (
+            f"ARG {arg}: say what it pins"
+        )
+
+
+def test_requirements_are_installed_with_the_locks_hashes() -> None:
+    """pip installs exactly what uv.lock pins and checks every file against the lock's hash; the
+    build tools (uv pinned exactly, hatchling) come with hashes too; nothing is resolved."""
+    runs = [rest for ins, rest in _instructions() if ins == "RUN"]
+    export = next(r for r in runs if "uv export" in r)
+    assert "uv export --frozen --no-dev --no-emit-project" in export
+    assert "--no-hashes" not in export
+    installs = [cmd.strip() for r in runs for cmd in r.split("&&") if "pip install" in cmd]
+    for cmd in installs:  # each one hash-checked, or the wheel the build stage just made (no deps)
+        assert "--require-hashes" in cmd or cmd.endswith("--no-deps /tmp/dist/tidegate-*.whl"), cmd
+    assert any("--require-hashes" in c and "-r /tmp/dist/requirements.txt" in c for c in installs)
+    assert any("--require-hashes" in c and "-r /tmp/build-requirements.txt" in c for c in installs)
+    build = [cmd for r in runs for cmd in r.split("&&") if "pip wheel" in cmd]
+    assert build
+    assert all("--no-build-isolation" in c and "--no-deps" in c for c in build)
+
+    pins: dict[str, str] = {}
+    hashes: dict[str, int] = {}
+    reqs = (ROOT / "tidegate" / "infra" / "dataflow" / "build-requirements.txt").read_text()
+    for line in reqs.replace("\\\n", " ").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, version = line.split()[0].partition("==")
+        pins[name] = version
+        hashes[name] = len(re.findall(r"--hash=sha256:[0-9a-f]{64}", line))
+    assert {"uv", "hatchling"} <= set(pins)
+    assert all(re.fullmatch(r"\d+(\.\d+)+", v) for v in pins.values()), pins  # exact pins only
+    assert all(n > 0 for n in hashes.values()), hashes
+    project = (ROOT / "pyproject.toml").read_text()
+    assert 'requires = ["hatchling' in project  # the backend pinned above is the project's
+
+    uv = shutil.which("uv")
+    if uv:  # the lock can give every requirement a hash (what --require-hashes will demand)
+        exported = subprocess.run(
+            [uv, "export", "--frozen", "--no-dev", "--no-emit-project", "--quiet"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        entries = [
+            e for e in exported.replace("\\\n", " ").splitlines() if e and not e[0].isspace() and e[0] != "#"
+        ]
+        assert len(entries) > 50
+        missing = [e.split()[0] for e in entries if "--hash=sha256:" not in e]
+        assert not missing, missing
+
+
+def test_the_image_runs_as_an_unprivileged_user() -> None:
+    """The launcher and the workers run as uid 10001, not root; it may write only the launcher's
+    log directory and Beam boot's virtualenv directory; boot runs the SDK on the installed packages."""
+    ins = _instructions()
+    last_from = max(i for i, (name, _) in enumerate(ins) if name == "FROM")
+    final = ins[last_from:]
+    users = [(i, rest) for i, (name, rest) in enumerate(final) if name == "USER"]
+    assert users, "the runtime stage must switch to an unprivileged user"
+    at, user = users[-1]
+    uid, _, gid = user.partition(":")
+    assert re.fullmatch(r"\d+", uid), "numeric, so a runtime can verify it is not root"
+    assert uid != "0"
+    assert gid != "0"
+    assert all(name not in ("RUN", "USER") for name, _ in final[at + 1 :])  # nothing after runs as root
+    setup = " ".join(rest for name, rest in final if name == "RUN" and "useradd" in rest)
+    assert f"--uid {uid}" in setup
+    assert "chown" in setup
+    assert "/var/log/dataflow" in setup  # python_template_launcher writes its log there
+    assert "/opt/apache/beam-venv" in setup
+    env = " ".join(rest for name, rest in final if name == "ENV")
+    assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in env
+    assert final[-1] == ("ENTRYPOINT", '["/opt/apache/beam/boot"]')
+    # the code is not the user's to change: no chown of /template or of the site-packages
+    assert "/template" not in setup
+
+
+def _dockerignore(text: str) -> list[tuple[bool, re.Pattern[str]]]:
+    """.dockerignore as (is an exception, regex), matching like Docker's (moby/patternmatcher):
+    a pattern is cleaned and taken from the context root, `*` and `?` stop at "/", `**` crosses
+    directories, and it matches a path or any of its parent directories; the last match wins."""
+    rules = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = posixpath.normpath(line.removeprefix("!").strip()).lstrip("/")
+        rx, i = "^", 0
+        while i < len(pattern):
+            if pattern.startswith("**", i):
+                i += 2
+                if pattern[i : i + 1] == "/":
+                    i += 1
+                rx += ".*" if i == len(pattern) else "(.*/)?"
+                continue
+            ch = pattern[i]
+            if ch == "*":
+                rx += "[^/]*"
+            elif ch == "?":
+                rx += "[^/]"
+            elif ch == "[":
+                end = pattern.index("]", i + 1)
+                rx += "[" + pattern[i + 1 : end].replace("!", "^", 1) + "]"
+                i = end
+            else:
+                rx += re.escape(ch)
+            i += 1
+        rules.append((exception, re.compile(rx + "$")))
+    return rules
+
+
+def build_context(root: Path) -> set[str]:
+    """The files `docker build <root>` sends: every file under root that .dockerignore keeps."""
+    rules = _dockerignore((root / ".dockerignore").read_text())
+    kept: set[str] = set()
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            path = (Path(dirpath) / f).relative_to(root).as_posix()
+            parts = path.split("/")
+            candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+            ignored = False
+            for exception, rx in rules:
+                if any(rx.match(c) for c in candidates):
+                    ignored = not exception
+            if not ignored:
+                kept.add(path)
+    return kept
+
+
+def test_the_build_context_leaves_state_secrets_and_caches_out(tmp_path: Path) -> None:
+    """Terraform state and tfvars, .terraform/, the local lake and keys (.tidegate/), the
+    virtualenv, git and caches never reach the image; what the Dockerfile copies does."""
+    heavy = (".venv", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".import_linter_cache")
+    repo = tmp_path / "repo"
+    shutil.copytree(
+        ROOT,
+        repo,
+        ignore=shutil.ignore_patterns(*heavy, ".tidegate", "__pycache__", ".terraform"),
+        symlinks=True,
+    )
+    secrets = [
+        "tidegate/infra/terraform/terraform.tfstate",
+        "tidegate/infra/terraform/terraform.tfstate.backup",
+        "tidegate/infra/terraform/prod.tfvars",
+        "tidegate/infra/terraform/.terraform/x",
+        "tidegate/infra/terraform/.terraform/providers/registry.terraform.io/hashicorp/google/terraform-provider",
+        "tidegate/infra/old.tfstate",  # state anywhere, not only in the terraform directory
+        "tidegate/infra/dataflow/ci.tfvars",
+        "tidegate/infra/dataflow/.terraform/x",
+        "tidegate/lake/.tidegate/pii.key",
+        ".tidegate/x",
+        ".tidegate/lake/raw/_delta_log/00000000000000000000.json",
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".git/config",
+        ".mypy_cache/3.11/x.json",
+        ".ruff_cache/x",
+        ".pytest_cache/v/cache/lastfailed",
+        "tidegate/__pycache__/catalog.cpython-311.pyc",
+        "tidegate/lake/x.pyc",
+        ".env",
+    ]
+    for rel in secrets:
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("secret")
+    context = build_context(repo)
+    leaked = [rel for rel in secrets if rel in context]
+    assert not leaked, leaked
+    assert not [p for p in context if p.startswith("tidegate/infra/terraform/")]
+    for needed in (
+        "pyproject.toml",
+        "uv.lock",
+        "README.md",
+        "tidegate/__init__.py",
+        "tidegate/pipelines/flex_main.py",
+        "tidegate/infra/catalog.yaml",
+        "tidegate/infra/dataflow/build-requirements.txt",
+    ):
+        assert needed in context, needed
+    assert any(p.startswith("tidegate/expectations/contracts/") for p in context)
+    # every COPY source of the Dockerfile (not --from a stage) is in the context
+    for ins, rest in _instructions():
+        if ins != "COPY" or "--from=" in rest:
+            continue
+        for source in rest.split()[:-1]:
+            if source.endswith("/"):
+                assert any(p.startswith(source) for p in context), source
+            else:
+                assert source in context, source
+    # nothing else at the top level: an allow-list, so a new local file stays out by default
+    assert {p.split("/")[0] for p in context} == {"pyproject.toml", "uv.lock", "README.md", "tidegate"}
 
 
 def test_template_parameters_are_the_entry_points_options() -> None:

@@ -55,6 +55,8 @@ def POLICIES(registry):  # type: ignore[no-untyped-def]
     from tidegate.catalog import load_catalog
 
     return pii_policies(load_catalog(), registry)
+
+
 ORDER_TYPE = "shop.order.placed"
 ORDER_JSON = json.dumps(ORDER)
 
@@ -146,7 +148,9 @@ def land(tmp_path: Path, out: Outcome, registry) -> tuple[pl.DataFrame, pl.DataF
         raw = pl.concat([raw, pl.read_delta(uri).select("event_id", "pubsub_message_id")])
     quarantine = pl.DataFrame()
     if out.rejected:
-        rows = quarantine_rows(out.rejected, POLICIES(registry), PROTECTOR, run_id="run-1", batch_id="b-1", now=NOW)
+        rows = quarantine_rows(
+            out.rejected, POLICIES(registry), PROTECTOR, run_id="run-1", batch_id="b-1", now=NOW
+        )
         uri = str(lake / "quarantine")
         insert_new(uri, rows, keys=["subscription", "pubsub_message_id"], partition_by=["quarantine_date"])
         quarantine = pl.read_delta(uri)
@@ -287,7 +291,9 @@ def test_json_nested_exactly_to_the_cap_is_read(catalog, registry) -> None:  # t
     bad = contract_stage(m, env, registry)
     assert isinstance(bad, Rejection)
     assert (bad.stage, bad.rules) == ("contract", ["unexpected_field"])  # v1 has no coupon_code
-    row = quarantine_rows([bad], POLICIES(registry), PROTECTOR, run_id="r", batch_id="b", now=NOW).to_pylist()[0]
+    row = quarantine_rows(
+        [bad], POLICIES(registry), PROTECTOR, run_id="r", batch_id="b", now=NOW
+    ).to_pylist()[0]
     assert row["payload_preview"].startswith('{"order_id": "ord_7Q2K9X4M"')  # redacted, not degraded
     assert "lena.weber" not in row["payload_preview"]
     pickle.loads(pickle.dumps(bad))
@@ -362,7 +368,9 @@ def test_a_row_arrow_refuses_is_degraded_and_the_others_keep_everything(catalog,
         for ce_id in ("evt-\ud800", "evt-3")
     ]
     assert all(isinstance(r, Rejection) for r in rejections)
-    rows = quarantine_rows(rejections, POLICIES(registry), PROTECTOR, run_id="r", batch_id="b", now=NOW).to_pylist()  # type: ignore[arg-type]
+    rows = quarantine_rows(
+        rejections, POLICIES(registry), PROTECTOR, run_id="r", batch_id="b", now=NOW
+    ).to_pylist()  # type: ignore[arg-type]
     assert (rows[0]["event_id"], rows[0]["pubsub_message_id"], rows[0]["attributes"]) == (
         "evt-?",
         "evt-?",

@@ -106,3 +106,60 @@ def test_the_development_key_never_reaches_a_production_lake(cli, monkeypatch, w
     r = cli(*args)
     assert r.code != 0
     assert "public development key" in r.err
+
+
+def test_local_state_is_private_and_the_lock_never_follows_a_symlink(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """TIDEGATE_HOME 0700 and the files tidegate creates 0600; a lock file that is a symlink
+    (which `open(..., "w")` used to follow and truncate) is refused and its target untouched."""
+    import os
+    import stat
+
+    from tidegate import settings
+    from tidegate.errors import TidegateError
+    from tidegate.lake.lock import lake_lock
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    monkeypatch.setenv("TIDEGATE_HOME", str(home))
+    old = os.umask(0o022)
+    try:
+        settings.secure_home()
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        with lake_lock(str(home / "lake")):
+            pass
+        assert stat.S_IMODE((home / "lake" / ".ingest.lock").stat().st_mode) == 0o600
+        (home / "state.json").write_text("{}")
+        assert stat.S_IMODE((home / "state.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / ".ingest.lock").symlink_to(victim)
+    with pytest.raises(TidegateError, match="symbolic link"), lake_lock(str(lake)):
+        pass
+    assert victim.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8085", "10.1.2.3:8085", "pubsub.example.com:8085"])
+def test_only_a_loopback_emulator_is_accepted_unless_asked(cli, monkeypatch, address: str) -> None:  # type: ignore[no-untyped-def]
+    """--emulator or PUBSUB_EMULATOR_HOST pointing off this machine is refused before any
+    connection (the emulator has no authentication or TLS)."""
+    from tidegate import settings
+    from tidegate.catalog import load_catalog
+
+    r = cli("produce", "--count", "1", "--emulator", address)
+    assert r.code != 0
+    assert "not a loopback address" in r.err
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", address)
+    with pytest.raises(Exception, match="PUBSUB_EMULATOR_HOST"):
+        settings.emulator_address(load_catalog())
+    monkeypatch.setenv("TIDEGATE_ALLOW_REMOTE_EMULATOR", "1")
+    assert settings.emulator_address(load_catalog()) == address  # on purpose: allowed
+    for ok in ("127.0.0.1:8085", "[::1]:8085", "localhost:8085"):
+        monkeypatch.delenv("TIDEGATE_ALLOW_REMOTE_EMULATOR")
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", ok)
+        assert settings.emulator_address(load_catalog()) == ok
+        monkeypatch.setenv("TIDEGATE_ALLOW_REMOTE_EMULATOR", "1")

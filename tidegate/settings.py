@@ -8,11 +8,18 @@
   (`{"google_service_account_path": "..."}`); comma-separated `key=value` pairs also work.
   Not needed with Application Default Credentials on GCS.
 - `PUBSUB_EMULATOR_HOST`: if set, commands talk to that emulator instead of the catalog's
-  `emulator.host:port` (the same variable Google's client libraries read).
+  `emulator.host:port` (the same variable Google's client libraries read). Only a loopback
+  address is accepted (the emulator has no authentication and no TLS: events sent to another
+  machine travel in clear to whoever listens there), unless `TIDEGATE_ALLOW_REMOTE_EMULATOR=1`.
+
+The CLI keeps its local state private: `secure_home()` (called by `tidegate.cli.main`) sets the
+process umask to 077, so every file tidegate creates is 0600 and every directory 0700, and
+makes `TIDEGATE_HOME` itself 0700.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -66,8 +73,50 @@ def emulator_log_file() -> Path:
     return home() / "logs" / "pubsub-emulator.log"
 
 
+REMOTE_EMULATOR_ENV = "TIDEGATE_ALLOW_REMOTE_EMULATOR"
+
+
+def secure_home() -> None:
+    """Files this process creates are its owner's only (umask 077); TIDEGATE_HOME is 0700."""
+    os.umask(0o077)
+    path = home()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
+    except OSError:
+        pass  # a read-only or foreign home: commands that need it say so themselves
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def emulator_address(catalog: Catalog, override: str | None = None) -> str:
-    return override or os.environ.get("PUBSUB_EMULATOR_HOST") or catalog.emulator.address
+    """--emulator, else $PUBSUB_EMULATOR_HOST, else the catalog's; a loopback address only,
+    unless TIDEGATE_ALLOW_REMOTE_EMULATOR=1."""
+    address = override or os.environ.get("PUBSUB_EMULATOR_HOST") or catalog.emulator.address
+    host, _port = split_address(address)
+    if not is_loopback(host) and os.environ.get(REMOTE_EMULATOR_ENV) != "1":
+        source = (
+            "--emulator"
+            if override
+            else "PUBSUB_EMULATOR_HOST"
+            if os.environ.get("PUBSUB_EMULATOR_HOST")
+            else "the catalog"
+        )
+        raise TidegateError(
+            f"the Pub/Sub emulator address {address} ({source}) is not a loopback address",
+            hint="the emulator has no authentication or TLS, so tidegate only talks to one on this machine "
+            f"(127.0.0.1, ::1, localhost); set {REMOTE_EMULATOR_ENV}=1 to allow another host on purpose",
+        )
+    return address
 
 
 def split_address(address: str) -> tuple[str, int]:

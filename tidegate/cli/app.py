@@ -93,6 +93,7 @@ def main() -> None:
     # thresholds the collector runs full passes over them again and again (~1 s of a cold
     # start). Collect young objects less often; the ingest driver freezes what warm-up built.
     gc.set_threshold(50_000, 20, 100)
+    settings.secure_home()  # files 0600, TIDEGATE_HOME 0700
     debug = bool(os.environ.get("TIDEGATE_DEBUG"))
     try:
         app(standalone_mode=True)

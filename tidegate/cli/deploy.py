@@ -75,8 +75,33 @@ def deploy_dataflow(
     job_file: Annotated[
         Path | None, typer.Option(help="--dry-run: write the full job spec (JSON) here.", show_default=False)
     ] = None,
+    subnetwork: Annotated[
+        str | None,
+        typer.Option(
+            help="Workers' subnetwork, e.g. regions/R/subnetworks/tidegate-workers (terraform output `subnetwork`).",
+            show_default=False,
+        ),
+    ] = None,
+    public_ips: Annotated[
+        bool,
+        typer.Option(
+            "--public-ips/--no-public-ips",
+            help="Give workers external IPs (default: none; they use Private Google Access on --subnetwork).",
+        ),
+    ] = False,
+    dataflow_kms_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Customer-managed key for the job's state (terraform output `dataflow_kms_key`, when set).",
+            show_default=False,
+        ),
+    ] = None,
     production: Annotated[
-        bool, typer.Option("--production", help="Refuse to run without a real PII key.")
+        bool,
+        typer.Option(
+            "--production",
+            help="Always on for Dataflow (its lake is on GCS): the development PII key is refused.",
+        ),
     ] = True,
     pii_key_secret: Annotated[
         str | None,
@@ -107,6 +132,9 @@ def deploy_dataflow(
         job_name=job_name,
         max_workers=max_workers,
         update=update,
+        subnetwork=subnetwork,
+        public_ips=public_ips,
+        kms_key=dataflow_kms_key or None,
     )
     job = launch(
         catalog,

@@ -10,7 +10,9 @@ Dataflow job per lake), and Delta's conditional commits keep the log consistent.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +36,15 @@ def lake_lock(lake: str) -> Iterator[None]:
     root = Path(lake)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fh = open(root / ".ingest.lock", "w")  # noqa: SIM115 - held for the whole block
+        # never truncate, never follow a symlink planted in the lake: the lock is a plain file
+        fd = os.open(root / ".ingest.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fh = os.fdopen(fd, "w")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TidegateError(
+                f"{root / '.ingest.lock'} is a symbolic link; tidegate will not follow it",
+                hint="remove it (tidegate creates the lock file itself) and check who planted it",
+            ) from None
         raise TidegateError(
             f"cannot use {lake} as the lake: {exc.strerror or exc}",
             hint="--lake (or TIDEGATE_LAKE) must name a directory you can write, or one that can be created",

@@ -64,6 +64,10 @@ class DataflowTarget:
     max_workers: int = 10
     update: bool = False
     transform_name_mapping: dict[str, str] = field(default_factory=dict)
+    # private workers on a subnetwork with Private Google Access (terraform output `subnetwork`)
+    subnetwork: str | None = None
+    public_ips: bool = False
+    kms_key: str | None = None  # CMEK for the job's state (terraform output `dataflow_kms_key`)
 
     def check(self) -> None:
         if not _BUCKET_PATH.match(self.temp_location):
@@ -98,6 +102,12 @@ def pipeline_args(kind: str, target: DataflowTarget, *, dry_run: bool, name: str
     args.append(f"--sdk_container_image={target.image}" if target.image else "--sdk_location=container")
     if target.service_account:
         args.append(f"--service_account_email={target.service_account}")
+    if target.subnetwork:
+        args.append(f"--subnetwork={target.subnetwork}")
+    if not target.public_ips:
+        args.append("--no_use_public_ips")  # workers reach Google APIs by Private Google Access
+    if target.kms_key:
+        args.append(f"--dataflow_kms_key={target.kms_key}")
     if kind == "streaming":
         args += [
             "--streaming",  # on Streaming Engine: the only mode for Python streaming jobs in Beam 2.77

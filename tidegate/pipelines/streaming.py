@@ -4,7 +4,7 @@
         --lake gs://bucket/lake --dry-run --job-file job.json     # build the job offline
 
     ReadEvents (one ReadFromPubSub per catalog subscription, with attributes)
-      -> ToChunks (GroupIntoBatches per shard: up to N messages or S seconds)
+      -> ToChunks (GroupIntoBatches per shard: up to N messages or S seconds, then at most 64 MiB a chunk)
       -> Ingest (DecodeEnvelope -> ValidateContract -> ValidateExpectations
                  -> WriteRawHistory / WriteQuarantine)
       -> per aggregate: ComputeWindowedAggregates/<name> (the committed raw rows, split by the
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -94,25 +95,50 @@ class ReadEvents(beam.PTransform):
         return tuple(reads) | "Merge" >> beam.Flatten()
 
 
-class ToChunks(beam.PTransform):
-    """Messages -> chunks of up to `size` messages or `seconds` of buffering, per shard."""
+CHUNK_MAX_BYTES = 64 * 1024 * 1024  # a chunk's bodies + attributes, at most (one bigger message alone)
 
-    def __init__(self, size: int, seconds: float, shards: int) -> None:
+
+def message_bytes(m: RawMessage) -> int:
+    return len(m.data) + sum(len(k) + len(v) for k, v in m.attributes.items())
+
+
+def split_by_bytes(messages: Iterable[RawMessage], max_bytes: int) -> Iterator[Chunk]:
+    """Chunks of `messages` holding at most `max_bytes` each (a message larger than that makes a
+    chunk of its own). Reads `messages` once, lazily: a batch Dataflow pages in from state is
+    never held whole."""
+    held: list[RawMessage] = []
+    size = 0
+    for m in messages:
+        n = message_bytes(m)
+        if held and size + n > max_bytes:
+            yield Chunk(uuid.uuid4().hex[:12], held)
+            held, size = [], 0
+        held.append(m)
+        size += n
+    if held:
+        yield Chunk(uuid.uuid4().hex[:12], held)
+
+
+class ToChunks(beam.PTransform):
+    """Messages -> chunks of up to `size` messages or `seconds` of buffering, per shard, and at
+    most `max_bytes` (Pub/Sub allows 10 MB bodies: 5,000 of them would be 50 GB in one element)."""
+
+    def __init__(self, size: int, seconds: float, shards: int, max_bytes: int = CHUNK_MAX_BYTES) -> None:
         super().__init__()
         self.size = size
         self.seconds = seconds
         self.shards = shards
+        self.max_bytes = max_bytes
 
     def expand(self, messages: PCollection) -> PCollection:
         shards = self.shards
+        max_bytes = self.max_bytes
         return (
             messages
             | "Shard" >> beam.WithKeys(lambda _m: random.randrange(shards))
             | "Batch" >> beam.GroupIntoBatches(self.size, max_buffering_duration_secs=self.seconds)
             | "Chunk"
-            >> beam.MapTuple(lambda _k, ms: Chunk(f"{uuid.uuid4().hex[:12]}", list(ms))).with_output_types(
-                Chunk
-            )
+            >> beam.FlatMapTuple(lambda _k, ms: split_by_bytes(ms, max_bytes)).with_output_types(Chunk)
         )
 
 

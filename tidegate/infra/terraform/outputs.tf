@@ -32,3 +32,18 @@ output "pii_key_secret" {
   description = "Secret Manager secret version the workers read the PII key from (`tidegate deploy dataflow --pii-key-secret`, the default)."
   value       = "${google_secret_manager_secret.pii_key.id}/versions/latest"
 }
+
+output "subnetwork" {
+  description = "Pass as --subnetwork (and --no_use_public_ips) to the Dataflow launch: the workers' subnetwork, private IPs only (docs/deploy.md)."
+  value       = local.subnetwork
+}
+
+output "dataflow_kms_key" {
+  description = "Pass as --dataflow_kms_key to the Dataflow launch when not empty: the CMEK for the job's state (var.kms_key_name)."
+  value       = var.kms_key_name == null ? "" : var.kms_key_name
+}
+
+output "quarantine_retention_days" {
+  description = "How long `tidegate maintain` keeps quarantined rows (a Delta delete + vacuum, never a bucket lifecycle rule)."
+  value       = var.quarantine_retention_days
+}

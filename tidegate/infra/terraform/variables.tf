@@ -31,13 +31,53 @@ variable "artifact_repository" {
 }
 
 variable "quarantine_retention_days" {
-  description = "Quarantined messages (encrypted originals) are deleted from the lake bucket after this many days."
+  description = "How long quarantined rows are kept. Not a bucket lifecycle rule (deleting Delta files by age corrupts the table): `tidegate maintain` expires them with a Delta delete + vacuum (output `quarantine_retention_days`)."
   type        = number
   default     = 90
 }
 
+variable "noncurrent_version_retention_days" {
+  description = "The lake bucket keeps object versions: an overwritten or deleted object (a vacuumed Delta file, a rewritten checkpoint) stays recoverable this many days, then its noncurrent version is deleted."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.noncurrent_version_retention_days >= 1
+    error_message = "noncurrent_version_retention_days must be at least 1."
+  }
+}
+
 variable "analyst_members" {
-  description = "Extra principals (e.g. group:analysts@example.com) allowed to read the lake, besides the read-only service account."
+  description = "Extra principals (e.g. group:analysts@example.com) allowed to read the lake's raw/ and aggregates/ (IAM conditions on the object prefix), besides the read-only service account. Not the quarantine."
   type        = list(string)
   default     = []
+}
+
+variable "quarantine_auditors" {
+  description = "Principals (e.g. group:lake-auditors@example.com) allowed to read the quarantine (lake/quarantine/), besides the pipeline's service account. Their reads are in the Data Access audit logs."
+  type        = list(string)
+  default     = []
+}
+
+variable "kms_key_name" {
+  description = "CMEK: a Cloud KMS key (projects/P/locations/<region>/keyRings/R/cryptoKeys/K, in var.region) for the buckets, the Pub/Sub topics, the PII key secret and the Dataflow job (output `dataflow_kms_key`). null: Google-managed keys. Decide before the first apply: the secret's replication cannot change later."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_name == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key_name))
+    error_message = "kms_key_name must look like projects/P/locations/L/keyRings/R/cryptoKeys/K."
+  }
+}
+
+variable "subnetwork" {
+  description = "Subnetwork for the Dataflow workers, which get no public IPs (self link, or regions/REGION/subnetworks/NAME; a Shared VPC one needs the full URL). It needs Private Google Access. null: terraform creates network `tidegate` with subnetwork `tidegate-workers`."
+  type        = string
+  default     = null
+}
+
+variable "subnetwork_cidr" {
+  description = "IP range of the subnetwork terraform creates when var.subnetwork is null."
+  type        = string
+  default     = "10.128.0.0/20"
 }

@@ -2,8 +2,10 @@ terraform {
   required_version = ">= 1.5"
   required_providers {
     google = {
-      source  = "hashicorp/google"
-      version = "~> 6.0"
+      source = "hashicorp/google"
+      # Exactly the version .terraform.lock.hcl (committed) records hashes for; upgrading is a
+      # reviewed change: `terraform init -upgrade` after editing this, then commit the new lock.
+      version = "6.50.0"
     }
   }
 }
