@@ -243,7 +243,7 @@ def test_production_mode_refuses_the_development_key(
     monkeypatch.delenv("TIDEGATE_PII_KEY_FILE", raising=False)
     r = cli("ingest", "--production", "--lake", tmp_path / "lake", "--emulator", pubsub_emulator.address)
     assert r.code == 2
-    assert "production mode needs a PII key" in r.text
+    assert "a PII key is required here (--production" in r.text
     assert not (tmp_path / "lake" / "raw").exists()
 
 

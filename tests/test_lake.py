@@ -364,3 +364,12 @@ def test_compaction_merges_partitions_with_many_small_files_and_never_changes_ro
     assert table.history(1)[0]["operation"] == "OPTIMIZE"
     assert compact_small_files(uri, min_files=8) == 0  # nothing left worth compacting
     assert compact_small_files(str(tmp_path / "missing"), min_files=8) == 0
+
+
+def test_a_doc_edited_in_a_new_contract_version_does_not_change_the_raw_schema(registry) -> None:  # type: ignore[no-untyped-def]
+    """Delta refuses to merge a column whose metadata changed: the raw column keeps the doc of
+    the first version that has the field (shop.order.placed v2 rewords customer_email's)."""
+    contracts = registry.types["shop.order.placed"]
+    v1, v2 = contracts.versions[1], contracts.versions[2]
+    assert v1.arrow_schema.field("customer_email").metadata != v2.arrow_schema.field("customer_email").metadata
+    assert raw_schema(contracts).field("customer_email").metadata == v1.arrow_schema.field("customer_email").metadata

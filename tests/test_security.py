@@ -163,3 +163,123 @@ def test_only_a_loopback_emulator_is_accepted_unless_asked(cli, monkeypatch, add
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", ok)
         assert settings.emulator_address(load_catalog()) == ok
         monkeypatch.setenv("TIDEGATE_ALLOW_REMOTE_EMULATOR", "1")
+
+
+def _strings(value: object) -> list[str]:
+    """Every string inside a value read back from Parquet (nested lists, structs, maps, bytes)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes):
+        return [value.decode("latin-1")]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return [str(value)] if value is not None else []
+
+
+def lake_text(*roots: Path) -> str:
+    """Everything a reader of these directories could see: every file's bytes, and every
+    Parquet file's values decoded (compressed pages hide strings from a byte scan)."""
+    import pyarrow.parquet as pq
+
+    parts: list[str] = []
+    for root in roots:
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for f in files:
+            data = f.read_bytes()
+            parts.append(data.decode("latin-1"))
+            if f.suffix == ".parquet":
+                for row in pq.read_table(f).to_pylist():
+                    parts += _strings(row)
+    return "\n".join(parts)
+
+
+@pytest.mark.emulator
+def test_pii_in_every_wrong_shape_reaches_no_file_of_the_lake_the_data_docs_or_the_report(
+    pubsub_emulator, catalog, project, tmp_path: Path, cli, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Published with the plain client: personal data as a valid field, in the wrong type
+    (array, object), nested in an unexpected field, in a truncated body, in ce-subject, in URL
+    query strings and userinfo, in a custom attribute, in a structured-mode event, with a
+    non-ASCII local part, as root@localhost, in an oversize body. After ingest, Data Docs and
+    the report, no file holds any of those values in clear."""
+    from tests.test_consumer import ingest, publish_plain, valid_orders
+    from tidegate.infra.pubsub import provision
+    from tidegate.producer import ProduceConfig, generate
+
+    monkeypatch.setenv("TIDEGATE_PII_KEY", KEY)
+    provision(catalog, pubsub_emulator.address, project)
+    pii = {f"p{i}": f"person{i}.secret@privacy-test.example" for i in range(1, 12)}
+    pii["p12"] = "jürgen.geheim@exämple-privat.de"
+    pii["p13"] = "root@localhost"
+    orders = valid_orders(catalog, 9, seed=41)
+
+    def order(i: int, **changes: object) -> bytes:
+        data = json.loads(orders[i][0])
+        data.update(changes)
+        return json.dumps(data, ensure_ascii=False).encode()
+
+    ce = {k.removeprefix("ce-"): v for k, v in orders[7][1].items() if k.startswith("ce-")}
+    structured = json.dumps(
+        {
+            **ce,
+            "id": "structured-pii",
+            "subject": pii["p9"],
+            "data": json.loads(order(7, amount=None, customer_email=pii["p10"])),
+        }
+    ).encode()
+    messages = [
+        (order(0, customer_email=pii["p1"]), orders[0][1]),  # valid: tokenized in raw
+        (order(1, customer_email=[pii["p2"]]), orders[1][1]),  # wrong type: array
+        (order(2, customer_email={"address": pii["p3"]}), orders[2][1]),  # wrong type: object
+        (
+            order(3, contact={"customer_email": pii["p4"], "note": pii["p13"]}),
+            orders[3][1],
+        ),  # nested, unexpected
+        (order(4, customer_email=pii["p5"])[:60], orders[4][1]),  # truncated JSON
+        (order(5), {**orders[5][1], "ce-subject": pii["p6"]}),  # ce-subject of a valid event
+        (order(6), {**orders[6][1], "x-contact": pii["p11"]}),  # a custom attribute
+        (structured, {"content-type": "application/cloudevents+json"}),
+        (order(8, coupon=pii["p12"]), orders[8][1]),  # non-ASCII local part, unexpected field
+        (order(0, customer_email=pii["p1"], note="x" * 70_000 + pii["p1"]), {**orders[0][1], "ce-id": "big"}),
+    ]
+    publish_plain(pubsub_emulator.address, project, "shop-orders", messages)
+    views = list(
+        generate(
+            ProduceConfig(types=("shop.page.viewed",), count=2, seed=3), catalog, ContractRegistryOf(catalog)
+        )
+    )
+    page = json.loads(views[0].data)
+    page["url"] = f"https://shop.example.com/account?email={pii['p7']}&tab=orders"
+    page["referrer"] = f"https://{pii['p8'].split('@')[0]}:hunter2@mail.example.com/inbox"
+    publish_plain(
+        pubsub_emulator.address, project, "shop-pageviews", [(json.dumps(page).encode(), views[0].attributes)]
+    )
+
+    lake = tmp_path / "lake"
+    summary = ingest(pubsub_emulator.address, catalog, project, lake)
+    assert summary.received == len(messages) + 1
+    assert summary.raw_written >= 3  # the valid order, the subject one, the attribute one, the page view
+    docs, report = tmp_path / "docs", tmp_path / "report.html"
+    assert cli("docs", "--lake", lake, "--out", docs).code == 0
+    assert cli("report", "--lake", lake, "--out", report).code == 0
+
+    text = lake_text(lake, docs, report)
+    local_parts = [v.split("@")[0] for v in pii.values() if len(v.split("@")[0]) >= 8]  # not "root"
+    forms = {
+        k: {v, json.dumps(v)[1:-1], *(lp for lp in local_parts if v.startswith(lp))} for k, v in pii.items()
+    }
+    leaked = {k: sorted(f for f in fs if f in text) for k, fs in forms.items() if any(f in text for f in fs)}
+    assert not leaked, leaked
+    assert "hunter2" not in text
+    q = pl.read_delta(QUARANTINE.uri(str(lake)))
+    assert q.height >= 6  # every wrong shape was quarantined, with a reason
+    wrong_type = q.filter(pl.col("rule") == "wrong_type").get_column("reason").to_list()
+    assert any("customer_email" in r and "personal data" in r for r in wrong_type)
+
+
+def ContractRegistryOf(catalog):  # type: ignore[no-untyped-def]
+    from tidegate.expectations.contracts import ContractRegistry
+
+    return ContractRegistry.from_catalog(catalog)

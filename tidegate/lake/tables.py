@@ -176,8 +176,16 @@ def payload_fields(contracts: EventTypeContracts) -> list[pa.Field]:
     for c in contracts.versions.values():
         names = {f.name for f in c.arrow_schema if not f.nullable}
         required_everywhere &= names
+    # a field's metadata (its doc) comes from the first version that has it: Delta refuses to
+    # merge a column whose metadata changed, so editing a doc in a new version must not
+    # change the table's schema
+    first: dict[str, pa.Field] = {}
+    for _v, c in sorted(contracts.versions.items()):
+        for f in c.arrow_schema:
+            first.setdefault(f.name, f)
     out: list[pa.Field] = []
     for f in latest.arrow_schema:
+        f = f.with_metadata(first[f.name].metadata) if first[f.name].metadata else f.remove_metadata()
         if f.name in ENVELOPE_NAMES:
             raise ConfigError(
                 f"{contracts.event_type}: payload field {f.name!r} collides with an envelope column",
