@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from tidegate import __version__, settings
+from tidegate.catalog import Catalog
 from tidegate.catalog import parse_duration as catalog_duration
 from tidegate.errors import PlatformError, TidegateError
 
@@ -140,6 +141,17 @@ def parse_time(text: str | None, option: str = "--start-time") -> datetime | Non
         return parse_rfc3339(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def require_lake(root: str, catalog: Catalog) -> None:
+    """A lake without any tidegate table is a user mistake: a typo in --lake, or nothing ingested."""
+    from tidegate.lake.read import Lake  # see the module docstring
+
+    if not Lake(root, settings.storage_options(), catalog).has_tables():
+        raise TidegateError(
+            f"no tidegate tables under {root}",
+            hint="run `tidegate ingest` (or `tidegate demo`) first, or check --lake / TIDEGATE_LAKE",
+        )
 
 
 def require_emulator(address: str) -> None:

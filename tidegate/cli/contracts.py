@@ -79,11 +79,11 @@ def contracts_show(
 def contracts_check(catalog_path: CatalogOpt = None) -> None:
     """Check every contract version against its predecessors per the catalog's compatibility mode; exit 1 naming type, versions, field and rule if one breaks."""
     from tidegate.expectations.compat import check_registry
-    from tidegate.expectations.contracts import ContractRegistry
     from tidegate.expectations.suites import load_suite
+    from tidegate.lake.catalog_check import check_catalog
 
     catalog = load_catalog(catalog_path)
-    registry = ContractRegistry.from_catalog(catalog)
+    registry = check_catalog(catalog)  # contracts, aggregate keys and fields, PII URL fields
     for t in registry.types.values():
         if t.suite_path is None:
             raise TidegateError(
@@ -91,9 +91,6 @@ def contracts_check(catalog_path: CatalogOpt = None) -> None:
                 hint='value rules live in a GX suite; an empty one is {"name": ..., "expectations": []}',
             )
         load_suite(t.suite_path)
-    from tidegate.lake.aggregates import check_aggregates
-
-    check_aggregates(catalog, registry)  # keys and metric fields exist in their source tables
     modes = {t: s.compatibility for s in catalog.streams for t in s.types}
     report = check_registry(registry, modes)
     broken = 0

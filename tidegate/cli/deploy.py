@@ -114,9 +114,11 @@ def deploy_dataflow(
     catalog_path: CatalogOpt = None,
 ) -> None:
     """Launch (or with --dry-run, build offline and print) the streaming ingest or a batch replay on Dataflow."""
+    from tidegate.lake.catalog_check import check_catalog
     from tidegate.pipelines.dataflow import DataflowTarget, launch
 
     catalog = load_catalog(catalog_path)
+    check_catalog(catalog)
     if streaming == (replay is not None):
         raise TidegateError(
             "say which job: --streaming (the ingest) or --replay AGGREGATE (a batch rebuild)",

@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, app, console
-from tidegate.errors import TidegateError
+from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, require_lake
 
 
 @app.command()
@@ -32,11 +31,13 @@ def replay(
 ) -> None:
     """Rebuild an aggregate table from the raw history (a bounded Beam pipeline; the same windows, lateness and combine logic as ingestion)."""
     from tidegate import settings
+    from tidegate.lake.catalog_check import check_catalog
     from tidegate.pipelines.runs import new_run_id
     from tidegate.version import code_version, git_sha
 
     catalog = load_catalog(catalog_path)
     catalog.aggregate(aggregate)  # a clear error for an unknown name, before Beam is imported
+    check_catalog(catalog)
     from tidegate.pipelines.replay import replay as run_replay
 
     lake_path = settings.lake_path(lake)
@@ -75,9 +76,8 @@ def maintain(
 
     catalog = load_catalog(catalog_path)
     root = settings.lake_path(lake)
+    require_lake(root, catalog)
     report = run_maintain(LakeTables(root, catalog), retain_hours, settings.storage_options())
-    if not report:
-        raise TidegateError(f"no tables under {root}", hint="run `tidegate ingest` first")
     t = Table(title=f"maintain {root}")
     for col in ("table", "files before", "compacted", "vacuumed", "files after"):
         t.add_column(col)

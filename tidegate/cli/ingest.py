@@ -153,8 +153,10 @@ def ingest(
 ) -> None:
     """Land the catalog's subscriptions in the lake: valid events once in raw/<type>, the rest in quarantine, a ledger row per batch. --mode local runs micro-batches here; --mode streaming --dry-run builds the Dataflow job offline."""
     from tidegate import settings
+    from tidegate.lake.catalog_check import check_catalog
 
     catalog = load_catalog(catalog_path)
+    check_catalog(catalog)  # a typo in an aggregate or a contract stops here, not mid-batch
     if mode not in ("local", "streaming"):
         raise typer.BadParameter("must be 'local' or 'streaming'", param_hint="--mode")
     if follow and until_idle is not None:
@@ -186,10 +188,11 @@ def ingest(
 
         require_credentials("to pull from Pub/Sub with")
         address = None
-    else:
+    lake_root = settings.lake_path(lake)
+    _check_lake_path(lake_root)  # a user mistake (exit 2) before a missing platform (exit 3)
+    if not gcp:
         address = settings.emulator_address(catalog, emulator)
         require_emulator(address)
-    lake_root = settings.lake_path(lake)
     summary = run_local_ingest(
         catalog,
         address,
@@ -210,6 +213,21 @@ def ingest(
         + (f" ({summary.id_conflicts:,} id conflicts)" if summary.id_conflicts else "")
         + f", {summary.late:,} late for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
     )
+
+
+def _check_lake_path(root: str) -> None:
+    """A local lake must be a directory (or not exist yet): `--lake /etc/passwd` is a mistake."""
+    if "://" in root and not root.startswith("file://"):
+        return
+    path = Path(root.removeprefix("file://"))
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise TidegateError(
+                    f"cannot use {root} as the lake: {p} is a file, not a directory",
+                    hint="--lake (or TIDEGATE_LAKE) must name a directory you can write, or one that can be created",
+                )
+            break
 
 
 def _streaming(

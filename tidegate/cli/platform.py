@@ -33,8 +33,10 @@ def up(catalog_path: CatalogOpt = None, emulator: EmulatorOpt = None) -> None:
     from tidegate import settings
     from tidegate.infra import emulator as emu
     from tidegate.infra.pubsub import provision
+    from tidegate.lake.catalog_check import check_catalog
 
     catalog = load_catalog(catalog_path)
+    check_catalog(catalog)  # before anything starts: a typo in an aggregate or contract stops here
     address = settings.emulator_address(catalog, emulator)
     host, port = settings.split_address(address)
     if emu.is_up(host, port):

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, parse_time
+from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, parse_time, require_lake
 
 quarantine_app = typer.Typer(help="The quarantine: list rejected messages, show one.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
@@ -34,7 +34,9 @@ def quarantine_list(
     from tidegate.lake.read import Lake
     from tidegate.ops.quarantine import quarantined
 
-    reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
+    catalog = load_catalog(catalog_path)
+    require_lake(settings.lake_path(lake), catalog)
+    reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
     rows = quarantined(reader, rule=rule, since=parse_time(since, "--since"), limit=limit)
     if as_json:
         console.print_json(json.dumps(rows.to_dicts(), default=str))
@@ -72,7 +74,9 @@ def quarantine_show(
     from tidegate.lake.read import Lake
     from tidegate.ops.quarantine import quarantined_message
 
-    reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
+    catalog = load_catalog(catalog_path)
+    require_lake(settings.lake_path(lake), catalog)
+    reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
     protector, _warning = load_protector(lake=reader.root)
     info = quarantined_message(reader, message_id, protector)
     if as_json:

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, err_console
+from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, err_console, require_lake
 from tidegate.errors import TidegateError
 
 
@@ -35,7 +35,9 @@ def docs(
     from tidegate.lake.read import Lake
     from tidegate.ops.docs import build_docs, quality_rows
 
-    reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
+    catalog = load_catalog(catalog_path)
+    require_lake(settings.lake_path(lake), catalog)
+    reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
     rows = quality_rows(reader, run, last)
     with console.status(f"Building Data Docs for {len({r['batch_id'] for r in rows})} batch(es) ..."):
         built = build_docs(reader, out or settings.home() / "data-docs", rows)
@@ -56,7 +58,9 @@ def report(
     from tidegate.lake.read import Lake
     from tidegate.ops.report import build_report
 
-    reader = Lake(settings.lake_path(lake), settings.storage_options(), load_catalog(catalog_path))
+    catalog = load_catalog(catalog_path)
+    require_lake(settings.lake_path(lake), catalog)
+    reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
     path = build_report(reader, out or settings.home() / "report.html")
     console.print(f"[green]✓[/] report: {path}")
 
@@ -79,6 +83,11 @@ def verify(
         raise TidegateError(
             f"manifest {manifest} does not exist", hint="write one with `tidegate produce --manifest FILE`"
         )
+    if manifest is not None:
+        from tidegate.lake.verify import read_manifest
+
+        read_manifest(manifest)  # a file that is not a manifest is named before anything is read
+    require_lake(settings.lake_path(lake), catalog)
     report = run_verify(
         settings.lake_path(lake),
         catalog.event_types,
@@ -132,7 +141,9 @@ def lineage(
     from tidegate.lake.tables import LakeTables
 
     root = settings.lake_path(lake)
-    uri = LakeTables(root, load_catalog(catalog_path)).resolve(table).uri(root)
+    catalog = load_catalog(catalog_path)
+    require_lake(root, catalog)
+    uri = LakeTables(root, catalog).resolve(table).uri(root)
     if row is not None:
         info = row_lineage(uri, row, settings.storage_options(), source=source)
         if as_json:

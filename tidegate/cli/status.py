@@ -85,14 +85,16 @@ def status(
         emulator_explicit=bool(emulator or os.environ.get("PUBSUB_EMULATOR_HOST")),
         limit=backlog_limit,
     ).as_dict()
+    if not report["tables"]:
+        if not as_json:
+            _print_backlog(report["backlog"])
+        raise TidegateError(
+            f"no tidegate tables under {report['lake']}",
+            hint="run `tidegate ingest` (or `tidegate demo`) first, or check --lake / TIDEGATE_LAKE",
+        )
     if as_json:
         console.print_json(json.dumps(report, default=str))
         return
-    if not report["tables"]:
-        _print_backlog(report["backlog"])
-        raise TidegateError(
-            f"no tables under {report['lake']}", hint="run `tidegate ingest` (or `tidegate demo`) first"
-        )
     t = Table(title=f"tidegate status: {report['lake']}")
     for col, justify in (
         ("table", "left"),

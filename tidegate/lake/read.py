@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -81,6 +82,12 @@ class Lake:
             for s in self.tables.specs()
             if not s.on_demand or try_open(s.uri(self.root), self.storage_options) is not None
         ]
+
+    def has_tables(self) -> bool:
+        """Whether any table of this lake's catalog exists (a typo in --lake has none)."""
+        if "://" not in self.root and not Path(self.root).is_dir():
+            return False
+        return any(try_open(s.uri(self.root), self.storage_options) is not None for s in self.tables.specs())
 
     def delta(self, table: str, *, version: int | None = None, as_of: TimeRef = None) -> DeltaTable:
         uri = self.uri(table)

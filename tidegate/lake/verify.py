@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -31,6 +32,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from tidegate.catalog import AggregateSpec
+from tidegate.errors import TidegateError
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import try_open
@@ -199,10 +201,37 @@ def _one_row_per_key(report: Report, table: TableSpec, frame: pl.DataFrame, what
     )
 
 
+_MANIFEST_KEYS = {"seq", "kind", "type", "ce_id", "expect"}
+
+
+def read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    """The producer's manifest (JSONL, one object per message sent); a file that is not one is
+    a user mistake, named with its first bad line."""
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TidegateError(f"manifest {manifest} cannot be read: {exc}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not row.keys() >= _MANIFEST_KEYS:
+            raise TidegateError(
+                f"manifest {manifest} is not a producer manifest (line {n} is not one of its JSON rows)",
+                hint="pass the file `tidegate produce --manifest FILE` wrote",
+            )
+        rows.append(row)
+    return rows
+
+
 def _reconcile(
     report: Report, manifest: Path, raw: dict[str, pl.DataFrame], quarantine: pl.DataFrame | None
 ) -> None:
-    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_manifest(manifest)
     raw_count: dict[tuple[str, str], int] = {}
     for t, df in raw.items():
         for eid, n in Counter(df.get_column("event_id").to_list()).items():
@@ -385,7 +414,7 @@ def _late_vs_manifest(
     aggregates: Sequence[AggregateSpec],
     storage: dict[str, str] | None,
 ) -> None:
-    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_manifest(manifest)
     sent_late = {(r["type"], r["ce_id"]) for r in rows if r["kind"] == "late"}
     table = try_open(late_uri(lake), storage)
     ledger = (

@@ -1,0 +1,87 @@
+"""Every command's exit code, for the mistakes people make: 0 ok, 1 a check failed, 2 a user
+error, 3 the platform is missing. Never a traceback, never "this is a bug"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONTRACTS_DIR
+
+SHIPPED = Path(__file__).resolve().parent.parent / "tidegate" / "infra" / "catalog.yaml"
+
+
+def typo_catalog(tmp_path: Path, old: str, new: str) -> Path:
+    text = SHIPPED.read_text().replace("contracts: ../expectations/contracts", f"contracts: {CONTRACTS_DIR}")
+    assert old in text
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "catalog.yaml"
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+def bad_invocations(tmp_path: Path) -> list[tuple[list[str], int, str]]:
+    missing = str(tmp_path / "no-such-lake")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a lake")
+    readme = str(Path(__file__).resolve().parent.parent / "README.md")
+    field_typo = str(
+        typo_catalog(
+            tmp_path / "f",
+            "{fn: sum, field: amount, name: revenue}",
+            "{fn: sum, field: amout, name: revenue}",
+        )
+    )
+    key_typo = str(typo_catalog(tmp_path / "k", "keys: [currency]", "keys: [curency]"))
+    unknown_key = str(
+        typo_catalog(
+            tmp_path / "u",
+            "    compatibility: FULL_TRANSITIVE\n",
+            "    compatibility: FULL_TRANSITIVE\n    retension: 7d\n",
+        )
+    )
+    return [
+        (["report", "--lake", missing], 2, "no tidegate tables"),
+        (["verify", "--lake", missing], 2, "no tidegate tables"),
+        (["status", "--lake", missing], 2, "no tidegate tables"),
+        (["docs", "--lake", missing], 2, "no tidegate tables"),
+        (["quarantine", "list", "--lake", missing], 2, "no tidegate tables"),
+        (["lineage", "raw/shop.order.placed", "--lake", missing], 2, "no tidegate tables"),
+        (["maintain", "--lake", missing], 2, "no tidegate tables"),
+        (["ingest", "--lake", str(a_file), "--emulator", "127.0.0.1:9"], 2, "cannot use"),
+        (["verify", "--manifest", readme, "--lake", missing], 2, "manifest"),
+        (["verify", "--manifest", str(tmp_path / "nope.jsonl")], 2, "manifest"),
+        (["contracts", "check", "--catalog", field_typo], 2, "'amout'"),
+        (["contracts", "check", "--catalog", key_typo], 2, "'curency'"),
+        (["ingest", "--catalog", field_typo, "--emulator", "127.0.0.1:9"], 2, "'amout'"),
+        (["replay", "revenue_per_currency_1m", "--catalog", field_typo], 2, "'amout'"),
+        (["contracts", "list", "--catalog", unknown_key], 2, "retension"),
+        (["contracts", "list", "--catalog", readme], 2, "catalog"),
+        (["ingest", "--emulator", "127.0.0.1:9", "--lake", missing], 3, "no Pub/Sub emulator"),
+        (["produce", "--emulator", "127.0.0.1:9", "--count", "1"], 3, "no Pub/Sub emulator"),
+        (["keys", "rotate", "--keyring-file", str(tmp_path / "ring.json")], 2, "TIDEGATE_PII_KEY"),
+        (["bench", "dedup", "--rows", "0"], 2, "--rows"),
+        (["contracts", "show", "shop.nope"], 2, "unknown event type"),
+        (["replay", "nope"], 2, "unknown aggregate"),
+        # last: were the check missing, `up` would start an emulator on that port
+        (["up", "--catalog", field_typo, "--emulator", "127.0.0.1:9"], 2, "'amout'"),
+    ]
+
+
+def test_bad_invocations_exit_with_their_documented_code_and_no_traceback(
+    cli, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    for var in ("TIDEGATE_PII_KEY", "TIDEGATE_PII_KEY_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    wrong = []
+    try:
+        for args, code, words in bad_invocations(tmp_path):
+            r = cli(*args)
+            ok = r.code == code and words in r.text and "Traceback" not in r.text and "bug" not in r.text
+            if not ok:
+                wrong.append(f"{' '.join(args)} -> {r.code}: {r.text.strip()[:300]}")
+    finally:
+        cli("down")  # should a regression have started an emulator, stop it
+    assert not wrong, "\n".join(wrong)
