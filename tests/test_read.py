@@ -156,8 +156,13 @@ def test_status_shows_every_table_and_the_health_figures(two_runs, pubsub_emulat
     assert 0 < led["quarantine_rate"] < 0.2
     assert report["latency_seconds"]["events"] == second.raw_written
     assert report["latency_seconds"]["p50"] <= report["latency_seconds"]["p99"]
-    assert 0 < report["data_quality"]["pass_rate"] <= 1
-    assert set(report["late"]) == {a.name for a in lake.catalog.aggregates}
+    dq = report["data_quality"]
+    assert 0 < dq["pass_rate"] <= 1
+    # one definition: the events that failed an expectation are the quarantine's expectations rows
+    assert dq["failed"] == lake.quarantine().filter(pl.col("stage") == "expectations").collect().height
+    assert dq["per_expectation"][0]["pass_rate"] <= dq["per_expectation"][-1]["pass_rate"]  # worst first
+    assert set(report["late"]["per_aggregate"]) == {a.name for a in lake.catalog.aggregates}
+    assert report["late"]["pairs"] == lake.late().collect().height
     backlog = {b["subscription"]: b["messages"] for b in report["backlog"]["subscriptions"]}
     assert backlog == dict.fromkeys(
         [*(s.subscription for s in lake.catalog.streams), lake.catalog.dead_letter.subscription], 0

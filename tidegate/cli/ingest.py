@@ -51,7 +51,7 @@ def run_local_ingest(
                 f"  batch {b.batch_id.rsplit('-', 1)[-1]}: {b.received:,} received -> {b.raw_written:,} raw, "
                 f"{b.duplicates_skipped:,} duplicates skipped, {b.quarantined:,} quarantined"
                 + (f" ([yellow]{b.id_conflicts:,} id conflicts[/])" if b.id_conflicts else "")
-                + (f", {b.late:,} late" if b.late else "")
+                + (f", {b.late:,} late (event, window) pairs" if b.late else "")
                 + (f", [red]{b.poisoned:,} poison (left to the dead-letter policy)[/]" if b.poisoned else "")
                 + f" ({b.seconds:.2f}s, {b.received / b.seconds if b.seconds else 0:,.0f} msg/s)"
             )
@@ -211,7 +211,7 @@ def ingest(
         f"{summary.raw_written:,} raw, {summary.duplicates_skipped:,} duplicates skipped, "
         f"{summary.quarantined:,} quarantined"
         + (f" ({summary.id_conflicts:,} id conflicts)" if summary.id_conflicts else "")
-        + f", {summary.late:,} late for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
+        + f", {summary.late:,} late (event, window) pairs for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
     )
 
 

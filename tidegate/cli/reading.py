@@ -142,8 +142,8 @@ def lineage(
 
     root = settings.lake_path(lake)
     catalog = load_catalog(catalog_path)
+    uri = LakeTables(root, catalog).resolve(table).uri(root)  # an unknown name is named first
     require_lake(root, catalog)
-    uri = LakeTables(root, catalog).resolve(table).uri(root)
     if row is not None:
         info = row_lineage(uri, row, settings.storage_options(), source=source)
         if as_json:

@@ -140,9 +140,25 @@ def status(
     if "data_quality" in report and report["data_quality"]["pass_rate"] is not None:
         dq = report["data_quality"]
         console.print(
-            f"  data quality: {dq['pass_rate']:.2%} of {dq['expectation_runs']:,} expectation runs passed"
+            f"  data quality: {dq['pass_rate']:.2%} of {dq['events']:,} validated events passed every "
+            f"expectation ({dq['failed']:,} quarantined by one)"
         )
-    for name, late in report["late"].items():
-        console.print(
-            f"  late for {name}: {late['late_pairs']:,} pairs ({late['late_rate']:.2%} of its source events)"
-        )
+        for t, v in dq["per_event_type"].items():
+            if v["failed"]:
+                console.print(f"    {t}: {v['pass_rate']:.2%} of {v['events']:,} events")
+        worst = [e for e in dq["per_expectation"] if e["unexpected"]][:3]
+        for e in worst:
+            where = f"{e['event_type']} {e['expectation']}" + (f" on {e['column']}" if e["column"] else "")
+            console.print(f"    {where}: {e['pass_rate']:.2%} of {e['events']:,} events met it")
+    late = report["late"]
+    console.print(
+        f"  late for aggregates: {late['events']:,} events ({late['pairs']:,} (event, window) pairs)"
+        if late["pairs"]
+        else "  late for aggregates: none"
+    )
+    for name, one in late["per_aggregate"].items():
+        if one["pairs"]:
+            console.print(
+                f"    {name}: {one['events']:,} events ({one['late_rate']:.2%} of its source), "
+                f"{one['pairs']:,} pairs"
+            )

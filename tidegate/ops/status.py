@@ -1,8 +1,9 @@
 """`tidegate status`: the lake at a glance, for a terminal (rich) or a machine (--json).
 
 Per table: version, rows, last commit and its age. Then the health figures an operator is paged
-on: ledger balance (received = written + duplicates + quarantined), quarantine rate, late rate
-per aggregate, data-quality pass rate, and publish -> commit latency percentiles of the latest
+on: ledger balance (received = written + duplicates + quarantined), quarantine rate, late
+events and late (event, window) pairs per aggregate, data quality per event type and per
+expectation (tidegate.ops.figures defines both), and publish -> commit latency percentiles of the latest
 ingest run (from the raw rows themselves: ingest_time - pubsub_publish_time).
 
 Subscription backlog (`backlog()`) comes from Cloud Monitoring on GCP and from a snapshot count
@@ -28,6 +29,7 @@ from tidegate.infra.pubsub import desired_subscriptions
 from tidegate.lake.delta import scan_table
 from tidegate.lake.lock import lake_lock
 from tidegate.lake.read import Lake
+from tidegate.ops import figures
 
 BACKLOG_MODES = ("auto", "count", "monitoring", "off")
 
@@ -147,21 +149,13 @@ def status(lake: Lake) -> dict[str, Any]:
             .collect()
         )
         out["hops"] = {"run": run, **{n: int(v) for n, v in counters.iter_rows()}}
-    if "_quality" in present:
-        q = lake.quality().select("success").collect()
-        out["data_quality"] = {
-            "expectation_runs": q.height,
-            "pass_rate": round(q.get_column("success").mean() or 0.0, 4) if q.height else None,  # type: ignore[arg-type]
-        }
-    late: dict[str, Any] = {}
-    late_by = (
-        dict(lake.late().group_by("aggregate").len().collect().iter_rows())
-        if "aggregates/_late" in present
-        else {}
-    )
+    quality = figures.data_quality(lake, present)
+    if quality is not None:
+        out["data_quality"] = quality
+    late = figures.late(lake, present)
     for spec in lake.catalog.aggregates:
         raw_rows = next((t["rows"] for t in tables if t["table"] == f"raw/{spec.source}"), 0)
-        n = int(late_by.get(spec.name, 0))
-        late[spec.name] = {"late_pairs": n, "late_rate": round(n / raw_rows, 4) if raw_rows else 0.0}
+        mine = late["per_aggregate"][spec.name]
+        mine["late_rate"] = round(mine["events"] / raw_rows, 4) if raw_rows else 0.0  # of its source's events
     out["late"] = late
     return out
