@@ -3,10 +3,7 @@ error, 3 the platform is missing. Never a traceback, never "this is a bug"."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import CONTRACTS_DIR
 

@@ -371,5 +371,10 @@ def test_a_doc_edited_in_a_new_contract_version_does_not_change_the_raw_schema(r
     the first version that has the field (shop.order.placed v2 rewords customer_email's)."""
     contracts = registry.types["shop.order.placed"]
     v1, v2 = contracts.versions[1], contracts.versions[2]
-    assert v1.arrow_schema.field("customer_email").metadata != v2.arrow_schema.field("customer_email").metadata
-    assert raw_schema(contracts).field("customer_email").metadata == v1.arrow_schema.field("customer_email").metadata
+    assert (
+        v1.arrow_schema.field("customer_email").metadata != v2.arrow_schema.field("customer_email").metadata
+    )
+    assert (
+        raw_schema(contracts).field("customer_email").metadata
+        == v1.arrow_schema.field("customer_email").metadata
+    )
