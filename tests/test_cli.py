@@ -105,3 +105,72 @@ def test_contracts_show_prints_delta_types(cli) -> None:  # type: ignore[no-unty
     assert "decimal128(12, 2)" in r.text
     assert "timestamp[us, tz=UTC]" in r.text
     assert "coupon_code" in r.text
+
+
+def test_a_new_type_is_scaffolded_and_passes_the_check_and_a_bump_adds_the_next_version(
+    cli, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """`contracts new` writes v1.avsc, suite.json and a stream; `contracts check` passes as
+    written, and a reading of the catalog lists the type; `contracts bump` adds v2."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from tidegate.catalog import load_catalog
+
+    shipped = Path(__file__).resolve().parent.parent / "tidegate"
+    shutil.copytree(shipped / "expectations" / "contracts", tmp_path / "contracts")
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        (shipped / "infra" / "catalog.yaml")
+        .read_text()
+        .replace("contracts: ../expectations/contracts", "contracts: contracts")
+    )
+    r = cli("contracts", "new", "shop.order.cancelled", "--catalog", catalog)
+    assert r.code == 0, r.text
+    assert (tmp_path / "contracts" / "shop.order.cancelled" / "v1.avsc").is_file()
+    stream = load_catalog(catalog).stream("shop.order.cancelled")
+    assert (stream.topic, stream.subscription) == ("shop-order-cancelled", "shop-order-cancelled-tidegate")
+    assert load_catalog(catalog).aggregates  # the rest of the catalog is intact
+    checked = cli("contracts", "check", "--catalog", catalog, "--json")
+    assert checked.code == 0, checked.text
+    assert "shop.order.cancelled" in [t["event_type"] for t in json.loads(checked.out)["types"]]
+    again = cli("contracts", "new", "shop.order.cancelled", "--catalog", catalog)
+    assert again.code == 2
+    assert "contracts bump" in again.text
+    bumped = cli("contracts", "bump", "shop.order.cancelled", "--catalog", catalog)
+    assert bumped.code == 0, bumped.text
+    listed = json.loads(cli("contracts", "list", "--catalog", catalog, "--json").out)
+    mine = next(t for t in listed["types"] if t["event_type"] == "shop.order.cancelled")
+    assert mine["versions"] == [1, 2]
+    assert cli("contracts", "check", "--catalog", catalog).code == 0
+    bad = cli("contracts", "new", "Not A Type", "--catalog", catalog)
+    assert bad.code == 2
+    assert "dotted event type" in bad.text
+
+
+def test_tables_keep_identifiers_whole_at_80_columns(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Piped or in an 80-column terminal, a table wraps its cells: no identifier ends in "…"."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["tidegate.cli.app"].console, "_width", 80)
+    r = cli("contracts", "list")
+    assert r.code == 0
+    assert "…" not in r.out  # cells wrap (fold) instead: every character of every name is printed
+    assert "shop.order.placed" in r.out
+
+
+def test_every_run_is_logged_under_the_home_and_libraries_stay_quiet(cli) -> None:  # type: ignore[no-untyped-def]
+    import os
+    from pathlib import Path
+
+    r = cli("contracts", "check")
+    assert r.code == 0
+    assert "Created temporary directory" not in r.text  # GX's chatter is not the user's business
+    log = Path(os.environ["TIDEGATE_HOME"]) / "logs" / "tidegate.log"
+    assert "Checking contracts, suites and aggregates" in log.read_text()
+    quiet = cli("-q", "contracts", "check")
+    assert quiet.code == 0
+    assert quiet.err == ""
+    verbose = cli("-v", "contracts", "check")
+    assert "INFO tidegate: Checking contracts" in verbose.err

@@ -3,19 +3,35 @@
 Command modules (tidegate/cli/*.py) register on `app`; `main()` turns a TidegateError into
 its message and exit code, never a traceback. Commands import Beam, GX and Delta inside the
 function that needs them: those take seconds to import and `tidegate --help` must not wait.
+
+Output conventions every command follows:
+- **Exit codes**: 0 ok, 1 a check failed (verify, contracts check), 2 a user error (a flag, a
+  path, the catalog), 3 the platform is missing (Java, the emulator). Never a traceback.
+- **Progress**: `progress("Doing X ...")` around any step that can take more than ~2 s: a
+  spinner on stderr when it is a terminal, nothing when piped or with `--quiet`.
+- **Logs**: `--verbose` (`-v`, `-vv`) shows tidegate's log on stderr; every run also appends
+  to `<TIDEGATE_HOME>/logs/tidegate.log` (INFO, DEBUG with -vv). Libraries' chatter (GX, Beam,
+  gRPC) stays out of both unless -vv.
+- **Tables** are `Table` from here: cells wrap instead of ending in "…", so identifiers stay
+  whole at 80 columns and when piped. `--json` gives the same data for machines.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
+import logging.handlers
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table as _RichTable
 
 from tidegate import __version__, settings
 from tidegate.catalog import Catalog
@@ -24,13 +40,89 @@ from tidegate.errors import PlatformError, TidegateError
 
 console = Console()
 err_console = Console(stderr=True)
+log = logging.getLogger("tidegate")
+_QUIET = {"on": False}
+# libraries whose INFO chatter is noise for a tidegate user ("Created temporary directory ...
+# for ephemeral docs site" on every ingest); shown only with -vv
+NOISY = (
+    "great_expectations",
+    "apache_beam",
+    "google",
+    "grpc",
+    "urllib3",
+    "matplotlib",
+    "deltalake",
+    "fsspec",
+    "asyncio",
+    "absl",
+    "py4j",
+    "openlineage",
+)
+
+
+class Table(_RichTable):
+    """A rich Table whose cells wrap (fold) rather than end in "…" when the terminal is narrow."""
+
+    def add_column(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("overflow", "fold")
+        super().add_column(*args, **kwargs)
+
+
+@contextmanager
+def progress(message: str) -> Iterator[None]:
+    """A spinner with `message` on stderr while the block runs (a terminal, not --quiet); logged."""
+    log.info(message)
+    if _QUIET["on"] or not err_console.is_terminal:
+        yield
+        return
+    with err_console.status(message):
+        yield
+
+
+def is_quiet() -> bool:
+    return _QUIET["on"]
+
+
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """tidegate.log under TIDEGATE_HOME/logs, made only when something is logged."""
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """Idempotent (the tests call the CLI many times in one process)."""
+    _QUIET["on"] = quiet
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_tidegate", False)]:
+        root.removeHandler(h)
+        h.close()
+    to_file = _LogFile(settings.home() / "logs" / "tidegate.log", maxBytes=5 << 20, backupCount=3, delay=True)
+    to_file.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(
+        logging.ERROR
+        if quiet
+        else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    )
+    to_stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handlers: list[logging.Handler] = [to_file, to_stderr]
+    for h in handlers:
+        setattr(h, "_tidegate", True)  # noqa: B010 - marks ours, for the next setup to remove
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+
 
 app = typer.Typer(
     name="tidegate",
     help="Land CloudEvents from Pub/Sub in Delta Lake: exactly once, quarantined, with lineage.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     rich_markup_mode="rich",
 )
 contracts_app = typer.Typer(help="Event contracts: list, show and check compatibility.", no_args_is_help=True)
@@ -74,9 +166,24 @@ def _root(
             "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
         ),
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress, no warnings: results and errors only.")
+    ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, help="Show tidegate's log on stderr (-vv: also libraries', DEBUG)."
+        ),
+    ] = 0,
 ) -> None:
-    """tidegate: CloudEvents from Pub/Sub into Delta Lake through Apache Beam."""
+    """tidegate: CloudEvents from Pub/Sub into Delta Lake through Apache Beam.
 
+    Exit codes: 0 ok, 1 a check failed, 2 a mistake to fix (flag, path, catalog), 3 the platform
+    is missing. Every run appends to <TIDEGATE_HOME>/logs/tidegate.log."""
+    setup_logging(verbose, quiet)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of tables.")]
 
 LakeOpt = Annotated[
     str | None,

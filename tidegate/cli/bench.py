@@ -7,10 +7,9 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, bench_app, console, parse_rate
+from tidegate.cli.app import CatalogOpt, Table, bench_app, console, parse_rate
 from tidegate.errors import TidegateError
 
 

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tidegate.catalog import Catalog, load_catalog
-from tidegate.cli.app import CatalogOpt, app, console, err_console
+from tidegate.cli.app import CatalogOpt, Table, app, console, err_console, progress
 from tidegate.cli.ingest import run_local_ingest
 from tidegate.cli.produce import publish_with_progress
 from tidegate.cli.render import summary_table
@@ -40,7 +39,7 @@ def demo(
     workdir.mkdir(parents=True, exist_ok=True)
     manifest = workdir / "manifest.jsonl"
     console.rule("tidegate demo")
-    with console.status("Starting a private Pub/Sub emulator ..."):
+    with progress("Starting a private Pub/Sub emulator ..."):
         ctx = emu.private_emulator(workdir / "logs")
         proc = ctx.__enter__()
     try:
@@ -91,12 +90,23 @@ def demo(
             err_console.print(f"    {escape(p)}")
         raise TidegateError("the lake does not match what was sent (see above)")
     _print_landing(str(lake), catalog)
-    console.print(
-        f"\n{summary.received:,} messages ingested in {summary.seconds:.1f}s. Lake: {lake}\n"
-        f"Read it:        uv run python -c \"import polars as pl; print(pl.read_delta('{lake}/raw/shop.order.placed'))\"\n"
-        f"Aggregates:     uv run python -c \"import polars as pl; print(pl.read_delta('{lake}/aggregates/revenue_per_currency_1m'))\"\n"
-        f"Check it again: uv run tidegate verify --lake {lake} --manifest {manifest}"
-    )
+    console.print(f"\n{summary.received:,} messages ingested in {summary.seconds:.1f}s. Lake: {lake}")
+    # each command on a line of its own, never hard-wrapped: a narrow terminal folds it on
+    # screen, and copy-paste still gets one command
+    for label, command in (
+        (
+            "Read it:",
+            f"uv run python -c \"import polars as pl; print(pl.read_delta('{lake}/raw/shop.order.placed'))\"",
+        ),
+        (
+            "Aggregates:",
+            f"uv run python -c \"import polars as pl; print(pl.read_delta('{lake}/aggregates/revenue_per_currency_1m'))\"",
+        ),
+        ("Check it again:", f"uv run tidegate verify --lake {lake} --manifest {manifest}"),
+        ("Notebook:", "uv run jupyter execute notebooks/quickstart.ipynb"),
+    ):
+        console.print(label)
+        console.print(f"  {command}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _print_landing(lake: str, catalog: Catalog) -> None:
@@ -105,7 +115,7 @@ def _print_landing(lake: str, catalog: Catalog) -> None:
 
     table = Table(title="6. What landed where")
     for col, justify in (("table", "left"), ("stage", "left"), ("rule", "left"), ("rows", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify)
     for row in landed(Lake(lake, catalog=catalog)):
         table.add_row(row.table, row.stage, row.rule, f"{row.rows:,}")
     console.print(table)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, require_lake
+from tidegate.cli.app import CatalogOpt, LakeOpt, Table, app, console, progress, require_lake
 
 
 @app.command()
@@ -41,7 +40,7 @@ def replay(
     from tidegate.pipelines.replay import replay as run_replay
 
     lake_path = settings.lake_path(lake)
-    with console.status(f"Replaying {aggregate} from raw history ..."):
+    with progress(f"Replaying {aggregate} from raw history ..."):
         r = run_replay(
             catalog,
             lake_path,
@@ -77,7 +76,8 @@ def maintain(
     catalog = load_catalog(catalog_path)
     root = settings.lake_path(lake)
     require_lake(root, catalog)
-    report = run_maintain(LakeTables(root, catalog), retain_hours, settings.storage_options())
+    with progress(f"Compacting and vacuuming {root} ..."):
+        report = run_maintain(LakeTables(root, catalog), retain_hours, settings.storage_options())
     t = Table(title=f"maintain {root}")
     for col in ("table", "files before", "compacted", "vacuumed", "files after"):
         t.add_column(col)

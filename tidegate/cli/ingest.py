@@ -14,7 +14,16 @@ from tidegate.errors import TidegateError
 if TYPE_CHECKING:
     from tidegate.pipelines.local import BatchOutcome, RunSummary
 
-from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, app, console, err_console, require_emulator
+from tidegate.cli.app import (
+    CatalogOpt,
+    EmulatorOpt,
+    LakeOpt,
+    app,
+    console,
+    err_console,
+    is_quiet,
+    require_emulator,
+)
 from tidegate.cli.render import print_job
 
 
@@ -38,6 +47,7 @@ def run_local_ingest(
 
     # real Pub/Sub (no emulator address) or a lake off this machine is production: the
     # development key is refused there (lake.pii.load_protector), here and in every writer
+    quiet = quiet or is_quiet()
     gcp = address is None
     _protector, warning = load_protector(production, lake=lake, gcp=gcp)
     if warning and not quiet:
@@ -45,7 +55,16 @@ def run_local_ingest(
     production = is_production(production) or gcp or is_remote_lake(lake)
     config = ingest_config(catalog, lake, production)
 
+    # the first batch pays for starting Beam and GX (seconds): a spinner until it lands
+    warming = (
+        err_console.status("Starting Beam and Great Expectations; the first batch takes a few seconds ...")
+        if not quiet and err_console.is_terminal
+        else None
+    )
+
     def show(b: BatchOutcome) -> None:
+        if warming is not None:
+            warming.stop()
         if not quiet:
             console.print(
                 f"  batch {b.batch_id.rsplit('-', 1)[-1]}: {b.received:,} received -> {b.raw_written:,} raw, "
@@ -76,7 +95,13 @@ def run_local_ingest(
         subscriptions=subscriptions,
         on_heartbeat=None if quiet else beat,
     )
-    return ingest.run()
+    if warming is not None:
+        warming.start()
+    try:
+        return ingest.run()
+    finally:
+        if warming is not None:
+            warming.stop()
 
 
 @app.command()

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, app, console
+from tidegate.cli.app import CatalogOpt, LakeOpt, Table, app, console, progress
 
 keys_app = typer.Typer(
     help="The PII key ring: show versions, rotate, re-tokenize the lake.", no_args_is_help=True
@@ -96,7 +95,7 @@ def keys_retokenize(lake: LakeOpt = None, catalog_path: CatalogOpt = None) -> No
             storage=settings.storage_options(),
         )
 
-    with console.status(f"Re-tokenizing {root} to key version {protector.key_version} ..."):
+    with progress(f"Re-tokenizing {root} to key version {protector.key_version} ..."):
         report = retokenize(
             catalog, root, protector, run_id=run_id, storage=settings.storage_options(), replay=rebuild
         )

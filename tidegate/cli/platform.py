@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.table import Table
-
 from tidegate.catalog import load_catalog
 from tidegate.errors import TidegateError
 
 if TYPE_CHECKING:
     from tidegate.infra.pubsub import Change
 
-from tidegate.cli.app import CatalogOpt, EmulatorOpt, app, console
+from tidegate.cli.app import CatalogOpt, EmulatorOpt, Table, app, console, progress
 
 
 def _changes_table(changes: list[Change]) -> Table:
@@ -42,7 +40,7 @@ def up(catalog_path: CatalogOpt = None, emulator: EmulatorOpt = None) -> None:
     if emu.is_up(host, port):
         console.print(f"Pub/Sub emulator already running at {address}: reusing it.")
     else:
-        with console.status(f"Starting the Pub/Sub emulator on {address} ..."):
+        with progress(f"Starting the Pub/Sub emulator on {address} ..."):
             proc = emu.start(host, port, settings.emulator_log_file())
         emu.write_state(settings.emulator_state_file(), proc)
         console.print(

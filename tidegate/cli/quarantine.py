@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, parse_time, require_lake
+from tidegate.cli.app import CatalogOpt, LakeOpt, Table, app, console, parse_time, progress, require_lake
 
 quarantine_app = typer.Typer(help="The quarantine: list rejected messages, show one.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
@@ -123,7 +122,7 @@ def quarantine_redrive(
 
     catalog = load_catalog(catalog_path)
     wanted = [i.strip() for i in ids.split(",") if i.strip()] if ids else None
-    with console.status("Redriving ..."):
+    with progress("Redriving ..."):
         result = redrive(
             catalog, settings.lake_path(lake), rule=rule, message_ids=wanted, production=production
         )

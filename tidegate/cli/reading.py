@@ -8,10 +8,19 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, app, console, err_console, require_lake
+from tidegate.cli.app import (
+    CatalogOpt,
+    JsonOpt,
+    LakeOpt,
+    Table,
+    app,
+    console,
+    err_console,
+    progress,
+    require_lake,
+)
 from tidegate.errors import TidegateError
 
 
@@ -39,7 +48,7 @@ def docs(
     require_lake(settings.lake_path(lake), catalog)
     reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
     rows = quality_rows(reader, run, last)
-    with console.status(f"Building Data Docs for {len({r['batch_id'] for r in rows})} batch(es) ..."):
+    with progress(f"Building Data Docs for {len({r['batch_id'] for r in rows})} batch(es) ..."):
         built = build_docs(reader, out or settings.home() / "data-docs", rows)
     console.print(f"[green]✓[/] Data Docs: {built.index}")
 
@@ -61,7 +70,8 @@ def report(
     catalog = load_catalog(catalog_path)
     require_lake(settings.lake_path(lake), catalog)
     reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
-    path = build_report(reader, out or settings.home() / "report.html")
+    with progress("Drawing the report ..."):
+        path = build_report(reader, out or settings.home() / "report.html")
     console.print(f"[green]✓[/] report: {path}")
 
 
@@ -73,6 +83,7 @@ def verify(
     ] = None,
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check the lake: one row per event id, one quarantine row per message, balanced ledger; with --manifest, that every message sent landed where it must, exactly once."""
     from tidegate import settings
@@ -88,13 +99,27 @@ def verify(
 
         read_manifest(manifest)  # a file that is not a manifest is named before anything is read
     require_lake(settings.lake_path(lake), catalog)
-    report = run_verify(
-        settings.lake_path(lake),
-        catalog.event_types,
-        manifest,
-        storage_options=settings.storage_options(),
-        aggregates=catalog.aggregates,
-    )
+    with progress(f"Verifying {settings.lake_path(lake)} ..."):
+        report = run_verify(
+            settings.lake_path(lake),
+            catalog.event_types,
+            manifest,
+            storage_options=settings.storage_options(),
+            aggregates=catalog.aggregates,
+        )
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "checks": [{"name": n, "passed": p, "detail": d} for n, p, d in report.checks],
+                    "problems": report.problems,
+                }
+            )
+        )
+        if not report.ok:
+            raise typer.Exit(1)
+        return
     for name, passed, detail in report.checks:
         mark = "[green]✓[/]" if passed else "[red]✗[/]"
         console.print(f"{mark} {name}: {detail}")
@@ -145,7 +170,8 @@ def lineage(
     uri = LakeTables(root, catalog).resolve(table).uri(root)  # an unknown name is named first
     require_lake(root, catalog)
     if row is not None:
-        info = row_lineage(uri, row, settings.storage_options(), source=source)
+        with progress(f"Finding {row} in {table} ..."):
+            info = row_lineage(uri, row, settings.storage_options(), source=source)
         if as_json:
             console.print_json(json.dumps(info, default=str))
             return

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
-from rich.table import Table
 
-from tidegate.cli.app import console
+from tidegate.cli.app import Table, console
 
 if TYPE_CHECKING:
     from tidegate.producer import PublishReport

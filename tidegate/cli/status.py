@@ -8,10 +8,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, app, console
+from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, Table, app, console, progress
 from tidegate.errors import TidegateError
 
 
@@ -26,7 +25,7 @@ def _print_backlog(bl: dict[str, Any]) -> None:
             ("oldest unacked", "right"),
             ("measured at", "left"),
         ):
-            t.add_column(col, justify=justify)  # type: ignore[arg-type]
+            t.add_column(col, justify=justify)
         for sub in bl["subscriptions"]:
             n = sub["messages"]
             age = sub["oldest_unacked_age_seconds"]
@@ -76,15 +75,16 @@ def status(
         )
     catalog = load_catalog(catalog_path)
     the_lake = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
-    report = lake_status(the_lake)
-    report["backlog"] = lake_backlog(
-        the_lake,
-        backlog,
-        address=settings.emulator_address(catalog, emulator),
-        project=project or catalog.project,
-        emulator_explicit=bool(emulator or os.environ.get("PUBSUB_EMULATOR_HOST")),
-        limit=backlog_limit,
-    ).as_dict()
+    with progress(f"Reading {the_lake.root} ..."):
+        report = lake_status(the_lake)
+        report["backlog"] = lake_backlog(
+            the_lake,
+            backlog,
+            address=settings.emulator_address(catalog, emulator),
+            project=project or catalog.project,
+            emulator_explicit=bool(emulator or os.environ.get("PUBSUB_EMULATOR_HOST")),
+            limit=backlog_limit,
+        ).as_dict()
     if not report["tables"]:
         if not as_json:
             _print_backlog(report["backlog"])
@@ -104,7 +104,7 @@ def status(
         ("last commit", "left"),
         ("age", "right"),
     ):
-        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+        t.add_column(col, justify=justify)
     for row in report["tables"]:
         t.add_row(
             row["table"],
