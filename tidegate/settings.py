@@ -1,8 +1,14 @@
 """Where tidegate keeps local state, and how it finds the emulator.
 
-- `TIDEGATE_HOME` (default `./.tidegate`): pid file and log of the emulator `tidegate up`
-  started, manifests, and (from the ingest issue on) the local lake.
+- `TIDEGATE_HOME`: pid file and log of the emulator `tidegate up` started, manifests, the local
+  lake (`<home>/lake`) and the demo's (`<home>/demo/lake`). Unset, it is found the way git finds
+  `.git`: the nearest `.tidegate` directory in the current directory or one of its parents (a
+  directory of this user's only), else `./.tidegate`, created on first use. So the CLI and a
+  notebook agree from any subdirectory of the project (Jupyter runs a notebook in its own folder).
 - `TIDEGATE_LAKE` (default `<TIDEGATE_HOME>/lake`): the lake root, a path or a URI (gs://...).
+  `find_lake()` is what readers (the quickstart notebook) use: `TIDEGATE_LAKE`, else
+  `<home>/lake` once it holds a table, else the demo's lake `<home>/demo/lake`, else an error
+  that says what to run.
 - `TIDEGATE_STORAGE_OPTIONS`: options for the lake's object store, passed to delta-rs and
   polars as they are, e.g. `google_service_account_path=/secrets/sa.json` or a JSON object
   (`{"google_service_account_path": "..."}`); comma-separated `key=value` pairs also work.
@@ -22,21 +28,92 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import stat
 from pathlib import Path
 
 from tidegate.catalog import Catalog
 from tidegate.errors import ConfigError, TidegateError
 
 HOME_ENV = "TIDEGATE_HOME"
+LAKE_ENV = "TIDEGATE_LAKE"
+HOME_DIR = ".tidegate"
 
 
 def home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or ".tidegate").absolute()
+    """$TIDEGATE_HOME, else the nearest `.tidegate` in the current directory or above, else ./.tidegate."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).absolute()
+    return _discovered_home() or Path(HOME_DIR).absolute()
+
+
+def _discovered_home() -> Path | None:
+    """The nearest `.tidegate` directory in the current directory or its parents that belongs to
+    this user (one another user planted in /tmp or a shared parent is never adopted)."""
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        candidate = folder / HOME_DIR
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            return candidate
+    return None
 
 
 def lake_path(override: str | None = None) -> str:
     """The lake root: --lake, else $TIDEGATE_LAKE, else <TIDEGATE_HOME>/lake."""
-    return override or os.environ.get("TIDEGATE_LAKE") or str(home() / "lake")
+    return override or os.environ.get(LAKE_ENV) or str(home() / "lake")
+
+
+def demo_lake_path() -> Path:
+    """Where `tidegate demo` leaves its lake: <TIDEGATE_HOME>/demo/lake."""
+    return home() / "demo" / "lake"
+
+
+def find_lake(override: str | None = None) -> str:
+    """The lake a reader (the quickstart notebook) opens: `override`, else $TIDEGATE_LAKE, else
+    <home>/lake (what `tidegate ingest` fills) once it holds a table, else the demo's lake
+    <home>/demo/lake. A URI (gs://...) is taken as it is; a local path is made absolute, and one
+    without any table is an error that says what to run."""
+    explicit = override or os.environ.get(LAKE_ENV)
+    if explicit:
+        if "://" in explicit:
+            return explicit
+        path = Path(explicit).absolute()
+        if not _has_tables(path):
+            source = "the lake given" if override else f"{LAKE_ENV}={explicit}"
+            relative = (
+                "" if Path(explicit).is_absolute() else f" (relative to the current directory {Path.cwd()})"
+            )
+            raise TidegateError(
+                f"{source}: no tidegate tables under {path}{relative}",
+                hint=f"run `uv run tidegate demo` first, or set {LAKE_ENV} to an existing lake "
+                "(an absolute path or gs://bucket/lake)",
+            )
+        return str(path)
+    root = home()
+    for candidate in (root / "lake", demo_lake_path()):
+        if _has_tables(candidate):
+            return str(candidate)
+    if os.environ.get(HOME_ENV):
+        how = f"{HOME_ENV}={os.environ[HOME_ENV]}"
+    elif _discovered_home() is not None:
+        how = f"{HOME_ENV} is unset: the nearest {HOME_DIR} directory, from {Path.cwd()}"
+    else:
+        how = f"{HOME_ENV} is unset and there is no {HOME_DIR} directory in {Path.cwd()} or above"
+    raise TidegateError(
+        f"no lake yet: neither {root / 'lake'} nor {demo_lake_path()} holds a tidegate table ({how})",
+        hint=f"run `uv run tidegate demo` first (in the project folder), or set {LAKE_ENV} to a lake "
+        "(an absolute path or gs://bucket/lake)",
+    )
+
+
+def _has_tables(root: Path) -> bool:
+    """Whether a local lake holds at least one Delta table (raw/<type>, quarantine, aggregates/...)."""
+    return root.is_dir() and any(
+        p.is_dir() for pattern in ("*/_delta_log", "*/*/_delta_log") for p in root.glob(pattern)
+    )
 
 
 def storage_options() -> dict[str, str] | None:
