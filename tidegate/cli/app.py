@@ -32,6 +32,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table as _RichTable
+from typer.core import TyperOption
 
 from tidegate import __version__, settings
 from tidegate.catalog import Catalog
@@ -58,6 +59,25 @@ NOISY = (
     "py4j",
     "openlineage",
 )
+
+
+def _metavar(self: TyperOption, ctx: Any) -> str | None:
+    """Help's type column as people read it: nothing for a flag (not `<bool>`), `TEXT ...` for a
+    repeatable option (not `<list[str]>`), `INTEGER` for `<int>`."""
+    if self.is_flag or self.count:
+        return None
+    shown = _typer_metavar(self, ctx)
+    if shown is None or not (shown.startswith("<") and shown.endswith(">")):
+        return shown
+    label = shown[1:-1]
+    if label.startswith("list[") and label.endswith("]"):
+        return f"{_LABELS.get(label[5:-1], label[5:-1].upper())} ..."
+    return _LABELS.get(label, label.upper())
+
+
+_LABELS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "bool": "BOOLEAN"}
+_typer_metavar = TyperOption.display_type_rich
+TyperOption.display_type_rich = _metavar  # type: ignore[method-assign]
 
 
 class Table(_RichTable):

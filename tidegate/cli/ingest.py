@@ -176,7 +176,7 @@ def ingest(
     catalog_path: CatalogOpt = None,
     emulator: EmulatorOpt = None,
 ) -> None:
-    """Land the catalog's subscriptions in the lake: valid events once in raw/<type>, the rest in quarantine, a ledger row per batch. --mode local runs micro-batches here; --mode streaming --dry-run builds the Dataflow job offline."""
+    """Land the catalog's subscriptions in the lake: valid events once in raw/<type>, the rest in quarantine, a ledger row per batch. --mode local runs micro-batches in this process, on Beam's in-process engine (DirectRunner's FnApiRunner, pinned: it never tries to download Prism); --mode streaming --dry-run builds the Dataflow job offline (DataflowRunner)."""
     from tidegate import settings
     from tidegate.lake.catalog_check import check_catalog
 

@@ -1,7 +1,7 @@
 """Streaming mode: the same composites behind `ReadFromPubSub`, for Dataflow.
 
-    tidegate ingest --mode streaming --runner DataflowRunner --project P --region R \
-        --lake gs://bucket/lake --dry-run --job-file job.json     # build the job offline
+    tidegate ingest --mode streaming --project P --region R \
+        --lake gs://bucket/lake --dry-run --job-file job.json     # build the Dataflow job offline
 
     ReadEvents (one ReadFromPubSub per catalog subscription, with attributes)
       -> ToChunks (GroupIntoBatches per shard: up to N messages or S seconds, then at most 64 MiB a chunk)
