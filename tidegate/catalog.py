@@ -106,6 +106,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Owner(_Strict):
+    """Who answers for a stream: shown in status and lineage, sent in OpenLineage's ownership facet."""
+
+    team: str
+    contact: str = ""
+
+
+def _retention(value: str | None) -> str | None:
+    if value is not None:
+        seconds = parse_duration(value)
+        if seconds < 86400:
+            raise ValueError(f"retention {value!r} is under a day: retention is counted in days of event time")
+    return value
+
+
+class QuarantineSettings(_Strict):
+    """The quarantine's own retention (rows quarantined longer ago are deleted by `maintain`)."""
+
+    retention: str | None = "30d"
+
+    _lake_retention = field_validator("retention")(_retention)
+
+
 class StreamSettings(_Strict):
     """Settings a stream may inherit from `defaults`."""
 
@@ -130,9 +153,16 @@ class StreamSettings(_Strict):
     # (class "url_query") while the path stays readable for aggregates (tidegate.lake.pii)
     pii_attributes: list[str] = Field(default_factory=lambda: ["subject"])
     pii_url_fields: list[str] = Field(default_factory=list)
+    # governance: raw rows whose event date is older than `retention` are deleted by `maintain`
+    # (None: kept forever); `subject_fields` name the payload fields that identify a data subject
+    # (`tidegate forget`); `owner` answers for the stream
+    retention: str | None = None
+    subject_fields: list[str] = Field(default_factory=list)
+    owner: Owner | None = None
 
     _durations = field_validator("max_future", "max_event_age")(_optional_duration)
     _pii_attributes = field_validator("pii_attributes")(_landed_attributes)
+    _lake_retention = field_validator("retention")(_retention)
 
     @field_validator("message_retention")
     @classmethod
@@ -168,9 +198,16 @@ class Stream(_Strict):
     max_event_age: str | None = None
     pii_attributes: list[str] = Field(default_factory=lambda: ["subject"])
     pii_url_fields: list[str] = Field(default_factory=list)
+    # governance: raw rows whose event date is older than `retention` are deleted by `maintain`
+    # (None: kept forever); `subject_fields` name the payload fields that identify a data subject
+    # (`tidegate forget`); `owner` answers for the stream
+    retention: str | None = None
+    subject_fields: list[str] = Field(default_factory=list)
+    owner: Owner | None = None
 
     _durations = field_validator("max_future", "max_event_age")(_optional_duration)
     _pii_attributes = field_validator("pii_attributes")(_landed_attributes)
+    _lake_retention = field_validator("retention")(_retention)
 
     @model_validator(mode="before")
     @classmethod
@@ -313,6 +350,11 @@ class AggregateSpec(_Strict):
     metrics: list[MetricSpec]
     allowed_lateness: str = "10m"
     out_of_orderness: str = "2m"
+    # windows older than this are deleted by `maintain` (None: the source's retention applies:
+    # a window is kept while any of its source rows may still be in raw)
+    retention: str | None = None
+
+    _lake_retention = field_validator("retention")(_retention)
 
     @field_validator("name")
     @classmethod
@@ -347,6 +389,7 @@ class Catalog(_Strict):
     contracts: str = "../expectations/contracts"
     defaults: StreamSettings = StreamSettings()
     dead_letter: DeadLetter = DeadLetter()
+    quarantine: QuarantineSettings = QuarantineSettings()
     streams: list[Stream]
     aggregates: list[AggregateSpec] = Field(default_factory=list)
     path: Path = Field(exclude=True)

@@ -6,12 +6,13 @@
 contracts too is checked here: every contract parses, every aggregate's keys and metric fields
 are columns of its source's raw table (a typo like `field: amout` used to pass `up` and
 `contracts check` and then crash ingest), and every `pii_url_fields` entry is a contract
-field. `tidegate up`, `contracts check`, `ingest`, `replay` and `deploy` call it first.
+field, and every `subject_fields` entry too. `tidegate up`, `contracts check`, `ingest`, `replay` and `deploy` call it first.
 """
 
 from __future__ import annotations
 
 from tidegate.catalog import Catalog
+from tidegate.errors import ConfigError
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.lake.aggregates import check_aggregates
 from tidegate.lake.pii import pii_policies
@@ -21,4 +22,13 @@ def check_catalog(catalog: Catalog) -> ContractRegistry:
     registry = ContractRegistry.from_catalog(catalog)
     check_aggregates(catalog, registry)
     pii_policies(catalog, registry)
+    for stream in catalog.streams:
+        for event_type in stream.types:
+            names = {f for c in registry.types[event_type].versions.values() for f in c.field_names}
+            missing = [f for f in stream.subject_fields if f not in names]
+            if missing and len(stream.types) == 1:
+                raise ConfigError(
+                    f"{event_type}: subject_fields names {', '.join(missing)}, not a field of its contracts",
+                    hint=f"its fields: {', '.join(sorted(names))}",
+                )
     return registry
