@@ -121,7 +121,7 @@ def test_status_without_an_emulator_says_how_to_start_one(tmp_path: Path, cli) -
     assert r.code == 2
     assert "no Pub/Sub emulator answers" in r.text
     assert "tidegate up" in r.text
-    assert "no tables under" in r.text
+    assert "no tidegate tables under" in r.text
     assert "Traceback" not in r.text
     bad = cli("status", "--lake", tmp_path, "--backlog", "sometimes")
     assert bad.code == 2

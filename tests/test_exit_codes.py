@@ -42,7 +42,7 @@ def bad_invocations(tmp_path: Path) -> list[tuple[list[str], int, str]]:
     return [
         (["report", "--lake", missing], 2, "no tidegate tables"),
         (["verify", "--lake", missing], 2, "no tidegate tables"),
-        (["status", "--lake", missing], 2, "no tidegate tables"),
+        (["status", "--lake", missing, "--backlog", "off"], 2, "no tidegate tables"),
         (["docs", "--lake", missing], 2, "no tidegate tables"),
         (["quarantine", "list", "--lake", missing], 2, "no tidegate tables"),
         (["lineage", "raw/shop.order.placed", "--lake", missing], 2, "no tidegate tables"),

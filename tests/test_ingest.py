@@ -275,7 +275,7 @@ def test_lineage_leads_from_a_row_to_its_commit_and_maintain_compacts(
 
     r = cli("lineage", "raw/shop.order.placed", "--lake", lake, "--json")
     assert r.code == 0, r.text
-    history = json.loads(r.out)
+    history = json.loads(r.out)["commits"]
     assert len(history) >= 4
     assert {h["tidegate_run_id"] for h in history} == {summary.run_id}
 

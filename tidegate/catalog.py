@@ -117,7 +117,9 @@ def _retention(value: str | None) -> str | None:
     if value is not None:
         seconds = parse_duration(value)
         if seconds < 86400:
-            raise ValueError(f"retention {value!r} is under a day: retention is counted in days of event time")
+            raise ValueError(
+                f"retention {value!r} is under a day: retention is counted in days of event time"
+            )
     return value
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Annotated
 
 import typer
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, LakeOpt, Table, app, console, progress, require_lake
+from tidegate.cli.app import CatalogOpt, JsonOpt, LakeOpt, Table, app, console, progress, require_lake
+from tidegate.errors import TidegateError
 
 
 @app.command()
@@ -63,21 +66,43 @@ def replay(
 @app.command()
 def maintain(
     retain_hours: Annotated[
-        int, typer.Option(help="Keep files a reader or time travel may still need for this long.")
+        int,
+        typer.Option(
+            help="Time-travel window: files a reader or time travel may still need are kept this long."
+        ),
     ] = 168,
+    actor: Annotated[
+        str | None,
+        typer.Option(help="Who runs it, for the _audit table (default: user@host).", show_default=False),
+    ] = None,
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """Compact each table's small per-batch files into large ones and vacuum files older than --retain-hours (rows are never changed)."""
+    """Apply the catalog's retention (delete raw rows, quarantine rows and aggregate windows past it, each deletion recorded in _audit), then compact small files and vacuum files older than --retain-hours."""
     from tidegate import settings
+    from tidegate.lake.governance import actor as who
+    from tidegate.lake.governance import expire
+    from tidegate.lake.lock import lake_lock
     from tidegate.lake.maintenance import maintain as run_maintain
     from tidegate.lake.tables import LakeTables
+    from tidegate.pipelines.runs import new_run_id
 
     catalog = load_catalog(catalog_path)
     root = settings.lake_path(lake)
     require_lake(root, catalog)
-    with progress(f"Compacting and vacuuming {root} ..."):
-        report = run_maintain(LakeTables(root, catalog), retain_hours, settings.storage_options())
+    tables = LakeTables(root, catalog)
+    run_id = new_run_id("maintain")
+    with lake_lock(root):  # no ingest appends while rows are deleted and files rewritten
+        with progress(f"Applying retention to {root} ..."):
+            expired = expire(tables, run_id=run_id, actor=who(actor), storage=settings.storage_options())
+        with progress(f"Compacting and vacuuming {root} ..."):
+            report = run_maintain(tables, retain_hours, settings.storage_options())
+    for e in expired:
+        console.print(
+            f"  {e['table']}: {e['rows']:,} rows deleted ({e['reason']}; cutoff {e['cutoff']:%Y-%m-%d})"
+        )
+    if not expired:
+        console.print("  retention: nothing past it")
     t = Table(title=f"maintain {root}")
     for col in ("table", "files before", "compacted", "vacuumed", "files after"):
         t.add_column(col)
@@ -90,3 +115,110 @@ def maintain(
             str(r["files_after"]),
         )
     console.print(t)
+
+
+@app.command()
+def audit(
+    as_json: JsonOpt = False,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Every deletion governance made (retention, erasure): when, who, which table, how many rows, why."""
+    from tidegate import settings
+    from tidegate.lake.governance import audit_rows
+
+    catalog = load_catalog(catalog_path)
+    root = settings.lake_path(lake)
+    require_lake(root, catalog)
+    rows = audit_rows(root, settings.storage_options()).sort("at", descending=True)
+    if as_json:
+        console.print_json(json.dumps(rows.drop("erased_events").to_dicts(), default=str))
+        return
+    if rows.is_empty():
+        console.print("no deletion recorded (retention has not removed anything; nobody was erased)")
+        return
+    t = Table(title=f"_audit ({rows.height} deletions, newest first)")
+    for col in ("at", "action", "actor", "table", "rows", "reason"):
+        t.add_column(col)
+    for r in rows.iter_rows(named=True):
+        t.add_row(
+            f"{r['at']:%Y-%m-%d %H:%M:%S}", r["action"], r["actor"], r["table"], f"{r['rows']:,}", r["reason"]
+        )
+    console.print(t)
+
+
+@app.command()
+def forget(
+    subject: Annotated[
+        str,
+        typer.Argument(
+            help="The data subject's id, as the streams' subject_fields hold it (e.g. a customer id)."
+        ),
+    ],
+    actor: Annotated[
+        str | None,
+        typer.Option(help="Who asks, for the _audit tombstone (default: user@host).", show_default=False),
+    ] = None,
+    lake: LakeOpt = None,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Erase a data subject: delete their rows from raw and the quarantine, rebuild the aggregate windows they touched, purge the files and log history that held them, and record a tombstone (never the id) in _audit."""
+    from tidegate import settings
+    from tidegate.lake.catalog_check import check_catalog
+    from tidegate.lake.governance import actor as who
+    from tidegate.lake.pii import load_protector
+    from tidegate.ops.erasure import forget as run_forget
+    from tidegate.pipelines.replay import replay
+    from tidegate.pipelines.runs import new_run_id
+    from tidegate.version import code_version, git_sha
+
+    catalog = load_catalog(catalog_path)
+    check_catalog(catalog)
+    if not any(s.subject_fields for s in catalog.streams):
+        raise TidegateError(
+            "no stream declares subject_fields: tidegate cannot tell which rows belong to a subject",
+            hint="add e.g. `subject_fields: [customer_id]` to the streams in the catalog (docs/catalog.md)",
+        )
+    root = settings.lake_path(lake)
+    require_lake(root, catalog)
+    protector, _warning = load_protector(lake=root)
+    run_id = new_run_id("forget")
+
+    def rebuild(name: str, since: datetime, until: datetime) -> None:
+        replay(
+            catalog,
+            root,
+            name,
+            since=since.isoformat(),
+            until=until.isoformat(),
+            run_id=run_id,
+            code_version=code_version(),
+            git_sha=git_sha(),
+            storage=settings.storage_options(),
+            locked=True,  # forget holds the lake lock for the whole erasure
+        )
+
+    with progress("Erasing the subject ..."):
+        report = run_forget(
+            catalog,
+            root,
+            protector,
+            subject,
+            actor=who(actor),
+            run_id=run_id,
+            replay=rebuild,
+            storage=settings.storage_options(),
+        )
+    if not report.deleted:
+        console.print(
+            f"nothing in {root} held that subject; the request is recorded in _audit ({report.subject_digest})"
+        )
+        return
+    for table, rows in report.deleted.items():
+        console.print(f"  {table}: {rows:,} rows deleted")
+    for name in report.rebuilt:
+        console.print(f"  aggregates/{name}: touched windows rebuilt from raw")
+    console.print(
+        f"[green]✓[/] erased (tombstone {report.subject_digest} in _audit, run {run_id}); "
+        f"{sum(report.purged.values()):,} files purged and the log history of {len(report.purged)} tables truncated"
+    )

@@ -93,6 +93,7 @@ def keys_retokenize(lake: LakeOpt = None, catalog_path: CatalogOpt = None) -> No
             code_version=code_version(),
             git_sha=git_sha(),
             storage=settings.storage_options(),
+            locked=True,  # retokenize holds the lake lock throughout
         )
 
     with progress(f"Re-tokenizing {root} to key version {protector.key_version} ..."):

@@ -160,21 +160,26 @@ def lineage(
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """Where a table's versions, or one row, came from: run, batch, messages, code version and git sha, contracts and GX suite."""
+    """Who owns a table, and where its versions, or one row, came from: run, batch, messages, code version and git sha, contracts and GX suite."""
     from tidegate import settings
-    from tidegate.lake.lineage import commits, row_lineage
+    from tidegate.lake.lineage import commits, owner_json, owner_text, row_lineage, row_owner, table_owner
     from tidegate.lake.tables import LakeTables
 
     root = settings.lake_path(lake)
     catalog = load_catalog(catalog_path)
-    uri = LakeTables(root, catalog).resolve(table).uri(root)  # an unknown name is named first
+    spec = LakeTables(root, catalog).resolve(table)  # an unknown name is named first
+    uri = spec.uri(root)
     require_lake(root, catalog)
     if row is not None:
         with progress(f"Finding {row} in {table} ..."):
             info = row_lineage(uri, row, settings.storage_options(), source=source)
+        owner = row_owner(catalog, spec, info["row"])
         if as_json:
-            console.print_json(json.dumps(info, default=str))
+            console.print_json(
+                json.dumps({"table": spec.name, "owner": owner_json(owner), **info}, default=str)
+            )
             return
+        console.print(f"owner: {escape(owner_text(owner))}")
         r, c = info["row"], info["commit"] or {}
         t = Table(title=f"{table}: row {row}", show_header=False)
         t.add_column("what")
@@ -214,9 +219,13 @@ def lineage(
         console.print(t)
         return
     history = commits(uri, settings.storage_options())[:limit]
+    owner = table_owner(catalog, spec)
     if as_json:
-        console.print_json(json.dumps(history, default=str))
+        console.print_json(
+            json.dumps({"table": spec.name, "owner": owner_json(owner), "commits": history}, default=str)
+        )
         return
+    console.print(f"owner: {escape(owner_text(owner))}")
     t = Table(title=f"{table}: commits, newest first")
     for col in ("version", "when", "operation", "rows", "run", "batch", "messages", "git sha", "contracts"):
         t.add_column(col)
@@ -227,7 +236,8 @@ def lineage(
         t.add_row(
             str(h["version"]),
             str(h.get("timestamp", "")),
-            str(h.get("operation", "")),
+            str(h.get("operation", ""))
+            + (f" ({h['tidegate_operation']})" if h.get("tidegate_operation") else ""),
             str(h.get("rows_added", "")),
             str(h.get("tidegate_run_id", "")),
             str(h.get("tidegate_batch_id", "")).rsplit("-", 1)[-1],

@@ -61,7 +61,7 @@ def status(
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """The lake at a glance: every table's version, rows, last commit and age; subscription backlog; ledger balance, quarantine, late and data-quality rates; latest publish->commit latency."""
+    """The lake at a glance: every table's version, rows, last commit, age and owner; subscription backlog; ledger balance, quarantine, late and data-quality rates; latest publish->commit latency."""
     from tidegate import settings
     from tidegate.lake.read import Lake
     from tidegate.ops.status import BACKLOG_MODES
@@ -85,16 +85,15 @@ def status(
             emulator_explicit=bool(emulator or os.environ.get("PUBSUB_EMULATOR_HOST")),
             limit=backlog_limit,
         ).as_dict()
+    if as_json:  # an empty lake is a state too (a new deployment: what matters is the backlog)
+        console.print_json(json.dumps(report, default=str))
+        return
     if not report["tables"]:
-        if not as_json:
-            _print_backlog(report["backlog"])
+        _print_backlog(report["backlog"])
         raise TidegateError(
             f"no tidegate tables under {report['lake']}",
             hint="run `tidegate ingest` (or `tidegate demo`) first, or check --lake / TIDEGATE_LAKE",
         )
-    if as_json:
-        console.print_json(json.dumps(report, default=str))
-        return
     t = Table(title=f"tidegate status: {report['lake']}")
     for col, justify in (
         ("table", "left"),
@@ -103,9 +102,11 @@ def status(
         ("files", "right"),
         ("last commit", "left"),
         ("age", "right"),
+        ("owner", "left"),
     ):
         t.add_column(col, justify=justify)
     for row in report["tables"]:
+        owner = row.get("owner")
         t.add_row(
             row["table"],
             str(row["version"]),
@@ -113,6 +114,9 @@ def status(
             str(row["files"]),
             row["last_commit"][:19],
             f"{row['age_seconds']:,.0f}s",
+            "-"
+            if owner is None
+            else escape(owner["team"] + (f" ({owner['contact']})" if owner["contact"] else "")),
         )
     console.print(t)
     _print_backlog(report["backlog"])

@@ -8,6 +8,12 @@
 Every commit tidegate makes carries `tidegate_*` keys in its commit info (see
 `tidegate.lake.rows.lineage`); a raw row carries its message id, run id and batch id, so a row leads to
 its commit and a commit to its messages (by digest) and its code (version + git sha).
+
+Who answers for a table (`table_owner`): a raw table's stream owner from the catalog; an
+aggregate's is the owner of its source stream; the shared tables (quarantine, _ledger,
+_quality, _metrics, the late ledger, _audit, _redrives) have none of their own (a quarantined
+or late row names its event type, whose owner `row_owner` finds). `tidegate status`,
+`tidegate lineage` and the OpenLineage ownership facet all ask here.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from typing import Any
 
 import polars as pl
 
-from tidegate.errors import TidegateError
+from tidegate.catalog import Catalog, Owner
+from tidegate.errors import ConfigError, TidegateError
 from tidegate.lake.delta import open_table, scan_table
+from tidegate.lake.tables import TableSpec
 
 LINEAGE_KEYS = (
     "tidegate_run_id",
@@ -98,3 +106,46 @@ def row_lineage(
     if commit and commit.get("tidegate_contracts") and row.get("schema_version") is not None:
         contract = json.loads(commit["tidegate_contracts"]).get(f"v{row['schema_version']}")
     return {"row": row, "commit": commit, "contract_fingerprint": contract, "copies": found.height}
+
+
+# -- ownership ----------------------------------------------------------------------------------
+
+
+def stream_owner(catalog: Catalog, event_type: str) -> Owner | None:
+    """The owner the catalog declares for the stream carrying `event_type` (None: none declared,
+    or a type this catalog does not know)."""
+    try:
+        return catalog.stream(event_type).owner
+    except ConfigError:
+        return None
+
+
+def table_owner(catalog: Catalog, spec: TableSpec) -> Owner | None:
+    """Who answers for a table: raw/<type> -> its stream's owner; aggregates/<name> -> the owner
+    of its source stream (`AggregateSpec.source`); a table shared by every stream -> None."""
+    if spec.event_type is not None:
+        return stream_owner(catalog, spec.event_type)
+    if spec.aggregate is not None:
+        source = next((a.source for a in catalog.aggregates if a.name == spec.aggregate), None)
+        return stream_owner(catalog, source) if source is not None else None
+    return None
+
+
+def row_owner(catalog: Catalog, spec: TableSpec, row: dict[str, Any]) -> Owner | None:
+    """The owner of one row: its table's, else (a quarantined or late row) its event type's."""
+    owner = table_owner(catalog, spec)
+    if owner is None and isinstance(row.get("event_type"), str):
+        owner = stream_owner(catalog, row["event_type"])
+    return owner
+
+
+def owner_json(owner: Owner | None) -> dict[str, str] | None:
+    """An owner as `{"team": ..., "contact": ...}` (status --json, lineage --json)."""
+    return None if owner is None else {"team": owner.team, "contact": owner.contact}
+
+
+def owner_text(owner: Owner | None) -> str:
+    """An owner for people: `checkout (checkout-team@shop.example.com)`, or `-`."""
+    if owner is None:
+        return "-"
+    return f"{owner.team} ({owner.contact})" if owner.contact else owner.team

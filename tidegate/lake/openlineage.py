@@ -17,6 +17,11 @@ What they say (OpenLineage naming conventions):
   with the facets `schema`, `outputStatistics` (rows, bytes, files of the commit),
   `dataQualityAssertions` (the GX expectations of the batch, per event type) and `version` (the
   Delta table version committed);
+- `ownership` on every dataset the catalog gives an owner (a stream's subscription and raw table,
+  an aggregate by its source stream; tidegate.lake.lineage.table_owner): owners
+  `team:<team>` (type `MAINTAINER`) and, when the catalog names a contact, the contact
+  (`mailto:<address>` for an e-mail address; type `CONTACT`). The tables every stream shares
+  (quarantine, ledgers) carry none;
 - run ids are UUIDs derived from tidegate's run / batch ids (`run_uuid`), and every Delta commit
   carries `tidegate_run_id`: either side leads to the other (`run_uuid(commit["tidegate_run_id"])`).
 """
@@ -33,6 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from tidegate import settings
+from tidegate.catalog import Catalog, Owner, load_catalog
+from tidegate.errors import TidegateError
+from tidegate.lake.lineage import table_owner
+from tidegate.lake.tables import LakeTables
 from tidegate.version import code_version, git_sha
 
 log = logging.getLogger(__name__)
@@ -74,18 +83,48 @@ class OutputTable:
     assertions: list[dict[str, Any]] | None = None  # expectation, column, success
 
 
-class LineageEmitter:
-    """Builds and sends run events; one per process (ingest run or replay)."""
+def dataset_owners(lake: str, catalog: Catalog) -> tuple[dict[tuple[str, str], Owner], dict[str, Owner]]:
+    """Who owns what tidegate emits: per Delta table as an OpenLineage (namespace, name), and
+    per subscription name (the project is the run's, so a subscription is matched by name)."""
+    tables = {
+        dataset_name(spec.uri(lake)): owner
+        for spec in LakeTables(lake, catalog).specs()
+        if (owner := table_owner(catalog, spec)) is not None
+    }
+    subscriptions = {s.subscription: s.owner for s in catalog.streams if s.owner is not None}
+    return tables, subscriptions
 
-    def __init__(self, lake: str, *, home: Path | None = None) -> None:
+
+def _catalog_or_none() -> Catalog | None:
+    """The catalog this process would load without --catalog ($TIDEGATE_CATALOG, else the
+    shipped one), for an emitter nobody handed one; None if it does not load."""
+    try:
+        return load_catalog()
+    except TidegateError as exc:
+        log.warning("OpenLineage events carry no ownership: the catalog does not load (%s)", exc)
+        return None
+
+
+class LineageEmitter:
+    """Builds and sends run events; one per process (ingest run or replay).
+
+    `catalog` gives the datasets their owners (the ownership facet); without one, the catalog
+    that loads by default ($TIDEGATE_CATALOG, else the shipped one)."""
+
+    def __init__(self, lake: str, *, home: Path | None = None, catalog: Catalog | None = None) -> None:
         # openlineage: loaded only when lineage events are emitted
         from openlineage.client import OpenLineageClient
 
         self.enabled = os.environ.get("TIDEGATE_OPENLINEAGE", "").lower() not in ("off", "0", "false")
         self.client: Any = None
         self.target = "off"
+        self.table_owners: dict[tuple[str, str], Owner] = {}
+        self.subscription_owners: dict[str, Owner] = {}
         if not self.enabled:
             return
+        catalog = catalog if catalog is not None else _catalog_or_none()
+        if catalog is not None:
+            self.table_owners, self.subscription_owners = dataset_owners(lake, catalog)
         url = os.environ.get("TIDEGATE_OPENLINEAGE_URL")
         if url:
             from openlineage.client.transport.http import (
@@ -115,6 +154,12 @@ class LineageEmitter:
         self.target = str(path)
 
     # -- events ----------------------------------------------------------------------------------
+
+    def owner(self, namespace: str, name: str) -> Owner | None:
+        """The owner of an emitted dataset (a Delta table of this lake or a subscription), if any."""
+        if namespace == "pubsub" and name.startswith("subscription:"):
+            return self.subscription_owners.get(name.rsplit(":", 1)[-1])
+        return self.table_owners.get((namespace, name))
 
     def emit(
         self,
@@ -160,9 +205,22 @@ class LineageEmitter:
             dataset_version_dataset,
             error_message_run,
             output_statistics_output_dataset,
+            ownership_dataset,
             parent_run,
             schema_dataset,
         )
+
+        def ownership(namespace: str, name: str) -> dict[str, Any]:
+            owner = self.owner(namespace, name)
+            if owner is None:
+                return {}
+            owners = [ownership_dataset.Owner(name=f"team:{owner.team}", type="MAINTAINER")]
+            if owner.contact:
+                contact = owner.contact
+                if "@" in contact and ":" not in contact:
+                    contact = f"mailto:{contact}"
+                owners.append(ownership_dataset.Owner(name=contact, type="CONTACT"))
+            return {"ownership": ownership_dataset.OwnershipDatasetFacet(owners=owners)}
 
         run_facets: dict[str, Any] = {}
         if parent is not None:
@@ -178,7 +236,7 @@ class LineageEmitter:
         outs = []
         for o in outputs:
             ns, name = dataset_name(o.uri)
-            facets: dict[str, Any] = {}
+            facets: dict[str, Any] = ownership(ns, name)
             if o.version is not None:
                 facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(
                     datasetVersion=str(o.version)
@@ -207,7 +265,7 @@ class LineageEmitter:
                 )
             }
             outs.append(OutputDataset(namespace=ns, name=name, facets=facets, outputFacets=out_facets))
-        ins = [InputDataset(namespace=ns, name=name) for ns, name in inputs]
+        ins = [InputDataset(namespace=ns, name=name, facets=ownership(ns, name)) for ns, name in inputs]
         run_id_uuid = run_uuid(run_id)
         if tidegate_run_id is not None:
             run_facets["tidegate"] = _tidegate_facet(tidegate_run_id)

@@ -93,8 +93,13 @@ def raw_changes(raw: DeltaTable, done: int, target: int) -> RawChanges:
             done_ts = datetime.fromtimestamp(int(commit["timestamp"]) / 1000, UTC)
         elif done < version <= target:
             op = commit.get("operation")
-            if op == "OPTIMIZE":
-                compacted = True
+            if op == "OPTIMIZE" or commit.get("tidegate_operation") == "retokenize":
+                compacted = True  # the same rows in new files (re-tokenized: new tokens, old ingest_time)
+            elif op in _NO_ROW_CHANGES or commit.get("tidegate_operation") in ("expire", "erase"):
+                # vacuum changes no row; retention deletes old rows but the aggregates keep
+                # their windows (tidegate.lake.governance); an erasure rebuilds the windows it
+                # touched itself (tidegate.ops.erasure): nothing to project
+                continue
             elif op not in _APPENDS:
                 return RawChanges(False, None)
     if compacted and done_ts is None:
@@ -103,6 +108,7 @@ def raw_changes(raw: DeltaTable, done: int, target: int) -> RawChanges:
 
 
 _APPENDS = {"WRITE", "MERGE", "CREATE TABLE"}
+_NO_ROW_CHANGES = {"VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
 
 
 def _ts(value: datetime) -> pa.Scalar:

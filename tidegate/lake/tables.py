@@ -242,6 +242,27 @@ REDRIVES_SCHEMA = pa.schema(
 )
 
 
+AUDIT_SCHEMA = pa.schema(
+    [
+        pa.field("audit_id", pa.string(), nullable=False),
+        pa.field("at", UTC_TS, nullable=False),
+        pa.field("action", pa.string(), nullable=False),  # expire | erase
+        pa.field("actor", pa.string(), nullable=False),  # who ran it (--actor, else user@host)
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("predicate", pa.string()),  # the Delta delete's predicate (expire: by date)
+        pa.field("rows", pa.int64(), nullable=False),  # rows deleted from `table`
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("cutoff", UTC_TS),  # expire: rows before this were deleted
+        pa.field("table_version", pa.int64()),  # the version the deletion committed
+        # erase: a keyed digest of the subject (never the subject) and of each erased event's
+        # identity, so verify can tell an erased event from a lost one
+        pa.field("subject_digest", pa.string()),
+        pa.field("erased_events", pa.list_(pa.string())),
+    ]
+)
+
+
 class Kind(StrEnum):
     RAW = "raw"
     QUARANTINE = "quarantine"
@@ -251,6 +272,7 @@ class Kind(StrEnum):
     AGGREGATE = "aggregate"
     LATE = "late"
     REDRIVE = "redrive"
+    AUDIT = "audit"
 
 
 @dataclass(frozen=True)
@@ -307,6 +329,8 @@ REDRIVES = TableSpec(
     REDRIVES_SCHEMA,
     on_demand=True,
 )
+# every deletion governance made (retention, erasure): what, where, how many, why, by whom
+AUDIT = TableSpec("_audit", Kind.AUDIT, ("audit_id",), (), AUDIT_SCHEMA, on_demand=True)
 
 
 class LakeTables:
@@ -315,7 +339,8 @@ class LakeTables:
     def __init__(self, root: str, catalog: Catalog) -> None:
         self.root = root
         self.catalog = catalog
-        specs = [raw_table(t) for t in catalog.event_types] + [QUARANTINE, LEDGER, QUALITY, METRICS, REDRIVES]
+        specs = [raw_table(t) for t in catalog.event_types]
+        specs += [QUARANTINE, LEDGER, QUALITY, METRICS, REDRIVES, AUDIT]
         specs += [aggregate_table(a.name) for a in catalog.aggregates] + [LATE]
         self._specs = {s.name: s for s in specs}
 

@@ -18,11 +18,13 @@ Checks, each with a readable list of what is wrong:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +117,14 @@ def verify(
             f"{totals['quarantine_duplicates']:,} re-quarantined",
             [f"ledger: batch {r['batch_id']} does not balance: {r}" for r in off.head(20).to_dicts()],
         )
+    governed = Governed.of(lake, storage_options)
     if quarantine is not None:
         _conflicts_recorded(report, quarantine, raw, ledger_uri(lake), storage_options)
     for spec in aggregates:
         if spec.source in raw:
-            _parity(report, lake, spec, storage_options)
+            _parity(report, lake, spec, storage_options, governed.cutoffs.get(f"raw/{spec.source}"))
     if manifest is not None:
-        _reconcile(report, manifest, raw, quarantine)
+        _reconcile(report, manifest, raw, quarantine, governed)
         if aggregates:
             _late_vs_manifest(report, lake, manifest, aggregates, storage_options)
     if not report.checks:
@@ -228,9 +231,46 @@ def read_manifest(manifest: Path) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class Governed:
+    """What governance deleted on purpose (tidegate.lake.governance, tidegate.lake.erasure):
+    per table the latest retention cutoff, and digests of erased events."""
+
+    cutoffs: dict[str, datetime]
+    erased: frozenset[str]
+
+    @classmethod
+    def of(cls, lake: str, storage: dict[str, str] | None) -> Governed:
+        from tidegate.lake.governance import audit_rows, retention_cutoffs
+
+        audit = audit_rows(lake, storage).filter(pl.col("action") == "erase")
+        erased = {d for ds in audit.get_column("erased_events").drop_nulls().to_list() for d in ds}
+        return cls(retention_cutoffs(lake, storage), frozenset(erased))
+
+    def expired(self, table: str, when: str | None) -> bool:
+        cutoff = self.cutoffs.get(table)
+        if cutoff is None or not when:
+            return False
+        return datetime.fromisoformat(when.replace("Z", "+00:00")) < cutoff
+
+    def was_erased(self, event_type: str, event_id: str) -> bool:
+        return event_digest(event_type, event_id) in self.erased
+
+
+def event_digest(event_type: str, event_id: str) -> str:
+    """How `_audit` names an erased event (its type and id, never its data)."""
+    return hashlib.sha256(f"{event_type}\x1f{event_id}".encode()).hexdigest()[:32]
+
+
 def _reconcile(
-    report: Report, manifest: Path, raw: dict[str, pl.DataFrame], quarantine: pl.DataFrame | None
+    report: Report,
+    manifest: Path,
+    raw: dict[str, pl.DataFrame],
+    quarantine: pl.DataFrame | None,
+    governed: Governed | None = None,
 ) -> None:
+    governed = governed or Governed({}, frozenset())
+    expired = erased = 0
     rows = read_manifest(manifest)
     raw_count: dict[tuple[str, str], int] = {}
     for t, df in raw.items():
@@ -249,6 +289,12 @@ def _reconcile(
         if row["expect"] == "raw":
             expected_raw.add((row["type"], row["ce_id"]))
             n = raw_count.get((row["type"], row["ce_id"]), 0)
+            if n == 0 and governed.expired(f"raw/{row['type']}", row.get("event_time")):
+                expired += 1  # older than the stream's retention: deleted on purpose (_audit)
+                continue
+            if n == 0 and governed.was_erased(row["type"], row["ce_id"]):
+                erased += 1
+                continue
             if n == 0:
                 in_q = q_by_mid.get(mid or "")
                 wrong.append(
@@ -261,6 +307,12 @@ def _reconcile(
                 )
             continue
         got = q_by_mid.get(mid or "", [])
+        if not got and governed.expired("quarantine", row.get("event_time")):
+            expired += 1  # quarantined before the quarantine's retention cutoff
+            continue
+        if not got and governed.was_erased(row["type"], row["ce_id"]):
+            erased += 1
+            continue
         if not got:
             n = raw_count.get((row["type"], row["ce_id"]), 0)
             (wrong if n else missing).append(
@@ -281,7 +333,9 @@ def _reconcile(
         "manifest: every message landed where expected, exactly once",
         not (missing or wrong or doubled),
         f"{len(rows):,} messages sent: {kinds['raw']:,} to raw ({len(expected_raw):,} distinct events), "
-        f"{kinds['quarantine']:,} to quarantine",
+        f"{kinds['quarantine']:,} to quarantine"
+        + (f"; {expired:,} since deleted by retention" if expired else "")
+        + (f"; {erased:,} since erased (tidegate forget)" if erased else ""),
         [*missing, *wrong, *doubled],
     )
 
@@ -331,7 +385,16 @@ def window_diff(expected: pl.DataFrame, got: pl.DataFrame, spec: AggregateSpec) 
     return out
 
 
-def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, str] | None) -> None:
+def _parity(
+    report: Report,
+    lake: str,
+    spec: AggregateSpec,
+    storage: dict[str, str] | None,
+    cutoff: datetime | None = None,
+) -> None:
+    """The aggregate equals a recompute of its raw history, for the windows that history still
+    holds: after retention deleted raw rows before `cutoff`, older windows (which the aggregate
+    keeps) are left out of the comparison, and the detail says how many."""
 
     name = f"aggregates/{spec.name}: equals a recompute from raw"
     table = try_open(aggregate_uri(lake, spec.name), storage)
@@ -363,6 +426,12 @@ def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, s
         expected = agg.compute(rows, spec)
     got = pl.from_arrow(table.to_pyarrow_table(columns=agg.value_columns(spec)))
     assert isinstance(got, pl.DataFrame)
+    kept_older = 0
+    if cutoff is not None:
+        kept_older = got.filter(pl.col("window_start") < cutoff).height
+        got = got.filter(pl.col("window_start") >= cutoff)
+        if not expected.is_empty() and "window_start" in expected.columns:
+            expected = expected.filter(pl.col("window_start") >= cutoff)
     problems = (
         window_diff(expected, got, spec)
         if raw_at is not None
@@ -373,7 +442,12 @@ def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, s
         name,
         not problems,
         f"{got.height:,} windows, raw version {version}"
-        + (f" ({behind} raw version(s) not projected yet: the next ingest catches up)" if behind > 0 else ""),
+        + (f" ({behind} raw version(s) not projected yet: the next ingest catches up)" if behind > 0 else "")
+        + (
+            f"; {kept_older:,} windows before the retention cutoff {cutoff:%Y-%m-%d} kept, not compared"
+            if kept_older and cutoff is not None
+            else ""
+        ),
         problems[:50],
     )
     if raw_at is None:
@@ -389,6 +463,9 @@ def _parity(report: Report, lake: str, spec: AggregateSpec, storage: dict[str, s
     )
     assert isinstance(ledger, pl.DataFrame)
     ledger = ledger.filter(pl.col("aggregate") == spec.name).select("event_id", "window_start")
+    if cutoff is not None:  # late pairs of expired raw rows stay in the ledger, as the windows do
+        ledger = ledger.filter(pl.col("window_start") >= cutoff)
+        expected_late = expected_late.filter(pl.col("window_start") >= cutoff)
     missing = expected_late.join(ledger, on=["event_id", "window_start"], how="anti")
     extra = (
         ledger.join(expected_late, on=["event_id", "window_start"], how="anti")

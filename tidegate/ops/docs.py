@@ -1,5 +1,6 @@
 """`tidegate docs`: Great Expectations Data Docs built from the `_quality` table (the results
-each batch stored), not from a GX store: the lake is the only state."""
+each batch stored), not from a GX store: the lake is the only state. The site works offline:
+every asset is a local file (tidegate/expectations/data_docs.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import polars as pl
 
 from tidegate.errors import TidegateError
 from tidegate.expectations.contracts import ContractRegistry
-from tidegate.expectations.data_docs import build_data_docs
 from tidegate.lake.read import Lake
 
 
@@ -36,5 +36,10 @@ def quality_rows(lake: Lake, run: str | None, last: int) -> list[dict[str, objec
 
 
 def build_docs(lake: Lake, out: Path, rows: list[dict[str, object]]) -> DocsBuild:
+    """Build the site under `out` (replacing what an earlier build left there); `index` is its
+    `gx/uncommitted/data_docs/local_site/index.html`."""
+    # GX takes seconds to import: loaded only when docs are built
+    from tidegate.expectations.data_docs import build_data_docs
+
     index = build_data_docs(rows, ContractRegistry.from_catalog(lake.catalog), out)
     return DocsBuild(index, len({r["batch_id"] for r in rows}))

@@ -1,10 +1,12 @@
 """`tidegate status`: the lake at a glance, for a terminal (rich) or a machine (--json).
 
-Per table: version, rows, last commit and its age. Then the health figures an operator is paged
-on: ledger balance (received = written + duplicates + quarantined), quarantine rate, late
-events and late (event, window) pairs per aggregate, data quality per event type and per
-expectation (tidegate.ops.figures defines both), and publish -> commit latency percentiles of the latest
-ingest run (from the raw rows themselves: ingest_time - pubsub_publish_time).
+Per table: version, rows, last commit and its age, and its owner from the catalog (a raw table's
+stream owner; an aggregate's, its source stream's; none for the tables every stream shares).
+Then the health figures an operator is paged on: ledger balance (received = written +
+duplicates + quarantined), quarantine rate, late events and late (event, window) pairs per
+aggregate, data quality per event type and per expectation (tidegate.ops.figures defines both),
+and publish -> commit latency percentiles of the latest ingest run (from the raw rows
+themselves: ingest_time - pubsub_publish_time).
 
 Subscription backlog (`backlog()`) comes from Cloud Monitoring on GCP and from a snapshot count
 on the emulator (tidegate/infra/backlog.py says how, and why that count is safe). The count runs only
@@ -27,6 +29,7 @@ from tidegate.errors import TidegateError
 from tidegate.infra.backlog import COUNT_LIMIT, BacklogReport, emulator_backlog, monitoring_backlog
 from tidegate.infra.pubsub import desired_subscriptions
 from tidegate.lake.delta import scan_table
+from tidegate.lake.lineage import owner_json, table_owner
 from tidegate.lake.lock import lake_lock
 from tidegate.lake.read import Lake
 from tidegate.ops import figures
@@ -87,6 +90,7 @@ def _table(lake: Lake, name: str) -> dict[str, Any] | None:
         "age_seconds": round((datetime.now(UTC) - when).total_seconds(), 1),
         "last_operation": last.get("operation"),
         "last_run_id": last.get("tidegate_run_id"),
+        "owner": owner_json(table_owner(lake.catalog, lake.tables.spec(name))),
     }
 
 

@@ -24,6 +24,7 @@ per lake: a local replay takes the same lock as `tidegate ingest`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -169,7 +170,11 @@ def replay(
     git_sha: str,
     storage: dict[str, str] | None = None,
     group_rows: int = 250_000,
+    locked: bool = False,
 ) -> ReplayResult:
+    """Rebuild `name` (or its windows starting in [since, until)) from raw history, under the
+    lake lock; `locked`: the caller holds it already (an erasure or a re-tokenization replays
+    the windows it touched before it lets ingestion in again)."""
     spec = catalog.aggregate(name)
     replay_config(  # argument mistakes first, before touching the lake
         catalog,
@@ -190,7 +195,7 @@ def replay(
             f"no raw history for {spec.source} in {lake}: nothing to replay {name} from",
             hint="ingest some events first (`tidegate ingest`), or check --lake",
         ) from None
-    with lake_lock(lake):
+    with contextlib.nullcontext() if locked else lake_lock(lake):
         raw = DeltaTable(raw_uri(lake, spec.source), storage_options=storage)  # pinned from here on
         version = raw.version()
         groups = file_groups(raw, group_rows)
@@ -207,7 +212,7 @@ def replay(
             storage=storage,
         )
 
-        lineage = LineageEmitter(lake)
+        lineage = LineageEmitter(lake, catalog=catalog)
         job = f"replay.{name}"
         inputs = [dataset_name(raw_uri(lake, spec.source))]
         lineage.emit("START", job, run_id, inputs=inputs, tidegate_run_id=run_id)

@@ -255,9 +255,12 @@ class WriteReplayed(beam.PTransform):
         self.config = config
 
     def expand(self, replayed: Replayed) -> None:
-        _gather(replayed.windows, "Windows") | "WriteAggregate" >> beam.ParDo(
-            WriteReplayedWindowsFn(self.config)
-        )
+        # one empty frame always joins the windows: a range whose raw rows are all gone (an
+        # erasure, a retention cut) must still clear its stale windows, and a GroupByKey over
+        # no element would never call the writer
+        nothing = replayed.windows.pipeline | "NoWindows" >> beam.Create([pl.DataFrame()])
+        windows = (replayed.windows, nothing) | "WithEmpty" >> beam.Flatten()
+        _gather(windows, "Windows") | "WriteAggregate" >> beam.ParDo(WriteReplayedWindowsFn(self.config))
         _gather(replayed.late, "Late") | "WriteLateLedger" >> beam.ParDo(WriteLateLedgerFn(self.config))
 
 

@@ -121,7 +121,7 @@ class LocalIngest:
     def openlineage(self) -> Any:
         """OpenLineage events of this run and its batches (lake.openlineage)."""
         if self._lineage is None:
-            self._lineage = LineageEmitter(self.config.lake)
+            self._lineage = LineageEmitter(self.config.lake, catalog=self.catalog)
         return self._lineage
 
     def _inputs(self, subscriptions: set[str]) -> list[tuple[str, str]]:
