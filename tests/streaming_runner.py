@@ -48,6 +48,7 @@ def run_local_streaming(
         shards=1,
         id_label=None,
         timestamp_attribute=None,
+        compact_every=0,  # PeriodicImpulse is a splittable DoFn, which this runner cannot run
     )
     try:
         result = pipeline.run()  # the direct runner executes in background threads

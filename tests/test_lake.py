@@ -378,3 +378,19 @@ def test_a_doc_edited_in_a_new_contract_version_does_not_change_the_raw_schema(r
         raw_schema(contracts).field("customer_email").metadata
         == v1.arrow_schema.field("customer_email").metadata
     )
+
+
+def test_the_streaming_jobs_maintenance_tick_compacts_and_checkpoints(tmp_path: Path) -> None:
+    """MaintainTables' DoFn (what the Dataflow job runs every 5 minutes): partitions with many
+    small files are compacted, a checkpoint is written, and rows never change."""
+    from tidegate.pipelines.streaming import CompactFn
+
+    uri = str(tmp_path / "t")
+    for i in range(20):
+        write_deltalake(uri, pa.table({"n": [i], "p": ["busy"]}), partition_by=["p"], mode="append")
+    fn = CompactFn([uri, str(tmp_path / "absent")], min_files=8, storage=None)
+    assert list(fn.process(None)) == [20]
+    table = DeltaTable(uri)
+    assert len(table.file_uris()) == 1
+    assert sorted(table.to_pyarrow_table().column("n").to_pylist()) == list(range(20))
+    assert any(p.name.endswith(".checkpoint.parquet") for p in (tmp_path / "t" / "_delta_log").iterdir())

@@ -44,6 +44,8 @@ def test_dataflow_job_builds_offline_with_stable_step_names(catalog) -> None:  #
         assert f"WriteAggregates/{a.name}/Upsert" in steps
         assert f"WriteAggregates/{a.name}/LateLedger" in steps
     assert job["options"]["streaming"] is True
+    # the job compacts the partitions it writes on a schedule, as `ingest --follow` does
+    assert "MaintainTables/Tick" in " ".join(steps) or any(s.startswith("MaintainTables") for s in steps)
     import base64
 
     reads = [

@@ -190,3 +190,18 @@ def bench_dedup_cmd(
         rows, progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
     )
     _print_figures(f"tidegate bench dedup --rows {rows}", figures, as_json)
+
+
+@bench_app.command("commits")
+def bench_commits_cmd(
+    commits: Annotated[int, typer.Option("--commits", "-n", min=200, help="Small commits to make.")] = 10_000,
+    rows: Annotated[int, typer.Option(min=1, help="Rows per commit.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """A table after thousands of small commits (what `ingest --follow` makes all day, with its compactor): commit latency and open time of the last 100 commits against the first 100."""
+    from tidegate.bench_commits import bench_commits
+
+    figures = bench_commits(
+        commits, rows, progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
+    )
+    _print_figures(f"tidegate bench commits --commits {commits}", figures, as_json)

@@ -29,6 +29,7 @@ replay harmless (exactly once in the table). Options that matter there:
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Iterable, Iterator
@@ -37,11 +38,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
+from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PCollection
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from tidegate.catalog import Catalog
 from tidegate.expectations.envelope import RawMessage
 from tidegate.lake.aggregates import source_columns
+from tidegate.lake.tables import LakeTables
 from tidegate.transforms.aggregate import (
     ComputeWindowedAggregates,
     StreamingAggregateConfig,
@@ -142,6 +146,54 @@ class ToChunks(beam.PTransform):
         )
 
 
+class CompactFn(beam.DoFn):
+    """On each tick, compact the partitions of the job's tables that gathered `min_files` small
+    files (tidegate.lake.maintenance.compact_small_files: a conflict with a concurrent commit is
+    deferred to the next tick, never an error) and write a checkpoint, so opening a table stays
+    cheap. Runs beside ingestion on one worker at a time; it never blocks a chunk."""
+
+    def __init__(self, uris: list[str], min_files: int, storage: dict[str, str] | None) -> None:
+        self.uris = uris
+        self.min_files = min_files
+        self.storage = storage
+
+    def process(self, _tick: Any) -> Iterator[int]:
+        from tidegate.lake.delta import try_open
+        from tidegate.lake.maintenance import compact_small_files
+
+        compacted = 0
+        for uri in self.uris:
+            try:
+                compacted += compact_small_files(uri, self.min_files, self.storage)
+                table = try_open(uri, self.storage)
+                if table is not None:
+                    table.create_checkpoint()
+            except Exception as exc:  # noqa: BLE001 - maintenance must never fail the job
+                logging.getLogger(__name__).warning("maintaining %s deferred: %s", uri, exc)
+        Metrics.counter("tidegate", "files_compacted").inc(compacted)
+        yield compacted
+
+
+class MaintainTables(beam.PTransform):
+    """Every `every` seconds, CompactFn over the tables the streaming job writes: what
+    `ingest --follow` does on its compactor thread (tidegate.pipelines.local.compaction).
+    Retention, old partitions and vacuum are `tidegate maintain`'s (scheduled on GCP: docs/deploy.md)."""
+
+    def __init__(self, uris: list[str], every: float, min_files: int, storage: dict[str, str] | None) -> None:
+        super().__init__()
+        self.uris = uris
+        self.every = every
+        self.min_files = min_files
+        self.storage = storage
+
+    def expand(self, pbegin: Any) -> PCollection:
+        return (
+            pbegin
+            | "Tick" >> PeriodicImpulse(fire_interval=self.every, apply_windowing=False)
+            | "Compact" >> beam.ParDo(CompactFn(self.uris, self.min_files, self.storage))
+        )
+
+
 def build(
     pipeline: beam.Pipeline,
     catalog: Catalog,
@@ -154,6 +206,8 @@ def build(
     id_label: str | None = "ce-id",
     timestamp_attribute: str | None = "ce-time",
     early_firing_seconds: int = 30,
+    compact_every: float = 300.0,
+    compact_min_files: int = 16,
 ) -> PCollection:
 
     specs = [a for a in catalog.aggregates if a.source in catalog.event_types]
@@ -185,5 +239,10 @@ def build(
                 git_sha=config.git_sha,
                 storage_options=config.storage_options,
             )
+        )
+    if compact_every > 0:
+        uris = LakeTables(config.lake, catalog).uris()
+        _ = pipeline | "MaintainTables" >> MaintainTables(
+            uris, compact_every, compact_min_files, config.storage
         )
     return ingested.commits
