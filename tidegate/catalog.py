@@ -92,6 +92,11 @@ def _resource_name(value: str) -> str:
 ResourceName = Annotated[str, Field(min_length=3)]
 
 
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
 def _landed_attributes(v: list[str]) -> list[str]:
     """Only CloudEvents attributes that land in raw as free text can be classified as PII."""
     for name in v:
@@ -131,6 +136,61 @@ class QuarantineSettings(_Strict):
     _lake_retention = field_validator("retention")(_retention)
 
 
+class VolumeMonitor(_Strict):
+    """Events per window against the stream's own rolling baseline (the median of the
+    previous `baseline_windows` windows): below `drop_below` x baseline is a drop, above
+    `spike_above` x a spike. Needs `min_baseline` events per window on average to judge."""
+
+    window: str = "5m"
+    baseline_windows: int = Field(default=12, ge=3, le=1000)
+    drop_below: float = Field(default=0.2, ge=0.0, lt=1.0)
+    spike_above: float = Field(default=5.0, gt=1.0)
+    min_baseline: float = Field(default=20.0, ge=0.0)
+
+    _windows = field_validator("window")(_duration)
+
+
+class FreshnessMonitor(_Strict):
+    """Now minus the newest event time, and now minus the last raw commit."""
+
+    max_event_lag: str = "15m"
+    max_commit_lag: str = "15m"
+
+    _durations = field_validator("max_event_lag", "max_commit_lag")(_duration)
+
+
+class QuarantineMonitor(_Strict):
+    """The share of a window's messages of this type that were quarantined."""
+
+    window: str = "5m"
+    above: float = Field(default=0.1, gt=0.0, le=1.0)
+    min_messages: int = Field(default=20, ge=1)
+
+    _windows = field_validator("window")(_duration)
+
+
+class NullRateMonitor(_Strict):
+    """Per payload column, the share of nulls in a window against its baseline: a rise of more
+    than `drift_above` (absolute, e.g. 0.3 = 30 points) is a drift."""
+
+    columns: list[str] = Field(default_factory=list)
+    window: str = "5m"
+    baseline_windows: int = Field(default=12, ge=3, le=1000)
+    drift_above: float = Field(default=0.3, gt=0.0, le=1.0)
+    min_rows: int = Field(default=20, ge=1)
+
+    _windows = field_validator("window")(_duration)
+
+
+class Monitors(_Strict):
+    """A stream's monitors (tidegate.ops.monitors); each may be turned off with null."""
+
+    volume: VolumeMonitor | None = VolumeMonitor()
+    freshness: FreshnessMonitor | None = FreshnessMonitor()
+    quarantine_rate: QuarantineMonitor | None = QuarantineMonitor()
+    null_rate: NullRateMonitor | None = None
+
+
 class StreamSettings(_Strict):
     """Settings a stream may inherit from `defaults`."""
 
@@ -161,6 +221,7 @@ class StreamSettings(_Strict):
     retention: str | None = None
     subject_fields: list[str] = Field(default_factory=list)
     owner: Owner | None = None
+    monitors: Monitors = Monitors()
 
     _durations = field_validator("max_future", "max_event_age")(_optional_duration)
     _pii_attributes = field_validator("pii_attributes")(_landed_attributes)
@@ -206,6 +267,7 @@ class Stream(_Strict):
     retention: str | None = None
     subject_fields: list[str] = Field(default_factory=list)
     owner: Owner | None = None
+    monitors: Monitors = Monitors()
 
     _durations = field_validator("max_future", "max_event_age")(_optional_duration)
     _pii_attributes = field_validator("pii_attributes")(_landed_attributes)
@@ -382,6 +444,54 @@ class AggregateSpec(_Strict):
         return self
 
 
+class ViewEvent(_Strict):
+    """How one event type changes a view's row: `columns` maps view column -> the event's
+    column (a payload field, or an envelope column such as event_time); `literals` sets view
+    columns to constants (e.g. status: paid)."""
+
+    type: str
+    columns: dict[str, str] = Field(default_factory=dict)
+    literals: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class ViewSpec(_Strict):
+    """A current-state view folded from raw history, per `key` (tidegate.lake.views).
+
+    Events of the listed types are folded in event-time order (ties: the order of `events`,
+    then ce-source, then ce-id); each sets its columns, later values win. `history: false` keeps
+    one row per key (SCD type 1); `true` keeps one row per change with valid_from/valid_to
+    (SCD type 2)."""
+
+    name: str
+    key: str
+    events: list[ViewEvent]
+    history: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9_]{2,62}$", v):
+            raise ValueError(f"{v!r} is not a table name (lowercase letters, digits, underscores)")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> ViewSpec:
+        if not self.events:
+            raise ValueError(f"view {self.name}: no events fold into it")
+        types = [e.type for e in self.events]
+        if len(set(types)) != len(types):
+            raise ValueError(f"view {self.name}: an event type is listed twice")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column the events set, in first-mention order (the key first)."""
+        cols: list[str] = [self.key]
+        for e in self.events:
+            cols += [c for c in (*e.columns, *e.literals) if c not in cols]
+        return cols
+
+
 class Catalog(_Strict):
     """The parsed catalog. `path` is where it was read from (contracts resolve against it)."""
 
@@ -394,6 +504,7 @@ class Catalog(_Strict):
     quarantine: QuarantineSettings = QuarantineSettings()
     streams: list[Stream]
     aggregates: list[AggregateSpec] = Field(default_factory=list)
+    views: list[ViewSpec] = Field(default_factory=list)
     path: Path = Field(exclude=True)
 
     @model_validator(mode="before")
@@ -443,6 +554,12 @@ class Catalog(_Strict):
             raise ValueError("the dead-letter subscription must not also be a stream subscription")
         types = set(self.event_types)
         names: set[str] = set()
+        for v in self.views:
+            for e in v.events:
+                if e.type not in types:
+                    raise ValueError(f"view {v.name}: event type {e.type!r} is not a stream of the catalog")
+            if v.name in {a.name for a in self.aggregates} or sum(x.name == v.name for x in self.views) > 1:
+                raise ValueError(f"view {v.name} is declared twice (or as an aggregate)")
         for a in self.aggregates:
             if a.source not in types:
                 raise ValueError(f"aggregate {a.name}: source {a.source!r} is not a stream of the catalog")
