@@ -230,6 +230,12 @@ ALLOWED = {
     ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
     ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
     ("google_kms_crypto_key_iam_member", "roles/cloudkms.cryptoKeyEncrypterDecrypter"),
+    # The daily maintenance launch (maintenance.tf): its scheduler account creates Dataflow jobs
+    # (the narrowest predefined role with dataflow.jobs.create) and runs them as the pipeline's
+    # account (actAs on that one account, not project-wide). Both are pinned to that account by
+    # test_the_scheduler_account_has_only_the_two_roles_it_needs.
+    ("google_project_iam_member", "roles/dataflow.developer"),
+    ("google_service_account_iam_member", "roles/iam.serviceAccountUser"),
 }
 
 
@@ -1028,3 +1034,212 @@ def test_the_entry_point_builds_a_replay_graph_offline(tmp_path: Path, monkeypat
         ]
     )
     assert len(ran) == 1
+
+
+# -- Maintenance on GCP (issue 16, outcome 3) ---------------------------------------------------
+
+
+def _old_lake(catalog, registry, lake: Path) -> None:  # type: ignore[no-untyped-def]
+    """A small lake written in two batches (two files per table partition), two messages quarantined."""
+    from tests.test_batch import orders
+    from tidegate.pipelines.local.batch import BatchRunner
+    from tidegate.transforms.base import IngestConfig
+
+    good = orders(catalog, registry, 6)
+    broken = [
+        type(m)(b"{", m.attributes, f"bad-{i}", m.publish_time, m.subscription)
+        for i, m in enumerate(good[:2])
+    ]
+    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
+    runner.run("b1", [*good[:3], broken[0]])
+    runner.run("b2", [*good[3:], broken[1]])
+
+
+def _files(uri: str) -> int:
+    from deltalake import DeltaTable
+
+    return len(DeltaTable(uri).file_uris())
+
+
+def test_the_maintain_job_applies_retention_then_compacts_and_vacuums(
+    catalog, registry, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """What the scheduled job runs: `tidegate maintain`'s expire + compact + vacuum, audited as
+    cloud-scheduler. The clock is moved 31 days on: the quarantine (30 days) expires, raw (400) stays."""
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from tidegate.lake.governance import audit_rows
+    from tidegate.lake.tables import QUARANTINE, raw_uri
+    from tidegate.pipelines import flex_main
+
+    lake = tmp_path / "lake"
+    _old_lake(catalog, registry, lake)
+    raw = raw_uri(str(lake), "shop.order.placed")
+    assert _files(raw) >= 2
+    done = flex_main.maintain_lake(
+        str(lake), str(catalog.path), retain_hours=0, now=datetime.now(UTC) + timedelta(days=31)
+    )
+    assert [(e["table"], e["rows"]) for e in done["expired"]] == [("quarantine", 2)]
+    audit = audit_rows(str(lake))
+    assert audit.select("action", "table", "rows", "actor").rows() == [
+        ("expire", "quarantine", 2, "cloud-scheduler")
+    ]
+    assert pl.read_delta(QUARANTINE.uri(str(lake))).height == 0
+    tables = {r["table"]: r for r in done["tables"]}
+    compacted = tables["raw/shop.order.placed"]
+    assert compacted["compacted_from"] >= 2
+    assert compacted["files_after"] < compacted["files_before"]
+    assert compacted["vacuumed"] >= 2  # retain_hours=0: the compacted-away files are gone
+    assert pl.read_delta(raw).height == 6  # compaction never changes rows
+    assert done["retain_hours"] == 0
+    assert done["actor"] == "cloud-scheduler"
+
+
+def test_the_template_runs_maintain_as_a_one_step_batch_job(
+    catalog, registry, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`--mode maintain` submits a job (a Flex Template launch must): one element, one step, run
+    here on the DirectRunner against a local lake (the gs:// check is the one thing bypassed)."""
+    from tidegate.lake.tables import raw_uri
+    from tidegate.pipelines import flex_main
+
+    lake = tmp_path / "lake"
+    _old_lake(catalog, registry, lake)
+    raw = raw_uri(str(lake), "shop.order.placed")
+    assert _files(raw) >= 2
+    monkeypatch.setattr("tidegate.pipelines.dataflow.DataflowTarget.check", lambda self: None)
+    seen: list[list[str]] = []
+    import apache_beam as beam
+
+    real_run = beam.Pipeline.run
+
+    def run(self: beam.Pipeline, *a: Any, **k: Any) -> Any:
+        seen.append([t.full_label for t in self.transforms_stack[0].parts])
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(beam.Pipeline, "run", run)
+    flex_main.main(["--mode", "maintain", "--lake", str(lake), "--runner=DirectRunner"])
+    assert seen == [["Lake", "ExpireCompactVacuum"]]
+    assert _files(raw) == 1  # the worker's step did compact the table
+
+
+def test_the_template_refuses_to_maintain_a_lake_off_gcs(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import apache_beam as beam
+
+    from tidegate.errors import TidegateError
+    from tidegate.pipelines import flex_main
+
+    ran: list[beam.Pipeline] = []
+    monkeypatch.setattr(beam.Pipeline, "run", lambda self: ran.append(self))
+    for lake in (str(tmp_path / "lake"), f"file://{tmp_path}/lake"):
+        with pytest.raises(TidegateError, match="must be a gs://bucket/path URI for Dataflow"):
+            flex_main.main(["--mode", "maintain", "--lake", lake, "--temp_location=gs://acme-dataflow/tmp"])
+    assert ran == []
+    args = flex_main.parser().parse_args(["--mode", "maintain", "--lake", "gs://acme-lake/lake"])
+    assert args.retain_hours == 168  # the documented time-travel window
+    assert args.pii_key_secret is None  # maintenance reads no PII key
+
+
+def test_the_template_metadata_accepts_maintain() -> None:
+    meta = json.loads((ROOT / "tidegate" / "infra" / "dataflow" / "metadata.json").read_text())
+    params = {p["name"]: p for p in meta["parameters"]}
+    modes = params["mode"]["regexes"][0]
+    for mode in ("streaming", "replay", "maintain"):
+        assert re.fullmatch(modes, mode), mode
+    assert not re.fullmatch(modes, "maintenance")
+    assert params["retain_hours"]["isOptional"] is True
+    assert re.fullmatch(params["retain_hours"]["regexes"][0], "168")
+    assert not re.fullmatch(params["retain_hours"]["regexes"][0], "-1")
+
+
+def _maintenance() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    return resources(*ROOT_TF), blocks("locals")["maintain_launch"]["launchParameter"]
+
+
+def test_a_daily_scheduler_job_launches_the_template_in_maintain_mode() -> None:
+    r, launch = _maintenance()
+    job = r[("google_cloud_scheduler_job", "maintain")]
+    assert job["count"] == "${local.maintain_scheduled ? 1 : 0}"
+    assert blocks("locals")["maintain_scheduled"] == "${var.flex_template_spec != null}"
+    assert job["time_zone"] == "UTC"
+    assert job["schedule"] == "${var.maintain_schedule}"
+    schedule = blocks("variable")["maintain_schedule"]["default"]
+    assert schedule == "17 3 * * *"
+    minute, hour, dom, month, dow = schedule.split()
+    assert minute.isdigit()
+    assert hour.isdigit()
+    assert (dom, month, dow) == ("*", "*", "*")  # once a day
+    target = job["http_target"][0]
+    assert target["http_method"] == "POST"
+    assert target["uri"] == (
+        "https://dataflow.googleapis.com/v1b3/projects/${var.project}/locations/${var.region}/flexTemplates:launch"
+    )
+    assert target["headers"] == {"Content-Type": "application/json"}
+    assert target["body"] == "${base64encode(jsonencode(local.maintain_launch))}"
+    # the launch: the template in maintain mode on the lake terraform made
+    assert launch["containerSpecGcsPath"] == "${var.flex_template_spec}"
+    assert launch["parameters"]["mode"] == "maintain"
+    lake = launch["parameters"]["lake"].replace("${local.lake_prefix}", blocks("locals")["lake_prefix"])
+    assert lake == blocks("output")["lake"]["value"]
+    assert launch["parameters"]["retain_hours"] == "${tostring(var.maintain_retain_hours)}"
+    assert blocks("variable")["maintain_retain_hours"]["default"] == 168
+    assert launch["jobName"] == "tidegate-maintain"  # one at a time: Dataflow refuses a duplicate name
+    assert set(launch["parameters"]) <= {
+        p["name"]
+        for p in json.loads((ROOT / "tidegate" / "infra" / "dataflow" / "metadata.json").read_text())[
+            "parameters"
+        ]
+    }
+
+
+def test_the_maintain_job_runs_like_the_streaming_job() -> None:
+    """The pipeline's account, the private subnetwork without public IPs, the CMEK when set,
+    tidegate's image on the workers, temp and staging files in the staging bucket."""
+    _, launch = _maintenance()
+    env = launch["environment"]
+    assert env["serviceAccountEmail"] == "${google_service_account.pipeline.email}"
+    assert env["subnetwork"] == "${local.subnetwork}" == blocks("output")["subnetwork"]["value"]
+    assert env["ipConfiguration"] == "WORKER_IP_PRIVATE"
+    assert env["kmsKeyName"] == "${var.kms_key_name}"  # what output dataflow_kms_key passes
+    assert env["sdkContainerImage"] == "${var.flex_template_image}"
+    staging = "gs://${google_storage_bucket.staging.name}"
+    assert env["tempLocation"] == f"{staging}/tmp" == blocks("output")["temp_location"]["value"]
+    assert env["stagingLocation"] == f"{staging}/staging"  # expired by the staging bucket's rule
+    assert env["maxWorkers"] == 1
+    job = resources(*ROOT_TF)[("google_cloud_scheduler_job", "maintain")]
+    pre = job["lifecycle"][0]["precondition"][0]
+    assert pre["condition"] == "${var.flex_template_image != null}"
+
+
+def test_the_scheduler_account_has_only_the_two_roles_it_needs() -> None:
+    """Its OAuth token calls the Dataflow API; it may launch jobs (dataflow.developer on the
+    project) and run them as the pipeline's account (serviceAccountUser on that account), nothing else."""
+    r, _ = _maintenance()
+    sa = r[("google_service_account", "scheduler")]
+    assert sa["count"] == "${local.maintain_scheduled ? 1 : 0}"
+    email = "${google_service_account.scheduler[0].email}"
+    token = r[("google_cloud_scheduler_job", "maintain")]["http_target"][0]["oauth_token"][0]
+    assert token["service_account_email"] == email
+    assert token["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+    member = f"serviceAccount:{email}"
+    grants = {
+        (t, name): body
+        for (t, name), body in r.items()
+        if t.endswith("_iam_member") and "google_service_account.scheduler" in str(body.get("member", ""))
+    }
+    assert {(t, b["role"]) for (t, _), b in grants.items()} == {
+        ("google_project_iam_member", "roles/dataflow.developer"),
+        ("google_service_account_iam_member", "roles/iam.serviceAccountUser"),
+    }
+    assert all(b["member"] == member for b in grants.values())
+    acts_as = grants[("google_service_account_iam_member", "scheduler_acts_as_pipeline")]
+    assert acts_as["service_account_id"] == "${google_service_account.pipeline.name}"  # that account only
+    # and these roles go to nobody else
+    for (t, _), body in r.items():
+        if t.endswith("_iam_member") and body.get("role") in (
+            "roles/dataflow.developer",
+            "roles/iam.serviceAccountUser",
+        ):
+            assert body["member"] == member, body

@@ -182,7 +182,7 @@ def expire(
         rows, version = _delete(uri, predicate, metadata, storage)
         if rows:
             audit.append(
-                {
+                entry := {
                     "action": "expire",
                     "actor": actor,
                     "run_id": run_id,
@@ -194,7 +194,8 @@ def expire(
                     "table_version": version,
                 }
             )
-    write_audit(tables.root, audit, storage)
+            # recorded at once: should a later table's delete fail, this one is already audited
+            write_audit(tables.root, [entry], storage)
     return audit
 
 

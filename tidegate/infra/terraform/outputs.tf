@@ -47,3 +47,13 @@ output "quarantine_retention_days" {
   description = "How long `tidegate maintain` keeps quarantined rows (a Delta delete + vacuum, never a bucket lifecycle rule)."
   value       = var.quarantine_retention_days
 }
+
+output "maintain_job" {
+  description = "The Cloud Scheduler job launching the daily maintenance (run it now: gcloud scheduler jobs run tidegate-maintain --location <region>); empty until flex_template_spec is set."
+  value       = try(google_cloud_scheduler_job.maintain[0].name, "")
+}
+
+output "scheduler_service_account" {
+  description = "The identity the maintenance launch runs as (roles/dataflow.developer, serviceAccountUser on the pipeline's account); empty until flex_template_spec is set."
+  value       = try(google_service_account.scheduler[0].email, "")
+}

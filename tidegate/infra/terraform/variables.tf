@@ -81,3 +81,37 @@ variable "subnetwork_cidr" {
   type        = string
   default     = "10.128.0.0/20"
 }
+
+variable "flex_template_spec" {
+  description = "The Flex Template's spec file, gs://<staging_bucket>/templates/tidegate.json (`gcloud dataflow flex-template build`, docs/deploy.md). Set it (and flex_template_image) to schedule the daily maintenance job; null: no schedule."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.flex_template_spec == null || can(regex("^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]/.+\\.json$", var.flex_template_spec))
+    error_message = "flex_template_spec must be a gs://bucket/path.json location."
+  }
+}
+
+variable "flex_template_image" {
+  description = "The image the Flex Template was built with (<image_repository>/tidegate:<tag>): the maintenance job's workers run it."
+  type        = string
+  default     = null
+}
+
+variable "maintain_schedule" {
+  description = "When the maintenance job runs (cron, time zone UTC): retention, compaction and vacuum once a day."
+  type        = string
+  default     = "17 3 * * *"
+}
+
+variable "maintain_retain_hours" {
+  description = "The maintenance job's vacuum keeps files younger than this (the time-travel window; `tidegate maintain --retain-hours`)."
+  type        = number
+  default     = 168
+
+  validation {
+    condition     = var.maintain_retain_hours >= 24
+    error_message = "maintain_retain_hours must be at least 24: a shorter window can vacuum files a running reader or writer still needs."
+  }
+}
