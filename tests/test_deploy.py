@@ -1243,3 +1243,65 @@ def test_the_scheduler_account_has_only_the_two_roles_it_needs() -> None:
             "roles/iam.serviceAccountUser",
         ):
             assert body["member"] == member, body
+
+
+# -- Stream monitors on GCP (issue 17, outcome 2) -------------------------------------------------
+
+
+def _hcl_string(value: str) -> str:
+    """An HCL string as terraform reads it (python-hcl2 keeps the escapes)."""
+    return value.replace('\\"', '"')
+
+
+def test_a_log_based_metric_counts_each_breach_tidegate_monitor_logs() -> None:
+    """The metric's filter and label extractors read exactly the structured line `tidegate monitor`
+    writes for a new breach (tidegate.ops.monitors.Breach.log_line)."""
+    from datetime import UTC, datetime
+
+    from tidegate.ops.monitors import LOG_EVENT, Breach
+
+    metric = resources(*ROOT_TF)[("google_logging_metric", "monitor_breaches")]
+    assert _hcl_string(metric["filter"]) == f'jsonPayload.message="{LOG_EVENT}"'
+    descriptor = metric["metric_descriptor"][0]
+    assert (descriptor["metric_kind"], descriptor["value_type"]) == ("DELTA", "INT64")  # a count
+    labels = {label["key"] for label in descriptor["labels"]}
+    assert labels == {"monitor", "event_type"}
+    assert metric["label_extractors"] == {k: f"EXTRACT(jsonPayload.{k})" for k in labels}
+    t = datetime(2026, 12, 2, 10, 5, tzinfo=UTC)
+    line = json.loads(
+        Breach(
+            "volume", "drop", "shop.order.placed", t, t, 0.0, 20.0, 4.0, "a drop", t, "monitor-x"
+        ).log_line()
+    )
+    assert line["message"] == LOG_EVENT
+    assert line["severity"] == "WARNING"
+    assert (line["monitor"], line["event_type"], line["window_start"]) == (
+        "volume",
+        "shop.order.placed",
+        "2026-12-02T10:05:00Z",
+    )
+
+
+def test_an_alert_policy_fires_on_any_breach_and_notifies_the_channels_given() -> None:
+    r = resources(*ROOT_TF)
+    policy = r[("google_monitoring_alert_policy", "monitor_breaches")]
+    (condition,) = policy["conditions"]
+    threshold = condition["condition_threshold"][0]
+    metric_type = "logging.googleapis.com/user/${google_logging_metric.monitor_breaches.name}"
+    assert _hcl_string(threshold["filter"]) == (
+        f'metric.type="{metric_type}" AND resource.type="${{var.monitor_resource_type}}"'
+    )
+    assert r[("google_logging_metric", "monitor_breaches")]["name"] == "tidegate_monitor_breaches"
+    assert (threshold["comparison"], threshold["threshold_value"], threshold["duration"]) == (
+        "COMPARISON_GT",
+        0,
+        "0s",
+    )
+    (aggregation,) = threshold["aggregations"]
+    assert aggregation["per_series_aligner"] == "ALIGN_SUM"
+    assert set(aggregation["group_by_fields"]) == {"metric.label.monitor", "metric.label.event_type"}
+    assert policy["notification_channels"] == "${var.monitor_notification_channels}"
+    variables = blocks("variable")
+    assert variables["monitor_notification_channels"]["default"] == []  # optional: none by default
+    assert variables["monitor_resource_type"]["default"] == "cloud_run_job"
+    assert policy["documentation"][0]["mime_type"] == "text/markdown"

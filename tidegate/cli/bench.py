@@ -196,12 +196,18 @@ def bench_dedup_cmd(
 def bench_commits_cmd(
     commits: Annotated[int, typer.Option("--commits", "-n", min=200, help="Small commits to make.")] = 10_000,
     rows: Annotated[int, typer.Option(min=1, help="Rows per commit.")] = 50,
+    log_retention: Annotated[
+        str, typer.Option(help="Commit log kept (a duration, or 'none' to keep it all).")
+    ] = "1h",
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """A table after thousands of small commits (what `ingest --follow` makes all day, with its compactor): commit latency and open time of the last 100 commits against the first 100."""
     from tidegate.bench_commits import bench_commits
 
     figures = bench_commits(
-        commits, rows, progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
+        commits,
+        rows,
+        None if log_retention == "none" else log_retention,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
     )
     _print_figures(f"tidegate bench commits --commits {commits}", figures, as_json)

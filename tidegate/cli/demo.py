@@ -82,7 +82,9 @@ def demo(
     finally:
         ctx.__exit__(None, None, None)
     console.print("5. Verifying the lake against the manifest:")
-    result = run_verify(str(lake), catalog.event_types, manifest, aggregates=catalog.aggregates)
+    result = run_verify(
+        str(lake), catalog.event_types, manifest, aggregates=catalog.aggregates, catalog=catalog
+    )
     for name, passed, detail in result.checks:
         console.print(f"   {'[green]✓[/]' if passed else '[red]✗[/]'} {name}: {detail}")
     if not result.ok:

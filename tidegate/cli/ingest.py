@@ -42,6 +42,8 @@ def run_local_ingest(
     project: str | None = None,
 ) -> RunSummary:
     from tidegate.lake.pii import is_production, is_remote_lake, load_protector
+    from tidegate.lake.read import Lake
+    from tidegate.ops.monitors import MonitorTicker
     from tidegate.pipelines.local import Heartbeat, LocalIngest, LocalOptions
     from tidegate.pipelines.runs import ingest_config
 
@@ -85,13 +87,21 @@ def run_local_ingest(
 
     if not quiet:
         console.print(f"Ingesting into {lake} (run {config.run_id}) ...")
+    # the catalog's stream monitors, evaluated once a minute on their own thread (breaches go
+    # to _monitors and show in status; tidegate.ops.monitors)
+    ticker = MonitorTicker(Lake(lake, config.storage, catalog), every=60)
+
+    def on_batch(b: BatchOutcome) -> None:
+        show(b)
+        ticker()
+
     ingest = LocalIngest(
         catalog,
         address,
         config,
         LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=until_idle, follow=follow),
         project=project,
-        on_batch=show,
+        on_batch=on_batch,
         subscriptions=subscriptions,
         on_heartbeat=None if quiet else beat,
     )
@@ -102,6 +112,7 @@ def run_local_ingest(
     finally:
         if warming is not None:
             warming.stop()
+        ticker.close()
 
 
 @app.command()

@@ -106,6 +106,7 @@ def verify(
             manifest,
             storage_options=settings.storage_options(),
             aggregates=catalog.aggregates,
+            catalog=catalog,
         )
     if as_json:
         console.print_json(

@@ -166,3 +166,22 @@ def status(
                 f"    {name}: {one['events']:,} events ({one['late_rate']:.2%} of its source), "
                 f"{one['pairs']:,} pairs"
             )
+    _print_monitors(report.get("monitors", []))
+
+
+def _print_monitors(breaches: list[dict[str, Any]]) -> None:
+    if not breaches:
+        console.print(
+            "  monitors: no breach in the last 24 h (`tidegate monitor` evaluates the catalog's monitors)"
+        )
+        return
+    console.print(
+        f"  [yellow]monitors: {len(breaches):,} breach{'es' if len(breaches) != 1 else ''} in the last 24 h[/] "
+        "(newest window first; `tidegate monitor` for all of them):"
+    )
+    for b in breaches[:10]:
+        console.print(
+            f"    {b['window_start'][:19].replace('T', ' ')} {b['monitor']} {b['kind']}: {escape(b['message'])}"
+        )
+    if len(breaches) > 10:
+        console.print(f"    ... and {len(breaches) - 10:,} more (`tidegate status --json`, key monitors)")

@@ -64,6 +64,31 @@ def compact_small_files(uri: str, min_files: int = 16, storage_options: dict[str
     return removed
 
 
+# How long a table keeps its commit history (time travel by version reaches back this far).
+# Every commit adds a log file, and opening, updating or reading the history of a table lists
+# the log: after 10,000 small commits a table opened in 24 ms instead of 5 and a commit took
+# 6.7x longer (`tidegate bench commits`); cleaning the log to a checkpoint brought the open back
+# to 8 ms. A --follow run cleans logs older than this on its compactor thread.
+LOG_RETENTION = "1h"
+
+
+def clean_log(
+    uri: str, retention: str = LOG_RETENTION, storage_options: dict[str, str] | None = None
+) -> None:
+    """Checkpoint the table and delete its log files older than `retention` (never the data:
+    vacuum decides that). Time travel to versions before then ends."""
+    from tidegate.catalog import parse_duration
+
+    table = try_open(uri, storage_options)
+    if table is None:
+        return
+    wanted = f"interval {parse_duration(retention)} seconds"
+    if table.metadata().configuration.get("delta.logRetentionDuration") != wanted:
+        table.alter.set_table_properties({"delta.logRetentionDuration": wanted}, raise_if_not_exists=False)
+    table.create_checkpoint()
+    table.cleanup_metadata()
+
+
 def maintain(
     tables: LakeTables, retain_hours: int, storage_options: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:

@@ -23,7 +23,11 @@ What they say (OpenLineage naming conventions):
   (`mailto:<address>` for an e-mail address; type `CONTACT`). The tables every stream shares
   (quarantine, ledgers) carry none;
 - run ids are UUIDs derived from tidegate's run / batch ids (`run_uuid`), and every Delta commit
-  carries `tidegate_run_id`: either side leads to the other (`run_uuid(commit["tidegate_run_id"])`).
+  carries `tidegate_run_id`: either side leads to the other (`run_uuid(commit["tidegate_run_id"])`);
+- job `monitor` (`tidegate monitor`, tidegate.ops.monitors): its run facet `tidegateMonitors`
+  lists the breaches the evaluation found (`emit(..., monitors=[...])`, each a breach as
+  `Breach.as_dict()` gives it, plus `new`: whether this run recorded it), its output the
+  `_monitors` table.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,11 +176,16 @@ class LineageEmitter:
         outputs: Iterable[OutputTable] = (),
         error: str | None = None,
         tidegate_run_id: str | None = None,
+        monitors: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
+        """`monitors`: breaches of the stream monitors, sent as the run facet `tidegateMonitors`
+        (an empty list says the monitors were evaluated and found nothing; None: no facet)."""
         if self.client is None:
             return
         try:
-            self.client.emit(self._event(state, job, run_id, parent, inputs, outputs, error, tidegate_run_id))
+            self.client.emit(
+                self._event(state, job, run_id, parent, inputs, outputs, error, tidegate_run_id, monitors)
+            )
         except Exception as exc:  # noqa: BLE001 - lineage must never stop the data
             log.warning("OpenLineage %s event for %s not sent: %s", state, job, exc)
 
@@ -190,6 +199,7 @@ class LineageEmitter:
         outputs: Iterable[OutputTable],
         error: str | None,
         tidegate_run_id: str | None,
+        monitors: Sequence[Mapping[str, Any]] | None = None,
     ) -> Any:
         # openlineage: loaded only when lineage events are emitted
         from openlineage.client.event_v2 import (
@@ -269,6 +279,8 @@ class LineageEmitter:
         run_id_uuid = run_uuid(run_id)
         if tidegate_run_id is not None:
             run_facets["tidegate"] = _tidegate_facet(tidegate_run_id)
+        if monitors is not None:
+            run_facets["tidegateMonitors"] = _monitors_facet(monitors)
         return RunEvent(
             eventType=getattr(RunState, state),
             eventTime=datetime.now(UTC).isoformat(),
@@ -300,3 +312,24 @@ def _tidegate_facet(run_id: str) -> Any:
             return "https://github.com/tidegate/tidegate/blob/main/docs/reading.md#openlineage"
 
     return TidegateRunFacet(runId=run_id, codeVersion=code_version(), gitSha=git_sha())
+
+
+def _monitors_facet(breaches: Sequence[Mapping[str, Any]]) -> Any:
+    """Custom run facet: the breaches of tidegate's stream monitors (tidegate.ops.monitors), each
+    with its breach_id, monitor, kind, event_type, column, window_start/end, observed, expected,
+    threshold and message, as the `_monitors` table holds them."""
+    # openlineage: loaded only when lineage events are emitted
+    import attr
+    from openlineage.client.generated.base import (
+        RunFacet,
+    )
+
+    @attr.define
+    class TidegateMonitorsRunFacet(RunFacet):
+        breaches: list[dict[str, Any]]
+
+        @staticmethod
+        def _get_schema() -> str:
+            return "https://github.com/tidegate/tidegate/blob/main/docs/monitors.md#openlineage"
+
+    return TidegateMonitorsRunFacet(breaches=[dict(b) for b in breaches])

@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -43,8 +43,10 @@ from tidegate.catalog import AggregateSpec, Catalog
 from tidegate.faults import fault_point
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import aggregate_commit_meta, aggregate_rows, app_id, write_late
+from tidegate.lake.changes import raw_changes
 from tidegate.lake.delta import data_files, try_open
 from tidegate.lake.tables import aggregate_uri, raw_schema, raw_uri
+from tidegate.lake.views import ViewMaintainer
 from tidegate.lake.writer import replace_windows
 
 log = logging.getLogger(__name__)
@@ -69,46 +71,6 @@ def raw_dataset(table: DeltaTable) -> ds.FileSystemDataset:
     dataset = table.to_pyarrow_dataset()
     assert isinstance(dataset, ds.FileSystemDataset)
     return dataset
-
-
-@dataclass(frozen=True)
-class RawChanges:
-    """What the raw commits after version `done` did, as far as projection cares."""
-
-    only_appends: bool  # WRITE / MERGE (and compaction), nothing that changed rows otherwise
-    compacted_since: datetime | None  # the commit time of `done` if an OPTIMIZE came after it
-
-
-def raw_changes(raw: DeltaTable, done: int, target: int) -> RawChanges:
-    """Compaction (OPTIMIZE, which `ingest --follow` runs itself) rewrites files: their rows would
-    look new. Every raw row carries `ingest_time`, set just before the commit that inserts it,
-    and one writer commits a raw table at a time, so the rows added after version `done` are
-    exactly those with `ingest_time` later than `done`'s commit time: new files are filtered on
-    that instead of rebuilding from the whole history."""
-    compacted = False
-    done_ts: datetime | None = None
-    for commit in raw.history(limit=target - done + 1):
-        version = int(commit.get("version", -1))
-        if version == done:
-            done_ts = datetime.fromtimestamp(int(commit["timestamp"]) / 1000, UTC)
-        elif done < version <= target:
-            op = commit.get("operation")
-            if op == "OPTIMIZE" or commit.get("tidegate_operation") == "retokenize":
-                compacted = True  # the same rows in new files (re-tokenized: new tokens, old ingest_time)
-            elif op in _NO_ROW_CHANGES or commit.get("tidegate_operation") in ("expire", "erase"):
-                # vacuum changes no row; retention deletes old rows but the aggregates keep
-                # their windows (tidegate.lake.governance); an erasure rebuilds the windows it
-                # touched itself (tidegate.ops.erasure): nothing to project
-                continue
-            elif op not in _APPENDS:
-                return RawChanges(False, None)
-    if compacted and done_ts is None:
-        return RawChanges(False, None)  # history too short to say: rebuild
-    return RawChanges(True, done_ts if compacted else None)
-
-
-_APPENDS = {"WRITE", "MERGE", "CREATE TABLE"}
-_NO_ROW_CHANGES = {"VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
 
 
 def _ts(value: datetime) -> pa.Scalar:
@@ -190,6 +152,10 @@ class Projector:
             # every aggregate over this source now stands at `target`: older file sets are dead
             for key in [k for k in self._files if k[0] == source and k[1] < target]:
                 del self._files[key]
+        if self.catalog.views:  # current-state views follow the same raw commits, key by key
+            self.view_updates = ViewMaintainer(
+                self.catalog, self.lake, run_id=self.run_id, storage=self.storage
+            ).update()
         return out
 
     def _new_rows(

@@ -115,6 +115,11 @@ class Lake:
     def aggregate(self, name: str, **travel: Any) -> pl.LazyFrame:
         return self.scan(f"aggregates/{name}", **travel)
 
+    def view(self, name: str, **travel: Any) -> pl.LazyFrame:
+        """A current-state view (tidegate.lake.views), e.g. `lake.view("order_state", version=3)`
+        for its state as of an earlier version."""
+        return self.scan(f"views/{name}", **travel)
+
     def quarantine(self, **travel: Any) -> pl.LazyFrame:
         return self.scan("quarantine", **travel)
 

@@ -262,6 +262,27 @@ AUDIT_SCHEMA = pa.schema(
     ]
 )
 
+# stream monitors' breaches (tidegate.ops.monitors): one row per breach, recorded once
+MONITORS_SCHEMA = pa.schema(
+    [
+        # monitor/kind/event type/window start[/column]: what makes a breach the same one (the key)
+        pa.field("breach_id", pa.string(), nullable=False),
+        pa.field("monitor", pa.string(), nullable=False),  # volume | freshness | quarantine_rate | null_rate
+        # drop | spike (volume), event_lag | commit_lag (freshness), above (quarantine_rate), drift (null_rate)
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("column", pa.string()),  # null_rate: the payload column
+        pa.field("window_start", UTC_TS, nullable=False),
+        pa.field("window_end", UTC_TS, nullable=False),
+        pa.field("observed", pa.float64(), nullable=False),
+        pa.field("expected", pa.float64()),  # the baseline, where the monitor has one
+        pa.field("threshold", pa.float64(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("detected_at", UTC_TS, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
 
 class Kind(StrEnum):
     RAW = "raw"
@@ -273,6 +294,8 @@ class Kind(StrEnum):
     LATE = "late"
     REDRIVE = "redrive"
     AUDIT = "audit"
+    MONITOR = "monitor"
+    VIEW = "view"
 
 
 @dataclass(frozen=True)
@@ -303,6 +326,11 @@ def raw_table(event_type: str) -> TableSpec:
     )
 
 
+def view_table(name: str, key: str) -> TableSpec:
+    # a current-state view (tidegate.lake.views): one row per key (or per change, SCD type 2)
+    return TableSpec(f"views/{name}", Kind.VIEW, (key,))
+
+
 def aggregate_table(name: str) -> TableSpec:
     # keys: the window and the aggregate's key columns (tidegate.lake.aggregates.key_columns)
     return TableSpec(f"aggregates/{name}", Kind.AGGREGATE, ("window_start",), aggregate=name)
@@ -331,6 +359,8 @@ REDRIVES = TableSpec(
 )
 # every deletion governance made (retention, erasure): what, where, how many, why, by whom
 AUDIT = TableSpec("_audit", Kind.AUDIT, ("audit_id",), (), AUDIT_SCHEMA, on_demand=True)
+# every breach a stream monitor found (tidegate.ops.monitors), once per breach
+MONITORS = TableSpec("_monitors", Kind.MONITOR, ("breach_id",), (), MONITORS_SCHEMA, on_demand=True)
 
 
 class LakeTables:
@@ -340,8 +370,9 @@ class LakeTables:
         self.root = root
         self.catalog = catalog
         specs = [raw_table(t) for t in catalog.event_types]
-        specs += [QUARANTINE, LEDGER, QUALITY, METRICS, REDRIVES, AUDIT]
+        specs += [QUARANTINE, LEDGER, QUALITY, METRICS, REDRIVES, AUDIT, MONITORS]
         specs += [aggregate_table(a.name) for a in catalog.aggregates] + [LATE]
+        specs += [view_table(v.name, v.key) for v in catalog.views]
         self._specs = {s.name: s for s in specs}
 
     def specs(self) -> list[TableSpec]:

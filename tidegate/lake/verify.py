@@ -79,8 +79,11 @@ def verify(
     manifest: Path | None = None,
     storage_options: dict[str, str] | None = None,
     aggregates: Sequence[AggregateSpec] = (),
+    catalog: Any = None,  # catalog.Catalog: its state views are checked too
 ) -> Report:
     report = Report()
+    views_catalog = catalog
+    catalog_views = list(catalog.views) if catalog is not None else []
     raw: dict[str, pl.DataFrame] = {}
     for t in event_types:
         df = _read(raw_uri(lake, t), ["event_source", "event_id", "pubsub_message_id"], storage_options)
@@ -123,6 +126,17 @@ def verify(
     for spec in aggregates:
         if spec.source in raw:
             _parity(report, lake, spec, storage_options, governed.cutoffs.get(f"raw/{spec.source}"))
+    for view in catalog_views:
+        if any(e.type in raw for e in view.events):
+            from tidegate.lake.views import view_parity
+
+            problems = view_parity(views_catalog, lake, view.name, storage_options)
+            report.check(
+                f"views/{view.name}: equals a fold of raw history",
+                not problems,
+                "every key" if not problems else f"{len(problems)} key(s) differ",
+                problems,
+            )
     if manifest is not None:
         _reconcile(report, manifest, raw, quarantine, governed)
         if aggregates:

@@ -2,6 +2,9 @@
 inlined as SVG (crisp at any width); the page references nothing outside itself (no CDN, no
 URL at all), so it renders offline and can be mailed or archived.
 
+A "Monitors" section lists the breaches the stream monitors recorded in the last 24 h (the
+`_monitors` table, tidegate.ops.monitors), newest window first, or says there were none.
+
 Charts: throughput per batch (ledger), publish -> commit latency p50 / p99 per batch (_metrics),
 quarantine reasons (quarantine), data quality per batch (the share of validated events that
 passed every expectation, as tidegate.ops.figures defines it), and one chart per catalog
@@ -630,6 +633,40 @@ def _figure_html(chart: Chart) -> str:
     )
 
 
+def _monitors_html(breaches: list[dict[str, Any]]) -> str:
+    """The Monitors section: recent breaches as a table (plain text: no link, no URL)."""
+    head = '<section id="monitors"><h2>Monitors</h2>'
+    if not breaches:
+        return (
+            f"{head}<p>No breach recorded in the last 24 h. <code>tidegate monitor</code> evaluates the "
+            "catalog's stream monitors (volume, freshness, quarantine rate, null rate) and records "
+            "breaches in <code>_monitors</code>.</p></section>"
+        )
+
+    def number(value: Any) -> str:
+        return "-" if value is None else f"{value:,.4g}"
+
+    rows = "".join(
+        "<tr>"
+        f'<td class="when">{html.escape(b["window_start"][:19].replace("T", " "))}</td>'
+        f"<td>{html.escape(b['event_type'])}</td>"
+        f"<td>{html.escape(b['monitor'])} {html.escape(b['kind'])}"
+        f"{' (' + html.escape(b['column']) + ')' if b.get('column') else ''}</td>"
+        f"<td>{number(b['observed'])}</td><td>{number(b['expected'])}</td><td>{number(b['threshold'])}</td>"
+        f"<td>{html.escape(b['message'])}</td>"
+        "</tr>"
+        for b in breaches
+    )
+    n = len(breaches)
+    return (
+        f"{head}<p>{n:,} breach{'es' if n != 1 else ''} recorded in the last 24 h, newest window first "
+        "(window start in UTC; observed, baseline and threshold in the monitor's unit: events, a share, "
+        "or seconds of lag).</p>"
+        '<div class="tables"><table><tr><th>window start</th><th>event type</th><th>monitor</th>'
+        f"<th>observed</th><th>baseline</th><th>threshold</th><th>what</th></tr>{rows}</table></div></section>"
+    )
+
+
 def build_report(lake: Lake, out: Path) -> Path:
     """Write the report page to `out`. Raises TidegateError when the lake holds no tidegate table."""
     report = status(lake)
@@ -661,10 +698,11 @@ def build_report(lake: Lake, out: Path) -> Path:
 <style>body{{font-family:system-ui,sans-serif;margin:2rem auto;padding:0 1rem;max-width:1000px;color:#222}}
 .tables{{overflow-x:auto}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2rem .6rem}}
 figure.chart{{margin:0 0 1rem}} figure.chart svg{{width:100%;height:auto;display:block}}
-figcaption{{font-size:.85rem;color:#555;margin-top:.3rem}} code{{word-break:break-all}}</style></head>
+figcaption{{font-size:.85rem;color:#555;margin-top:.3rem}} code{{word-break:break-all}} td.when{{white-space:nowrap}}</style></head>
 <body><h1>tidegate report</h1><p>Lake <code>{html.escape(lake.root)}</code>, generated {datetime.now(UTC).isoformat()[:19]}Z.</p>
 <p>{html.escape(summary)}</p>
 <div class="tables"><table><tr><th>table</th><th>version</th><th>rows</th><th>last commit</th></tr>{rows}</table></div>
+{_monitors_html(report.get("monitors", []))}
 {sections}
 <script type="application/json" id="{CHARTS_JSON_ID}">{described}</script>
 </body></html>"""

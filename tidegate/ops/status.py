@@ -6,7 +6,9 @@ Then the health figures an operator is paged on: ledger balance (received = writ
 duplicates + quarantined), quarantine rate, late events and late (event, window) pairs per
 aggregate, data quality per event type and per expectation (tidegate.ops.figures defines both),
 and publish -> commit latency percentiles of the latest ingest run (from the raw rows
-themselves: ingest_time - pubsub_publish_time).
+themselves: ingest_time - pubsub_publish_time). `monitors`: the breaches the stream monitors
+recorded in the last 24 h (tidegate.ops.monitors; `tidegate monitor` evaluates them), newest
+window first; an empty list when there were none.
 
 Subscription backlog (`backlog()`) comes from Cloud Monitoring on GCP and from a snapshot count
 on the emulator (tidegate/infra/backlog.py says how, and why that count is safe). The count runs only
@@ -32,7 +34,7 @@ from tidegate.lake.delta import scan_table
 from tidegate.lake.lineage import owner_json, table_owner
 from tidegate.lake.lock import lake_lock
 from tidegate.lake.read import Lake
-from tidegate.ops import figures
+from tidegate.ops import figures, monitors
 
 BACKLOG_MODES = ("auto", "count", "monitoring", "off")
 
@@ -162,4 +164,5 @@ def status(lake: Lake) -> dict[str, Any]:
         mine = late["per_aggregate"][spec.name]
         mine["late_rate"] = round(mine["events"] / raw_rows, 4) if raw_rows else 0.0  # of its source's events
     out["late"] = late
+    out["monitors"] = monitors.recent(lake)
     return out

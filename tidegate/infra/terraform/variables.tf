@@ -115,3 +115,15 @@ variable "maintain_retain_hours" {
     error_message = "maintain_retain_hours must be at least 24: a shorter window can vacuum files a running reader or writer still needs."
   }
 }
+
+variable "monitor_notification_channels" {
+  description = "Notification channels (projects/P/notificationChannels/ID) of the stream-monitor alert policy (monitoring.tf). Empty: incidents open in the Cloud Monitoring console only."
+  type        = list(string)
+  default     = []
+}
+
+variable "monitor_resource_type" {
+  description = "The monitored resource type of the log entries `tidegate monitor` writes, i.e. where it runs: cloud_run_job (a scheduled Cloud Run job), k8s_container (GKE), gce_instance (a VM with the Ops Agent)."
+  type        = string
+  default     = "cloud_run_job"
+}

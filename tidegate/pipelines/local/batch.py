@@ -47,6 +47,7 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
 from tidegate.errors import PlatformError, TidegateError, TransientError
 from tidegate.expectations.envelope import RawMessage
+from tidegate.lake import tracing
 from tidegate.transforms.base import IngestConfig
 from tidegate.transforms.ingest import Ingest
 from tidegate.transforms.ingest_types import Chunk
@@ -154,6 +155,7 @@ class BatchRunner:
             first.__class__.__name__,
             str(first)[:200],
         )
+        tracing.event("split", {"messages": len(messages), "error": first.__class__.__name__})
         before = self.successes
         suspects: list[tuple[int, BaseException]] = [(0, first)] if len(messages) == 1 else []
         if len(messages) > 1:
@@ -177,6 +179,14 @@ class BatchRunner:
                 batch_id,
             )
             out.poison.append(i)
+            tracing.event(
+                "poison",
+                {
+                    "messaging.message.id": m.message_id,
+                    "cloudevents.event_id": m.attributes.get("ce-id", "?"),
+                    "error": crash.__class__.__name__,
+                },
+            )
         return out
 
     def _split(
@@ -205,7 +215,7 @@ class BatchRunner:
         pause, longest = TRANSIENT_BACKOFF
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
-                self._run_once(batch_id, messages, out)
+                self._traced_run_once(batch_id, messages, out, attempt)
                 self.successes += 1
                 self.single_failures = 0
                 return
@@ -219,6 +229,40 @@ class BatchRunner:
                 log.warning("batch %s: %s; retrying in %.1fs", batch_id, exc, pause)
                 self.sleep(pause)
                 pause = min(pause * 2, longest)
+
+    def _traced_run_once(
+        self, batch_id: str, messages: list[RawMessage], out: BatchRun, attempt: int
+    ) -> None:
+        """`_run_once` as a `beam.run` span (a child of the caller's), with one `commit` child per
+        table commit, placed where the writer timed it (docs/tracing.md)."""
+        attributes = tracing.attributes_of(messages=len(messages), attempt=attempt)
+        with tracing.tracer().start_as_current_span("beam.run", attributes=attributes) as span:
+            before = len(out.commits)
+            self._run_once(batch_id, messages, out)
+            if not span.is_recording():
+                return
+            for c in out.commits[before:]:
+                if not c.committed_at:
+                    continue
+                end = int(c.committed_at * 1e9)
+                tracing.span_between(
+                    "commit",
+                    end - c.ms * 1_000_000,
+                    end,
+                    span,
+                    tracing.attributes_of(
+                        kind=c.kind,
+                        table=c.table,
+                        event_type=c.event_type,
+                        version=c.version,
+                        received=c.received,
+                        offered=c.offered,
+                        inserted=c.inserted,
+                        files=c.files,
+                        bytes=c.bytes,
+                        conflicts=c.conflicts,
+                    ),
+                )
 
     def _execute(self) -> Any:
         """Run the batch pipeline. Every batch runs the same graph, reading its messages from this

@@ -1,7 +1,9 @@
 """Compaction while ingesting: `ingest --follow` keeps every table's file count bounded.
 
 A thread wakes every `every` seconds and compacts the partitions that gathered `min_files`
-small files (lake.maintenance). It never blocks the driver: a compaction commit that races a
+small files (lake.maintenance), and, once a minute, checkpoints each table and deletes its log
+files older than `log_retention` (1 h: the commit log otherwise grows by one file per batch, and
+every open, update and history read lists it). It never blocks the driver: a compaction commit that races a
 batch's MERGE makes one of them retry (the writer's conflict backoff), nothing more.
 """
 
@@ -9,15 +11,25 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from tidegate.lake.maintenance import compact_small_files
+from tidegate.lake.maintenance import LOG_RETENTION, clean_log, compact_small_files
 
 log = logging.getLogger(__name__)
 
 
 class Compactor:
-    def __init__(self, uris: list[str], every: float, min_files: int, storage: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        uris: list[str],
+        every: float,
+        min_files: int,
+        storage: dict[str, str] | None,
+        log_retention: str | None = LOG_RETENTION,
+    ) -> None:
         self.uris = uris
+        self.log_retention = log_retention
+        self.log_cleaned_at: dict[str, float] = {}
         self.every = every
         self.min_files = min_files
         self.storage = storage
@@ -34,9 +46,17 @@ class Compactor:
                     return
                 try:
                     self.compacted += compact_small_files(uri, self.min_files, self.storage)
+                    self._clean_log(uri)
                 except Exception as exc:  # noqa: BLE001 - maintenance must never stop ingestion
                     log.warning("compacting %s failed: %s", uri, exc)
             self.rounds += 1
+
+    def _clean_log(self, uri: str) -> None:
+        """Every minute at most, checkpoint and drop log files past `log_retention`."""
+        if self.log_retention is None or time.monotonic() - self.log_cleaned_at.get(uri, -1e9) < 60:
+            return
+        self.log_cleaned_at[uri] = time.monotonic()
+        clean_log(uri, self.log_retention, self.storage)
 
     def close(self) -> None:
         self.stopping.set()

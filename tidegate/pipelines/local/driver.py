@@ -15,6 +15,11 @@ How a message moves, and which thread owns it (docs/architecture.md has the pict
    (`accounting.Bookkeeper`), while the driver already runs the next batch;
 5. the **projector** thread brings the aggregates up to the new raw versions (`projection.py`).
 
+Tracing (docs/tracing.md): a `tidegate.ingest` span per run, a `tidegate.batch` span per batch
+(linked to its producers' traces, ended once it is acked), and a span per stage under it: `take`,
+`beam` (its Beam runs and table commits below it), `ledger`, `ack`, `openlineage`, `metrics`;
+projection rounds under the run. Spans are no-ops unless an OTLP endpoint is configured.
+
 Crash points (the exactly-once argument): killed before a commit, nothing was written and
 nothing acked, the leases lapse and Pub/Sub redelivers within `lease_seconds`; killed after the
 commits and before the ack, the redelivered messages are found by the writers' dedup (the key
@@ -33,11 +38,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
 from tidegate.catalog import Catalog
+from tidegate.expectations.envelope import RawMessage
 from tidegate.infra.pubsub import subscriber, subscription_path
+from tidegate.lake import tracing
 from tidegate.lake.lock import is_locked_lake, lake_lock
 from tidegate.lake.openlineage import LineageEmitter, OutputTable, subscription_dataset
-from tidegate.lake.projection import Projector
+from tidegate.lake.projection import ProjectionResult, Projector
 from tidegate.lake.tables import LakeTables, raw_schema
 from tidegate.transforms.base import IngestConfig, suite_validator, worker_state
 from tidegate.transforms.writes import TableCommit
@@ -49,6 +59,8 @@ from .consumer import Consumer, ConsumerOptions, Leased
 from .projection import BackgroundProjector
 
 log = logging.getLogger(__name__)
+
+BOOKKEEPER_STAGES = ("ledger", "ack", "openlineage", "metrics")  # accounting.Bookkeeper's, in order
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,7 @@ class LocalIngest:
         self.runner = BatchRunner(config, single_writer=is_locked_lake(config.lake))
         self._seq = 0
         self._lineage: Any = None
+        self._batch_spans = tracing.OpenSpans()  # started here, ended by the bookkeeper once acked
 
     # -- lineage ---------------------------------------------------------------------------
 
@@ -150,7 +163,7 @@ class LocalIngest:
     def _projector(self) -> Any:
 
         catalog, registry = worker_state(self.config.catalog_path)
-        return Projector(
+        projector = Projector(
             catalog,
             registry,
             self.config.lake,
@@ -159,11 +172,19 @@ class LocalIngest:
             git_sha=self.config.git_sha,
             storage=self.config.storage,
         )
+        return _TracedProjector(projector, trace.get_current_span())
 
     # -- one micro-batch -------------------------------------------------------------------
 
-    def run_batch(self, leased: list[Leased], consumer: Consumer, bookkeeper: Bookkeeper) -> BatchOutcome:
-        """Run, account, hand to the bookkeeper; the caller hands it to the projector."""
+    def run_batch(
+        self,
+        leased: list[Leased],
+        consumer: Consumer,
+        bookkeeper: Bookkeeper,
+        taken: tuple[int, int] | None = None,
+    ) -> BatchOutcome:
+        """Run, account, hand to the bookkeeper; the caller hands it to the projector. `taken`:
+        when (time.time_ns) the driver started and finished taking these messages (a span)."""
         self._seq += 1
         batch_id = f"{self.config.run_id}-{self._seq:06d}"
         started_at = datetime.now(UTC)
@@ -171,11 +192,18 @@ class LocalIngest:
         messages = [x.message for x in leased]
         subscriptions = {m.subscription for m in messages}
         parent = ("ingest", self.config.run_id)
+        span = self._batch_span(batch_id, messages, subscriptions, taken)
         self.openlineage.emit(
             "START", "ingest.batch", batch_id, parent=parent, inputs=self._inputs(subscriptions)
         )
         try:
-            run = self.runner.run(batch_id, messages)
+            if taken is not None:
+                tracing.span_between("take", *taken, span, {"tidegate.stage": "take"})
+            with tracing.current(span), tracing.tracer().start_as_current_span("beam") as beam:
+                run = self.runner.run(batch_id, messages)
+                beam.set_attributes(
+                    tracing.attributes_of(stage="beam", runs=run.runs, poisoned=len(run.poison))
+                )
             # every message of the batch is visible in Delta once its raw and quarantine commits
             # are done (the _quality commit and Beam's teardown come after)
             data = [c.committed_at for c in run.commits if c.kind in ("raw", "quarantine")]
@@ -187,6 +215,8 @@ class LocalIngest:
                 messages = [x.message for x in leased]
             outcome = account(batch_id, self.config.run_id, run, messages, started_at)
         except BaseException as exc:
+            tracing.fail(span, exc)
+            span.end()
             self.openlineage.emit(
                 "FAIL",
                 "ingest.batch",
@@ -201,16 +231,82 @@ class LocalIngest:
         outcome.published = [m.publish_time.timestamp() for m in messages if m.publish_time is not None]
         outcome.publish_latencies = [committed_at - p for p in outcome.published]
         outcome.seconds = time.perf_counter() - t0
+        span.set_attributes(
+            tracing.attributes_of(
+                raw_written=outcome.raw_written,
+                quarantined=outcome.quarantined,
+                duplicates=outcome.duplicates_skipped,
+                quarantine_duplicates=outcome.quarantine_duplicates,
+                id_conflicts=outcome.id_conflicts,
+                poisoned=outcome.poisoned,
+            )
+        )
+        self._batch_spans.add(batch_id, span)  # the bookkeeper ends it, after the ack
         bookkeeper.submit(outcome, leased, run, subscriptions)
         return outcome
+
+    def _batch_span(
+        self,
+        batch_id: str,
+        messages: list[RawMessage],
+        subscriptions: set[str],
+        taken: tuple[int, int] | None,
+    ) -> Span:
+        """The batch's span, a child of the run's, linked to its producers' spans (binary-mode
+        `ce-traceparent` attributes; docs/tracing.md), from when the driver began taking it."""
+        links = tracing.NO_LINKS
+        if tracing.enabled():  # 20k traceparents parsed only when someone receives the links
+            links = tracing.links_for(m.attributes.get("ce-traceparent") for m in messages)
+        attributes = {
+            **tracing.attributes_of(
+                batch_id=batch_id,
+                run_id=self.config.run_id,
+                messages=len(messages),
+                subscriptions=sorted(subscriptions),
+            ),
+            "messaging.system": "gcp_pubsub",
+            "messaging.operation.type": "process",
+            "messaging.batch.message_count": len(messages),
+            **links.attributes,
+        }
+        return tracing.tracer().start_span(
+            "tidegate.batch",
+            kind=SpanKind.CONSUMER,
+            links=links.links,
+            attributes=attributes,
+            start_time=taken[0] if taken is not None else None,
+        )
 
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         summary = RunSummary(self.config.run_id)
         t0 = time.perf_counter()
-        with lake_lock(self.config.lake):  # first: a second ingest must touch nothing of the lake
-            self._run(summary)
+        attributes = tracing.attributes_of(run_id=self.config.run_id, lake=self.config.lake)
+        try:
+            with tracing.tracer().start_as_current_span("tidegate.ingest", attributes=attributes) as span:
+                try:
+                    with lake_lock(self.config.lake):  # first: a second ingest must touch nothing of the lake
+                        self._run(summary)
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # an interrupt: OpenTelemetry records only errors
+                        tracing.fail(span, exc)
+                    raise
+                finally:
+                    self._batch_spans.end_all("the run stopped before this batch was acknowledged")
+                    span.set_attributes(
+                        tracing.attributes_of(
+                            batches=summary.batches,
+                            received=summary.received,
+                            raw_written=summary.raw_written,
+                            quarantined=summary.quarantined,
+                            duplicates=summary.duplicates_skipped,
+                            poisoned=summary.poisoned,
+                            stopped_by=summary.stopped_by or None,
+                        )
+                    )
+        finally:
+            tracing.flush()  # the run's spans leave before it returns (no-op without an endpoint)
         summary.seconds = time.perf_counter() - t0
         return summary
 
@@ -242,7 +338,9 @@ class LocalIngest:
                 # its first round heals: whatever an earlier run committed to raw but never
                 # projected is projected before any batch of this run
                 background = BackgroundProjector(self._projector(), heal=True)
-            bookkeeper = Bookkeeper(self.config, consumer, self.openlineage, self._inputs, self._outputs)
+            bookkeeper = _TracedBookkeeper(
+                self._batch_spans, self.config, consumer, self.openlineage, self._inputs, self._outputs
+            )
             compactor = Compactor(
                 LakeTables(self.config.lake, self.catalog).uris(),
                 self.options.compact_every,
@@ -310,6 +408,7 @@ class LocalIngest:
             wait = min(o.max_wait, 0.5, o.heartbeat_seconds)
             if not o.follow and o.until_idle is not None:
                 wait = min(wait, max(o.until_idle, 0.05))
+            taking = time.time_ns()
             leased = consumer.take(
                 o.max_batch,
                 wait=wait,
@@ -322,7 +421,7 @@ class LocalIngest:
                     summary.stopped_by = f"idle for {o.until_idle:g}s"
                     return
                 continue
-            outcome = self.run_batch(leased, consumer, bookkeeper)
+            outcome = self.run_batch(leased, consumer, bookkeeper, taken=(taking, time.time_ns()))
             if summary.batches == 0:
                 # everything built so far (modules, contracts, GX, the batch graph) lives as long
                 # as the process: keep it out of the collector's full passes (120-350 ms pauses)
@@ -336,3 +435,80 @@ class LocalIngest:
                 self.on_batch(outcome)
         if not summary.stopped_by:
             summary.stopped_by = "interrupted (current batch finished)"
+
+
+class _TracedBookkeeper(Bookkeeper):
+    """The bookkeeper, whose stages become spans under their batch's span, placed from its own
+    stage timings (accounting.Bookkeeper times them on its thread); it ends the batch's span."""
+
+    def __init__(self, spans: tracing.OpenSpans, *args: Any) -> None:
+        self.spans = spans  # before the thread starts
+        super().__init__(*args)
+
+    def _settle(self, work: Any) -> None:
+        span = self.spans.pop(work.outcome.batch_id)
+        start = time.time_ns()
+        failed: BaseException | None = None
+        try:
+            super()._settle(work)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            if span is not None:
+                stages = work.outcome.stages
+                done = [(k, stages[k]) for k in BOOKKEEPER_STAGES if k in stages]
+                end = tracing.spans_in_sequence(span, done, start)
+                if failed is not None:
+                    # the stage that raised has no timing of its own: from the last one's end to now
+                    name = next((k for k in BOOKKEEPER_STAGES if k not in stages), "bookkeeper")
+                    tracing.fail(
+                        tracing.span_between(name, end, time.time_ns(), span, {"tidegate.stage": name}),
+                        failed,
+                    )
+                    tracing.fail(span, failed)
+                span.end()
+
+
+class _TracedProjector:
+    """A projection round as a span under the run's (on the projector thread), one child per
+    aggregate it committed."""
+
+    def __init__(self, projector: Projector, parent: Span) -> None:
+        self.projector = projector
+        self.parent = parent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.projector, name)
+
+    def project_all(self, sources: set[str] | None = None) -> list[ProjectionResult]:
+        attributes = {
+            "tidegate.stage": "projection",
+            "tidegate.sources": sorted(sources) if sources is not None else ["*"],
+        }
+        with (
+            tracing.current(self.parent),
+            tracing.tracer().start_as_current_span("projection", attributes=attributes) as span,
+        ):
+            results = self.projector.project_all(sources)
+            span.set_attributes(
+                tracing.attributes_of(aggregates=len(results), late=sum(r.late for r in results))
+            )
+            for r in results:
+                end = int(r.committed_at * 1e9)
+                tracing.span_between(
+                    "aggregate",
+                    end - int(r.seconds * 1e9),
+                    end,
+                    span,
+                    tracing.attributes_of(
+                        aggregate=r.aggregate,
+                        from_version=r.from_version,
+                        to_version=r.to_version,
+                        new_rows=r.new_rows,
+                        windows_written=r.windows_written,
+                        windows_deleted=r.windows_deleted,
+                        late=r.late,
+                    ),
+                )
+            return results

@@ -1,0 +1,187 @@
+"""Current-state views (tidegate.lake.views) on real Delta tables: the fold's order and
+tie-break, SCD type 1 and 2, incremental maintenance after raw commits, a crash between the raw
+and the view commit, replay, verify's parity, and time travel."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tidegate.catalog import ViewSpec, load_catalog
+from tidegate.expectations.envelope import RawMessage
+from tidegate.lake.read import Lake
+from tidegate.lake.verify import verify
+from tidegate.lake.views import ViewMaintainer, fold, view_parity
+from tidegate.pipelines.local.batch import BatchRunner
+from tidegate.producer import ProduceConfig, generate
+from tidegate.transforms.base import IngestConfig
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _view(history: bool = False) -> ViewSpec:
+    return load_catalog().views[0].model_copy(update={"history": history})
+
+
+def _raw(rows: list[dict]) -> pl.DataFrame:  # type: ignore[type-arg]
+    return pl.DataFrame(rows, schema_overrides={"event_time": pl.Datetime("us", "UTC")})
+
+
+def test_the_fold_orders_by_event_time_with_a_documented_tie_break() -> None:
+    placed = _raw(
+        [
+            {
+                "order_id": "o1",
+                "event_time": T0,
+                "event_source": "s",
+                "event_id": "p1",
+                "customer_id": "c1",
+                "amount": "10.00",
+                "currency": "EUR",
+            },
+            {
+                "order_id": "o2",
+                "event_time": T0,
+                "event_source": "s",
+                "event_id": "p2",
+                "customer_id": "c2",
+                "amount": "5.00",
+                "currency": "CHF",
+            },
+            {
+                "order_id": "o3",
+                "event_time": T0 + timedelta(minutes=5),
+                "event_source": "s",
+                "event_id": "p3",
+                "customer_id": "c3",
+                "amount": "7.00",
+                "currency": "EUR",
+            },
+        ]
+    )
+    paid = _raw(
+        [
+            # o1 paid later: paid
+            {
+                "order_id": "o1",
+                "event_time": T0 + timedelta(minutes=1),
+                "event_source": "s",
+                "event_id": "y1",
+                "amount": "10.00",
+                "method": "card",
+            },
+            # o2 paid at the same instant as placed: the tie goes to the order events are listed in
+            {
+                "order_id": "o2",
+                "event_time": T0,
+                "event_source": "s",
+                "event_id": "y2",
+                "amount": "5.00",
+                "method": "twint",
+            },
+            # o3's payment arrived out of order, with an earlier event time than the placement
+            {
+                "order_id": "o3",
+                "event_time": T0 + timedelta(minutes=1),
+                "event_source": "s",
+                "event_id": "y3",
+                "amount": "7.00",
+                "method": "card",
+            },
+        ]
+    )
+    rows = {
+        r["order_id"]: r
+        for r in fold({"shop.order.placed": placed, "shop.payment.captured": paid}, _view()).to_dicts()
+    }
+    assert rows["o1"]["status"] == "paid"
+    assert (rows["o1"]["order_amount"], rows["o1"]["paid_amount"], rows["o1"]["events"]) == (
+        "10.00",
+        "10.00",
+        2,
+    )
+    assert rows["o2"]["status"] == "paid"  # placed is listed first: at the same time, paid wins
+    assert rows["o3"]["status"] == "placed"  # by event time, the placement is the latest event
+    assert rows["o3"]["payment_method"] == "card"  # and a later event never erases a value
+    history = fold({"shop.order.placed": placed, "shop.payment.captured": paid}, _view(history=True))
+    o1 = history.filter(pl.col("order_id") == "o1").sort("valid_from").to_dicts()
+    assert [(r["status"], r["valid_to"], r["is_current"]) for r in o1] == [
+        ("placed", T0 + timedelta(minutes=1), False),
+        ("paid", None, True),
+    ]
+
+
+def _messages(catalog, registry) -> tuple[list[RawMessage], list[RawMessage]]:  # type: ignore[no-untyped-def]
+    def made(event_type: str, n: int, seed: int) -> list[RawMessage]:
+        config = ProduceConfig(types=(event_type,), count=n, seed=seed, structured_rate=0.0, v2_rate=0.0)
+        sub = catalog.stream(event_type).subscription
+        return [
+            RawMessage(m.data, m.attributes, f"{seed}-{i}", datetime.now(UTC), sub)
+            for i, m in enumerate(generate(config, catalog, registry))
+        ]
+
+    orders = made("shop.order.placed", 6, 61)
+    payments = made("shop.payment.captured", 3, 62)
+    for pay, order in zip(payments, orders, strict=False):  # the first three orders get paid
+        data = json.loads(pay.data)
+        data["order_id"] = json.loads(order.data)["order_id"]
+        pay.attributes["ce-time"] = order.attributes["ce-time"].replace("Z", "") + "Z"
+        object.__setattr__(pay, "data", json.dumps(data).encode())
+    return orders, payments
+
+
+def test_views_follow_raw_commits_key_by_key_and_survive_a_crash_between_the_commits(
+    catalog, registry, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    lake = tmp_path / "lake"
+    orders, payments = _messages(catalog, registry)
+    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
+    views = ViewMaintainer(catalog, str(lake), run_id="r")
+    runner.run("b1", orders)
+    (first,) = views.update()
+    assert (first.view, first.rows) == ("order_state", 6)
+    state = Lake(str(lake), catalog=catalog).view("order_state").collect()
+    assert set(state.get_column("status")) == {"placed"}
+    version_after_orders = Lake(str(lake), catalog=catalog).delta("views/order_state").version()
+
+    # the payments commit to raw; the process dies before the view commit (nothing calls update)
+    runner.run("b2", payments)
+    assert not view_parity(catalog, str(lake), "order_state")  # consistent with what it records
+    report = verify(str(lake), catalog.event_types, catalog=catalog)
+    assert report.ok, report.failures
+    (caught_up,) = views.update()  # the next round: only the three paid orders are folded again
+    assert caught_up.keys == 3
+    state = Lake(str(lake), catalog=catalog).view("order_state").collect()
+    assert sorted(state.get_column("status").to_list()) == ["paid"] * 3 + ["placed"] * 3
+    assert not view_parity(catalog, str(lake), "order_state")
+    assert views.update() == []  # nothing new: no commit
+
+    # time travel: the state as it was before the payments
+    before = Lake(str(lake), catalog=catalog).view("order_state", version=version_after_orders).collect()
+    assert set(before.get_column("status")) == {"placed"}
+
+    # a replay folds the same rows from scratch
+    r = cli("replay", "order_state", "--lake", lake)
+    assert r.code == 0, r.text
+    again = Lake(str(lake), catalog=catalog).view("order_state").collect()
+    assert again.sort("order_id").drop("events").equals(state.sort("order_id").drop("events")) or again.sort(
+        "order_id"
+    ).select("order_id", "status").equals(state.sort("order_id").select("order_id", "status"))
+    verified = cli("verify", "--lake", lake, "--json")
+    checks = {c["name"]: c for c in json.loads(verified.out)["checks"]}
+    assert checks["views/order_state: equals a fold of raw history"]["passed"] is True
+    assert cli("replay", "order_state", "--lake", lake, "--since", "2026-01-01T00:00:00Z").code == 2
+
+
+@pytest.mark.parametrize("name", ["order_state"])
+def test_a_view_typo_in_the_catalog_is_refused_before_anything_runs(tmp_path: Path, cli, name: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_exit_codes import typo_catalog
+
+    bad = typo_catalog(tmp_path, "paid_amount: amount", "paid_amount: amout")
+    r = cli("contracts", "check", "--catalog", bad)
+    assert r.code == 2
+    assert "'amout'" in r.text

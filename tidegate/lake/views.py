@@ -1,0 +1,363 @@
+"""Current-state views folded from raw history: `views:` in the catalog, e.g. `order_state`,
+the latest state per order_id from shop.order.placed and shop.payment.captured.
+
+    fold(events, spec)                        # raw rows -> the view's rows (pure polars)
+    ViewMaintainer(catalog, lake).update()    # after raw commits: only the keys they touched
+    rebuild(catalog, lake, name)              # `tidegate replay <view>`: the whole view from raw
+    view_parity(catalog, lake, name)          # verify: the table equals a fold of raw
+
+**Fold.** A view's events (each a raw type) are ordered per key by event time; ties by the
+order the catalog lists the types in, then ce-source, then ce-id (a documented total order,
+so a replay gives the same rows). Each event sets the columns its type maps (`columns`: view
+column <- event column, e.g. `paid_at: event_time`; `literals`, e.g. `status: paid`); a later
+non-null value wins, a null never erases a value. An event that arrives late or out of order
+folds into its place: the whole key is folded again from raw. Duplicates never count twice:
+raw history holds each (source, id) once.
+
+**Shapes.** `history: false` (SCD type 1): one row per key, the state after its last event.
+`history: true` (SCD type 2): one row per event of the key, the state after it, with
+`valid_from` (its event time), `valid_to` (the next event's, null for the current row) and
+`is_current`. Both carry `updated_at` (event time of the last change), `events` (how many were
+folded), `last_event_type`, `last_event_id`.
+
+**Maintenance** (local mode; the projection calls `update` after each round of raw commits):
+per source raw table the view records, as a Delta app transaction, the raw version it
+incorporates (`tidegate.view/<view>/<type>`). The rows added since (their `ingest_time` is later
+than that version's commit: one writer per raw table) name the touched keys; those keys are
+folded again from raw and replace their rows in one commit that also moves the markers, so a
+crash between the raw and the view commit is caught up on the next round. Retention (expire) and
+vacuum commits change no state; any other rewrite of raw (an erasure) rebuilds the view.
+
+**Streaming mode** has no view maintenance in the Dataflow job: a view is a fold over keys
+across event types, i.e. state per key across the whole history. The deployment keeps it with a
+scheduled `tidegate replay <view>` (or the maintain job) against the gs:// lake; see
+docs/views.md for why and how.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from deltalake import CommitProperties, Transaction, write_deltalake
+
+from tidegate.catalog import Catalog, ViewSpec
+from tidegate.lake.changes import raw_changes
+from tidegate.lake.delta import try_open
+from tidegate.lake.tables import raw_uri
+
+ORDER = ["_event_time", "_type_order", "_event_source", "_event_id"]
+META = ["updated_at", "events", "last_event_type", "last_event_id"]
+HISTORY = ["valid_from", "valid_to", "is_current"]
+
+
+def view_uri(lake: str, name: str) -> str:
+    return "/".join([lake.rstrip("/"), "views", name])
+
+
+def app_id(view: ViewSpec, event_type: str) -> str:
+    return f"tidegate.view/{view.name}/{event_type}"
+
+
+def _source_columns(view: ViewSpec, event_type: str) -> list[str]:
+    e = next(e for e in view.events if e.type == event_type)
+    return list(dict.fromkeys([view.key, "event_time", "event_source", "event_id", *e.columns.values()]))
+
+
+def view_schema(catalog: Catalog, view: ViewSpec) -> pa.Schema:
+    """The view table's columns and types: a mapped column has the type of the first event
+    column that feeds it, a literal its own, then the fold's own columns."""
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.lake.tables import raw_schema
+
+    registry = ContractRegistry.from_catalog(catalog)
+    types: dict[str, pa.DataType] = {}
+    for e in view.events:
+        schema = raw_schema(registry.types[e.type])
+        types.setdefault(view.key, schema.field(view.key).type)
+        for col, source in e.columns.items():
+            types.setdefault(col, schema.field(source).type)
+        for col, value in e.literals.items():
+            types.setdefault(col, pa.scalar(value).type)
+    ts = pa.timestamp("us", tz="UTC")
+    fields = [pa.field(c, types[c]) for c in view.columns]
+    fields += [
+        pa.field("updated_at", ts),
+        pa.field("events", pa.int64()),
+        pa.field("last_event_type", pa.string()),
+        pa.field("last_event_id", pa.string()),
+    ]
+    if view.history:
+        fields += [pa.field("valid_from", ts), pa.field("valid_to", ts), pa.field("is_current", pa.bool_())]
+    return pa.schema(fields)
+
+
+def _events(view: ViewSpec, raw: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """All events of the view as one long frame: order columns, then one value and one
+    `_sets_<column>` flag per view column."""
+    parts = []
+    value_columns = [c for c in view.columns if c != view.key]
+    for order, e in enumerate(view.events):
+        df = raw.get(e.type)
+        if df is None or df.is_empty():
+            continue
+        exprs: list[pl.Expr] = [
+            pl.col(view.key).alias(view.key),
+            pl.col("event_time").alias("_event_time"),
+            pl.lit(order, pl.Int32).alias("_type_order"),
+            pl.col("event_source").alias("_event_source"),
+            pl.col("event_id").alias("_event_id"),
+            pl.lit(e.type).alias("_event_type"),
+        ]
+        for c in value_columns:
+            if c in e.columns:
+                exprs.append(pl.col(e.columns[c]).alias(c))
+            elif c in e.literals:
+                exprs.append(pl.lit(e.literals[c]).alias(c))
+            else:
+                exprs.append(pl.lit(None).alias(c))
+        parts.append(df.select(exprs).filter(pl.col(view.key).is_not_null()))
+    if not parts:
+        return pl.DataFrame()
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
+def fold(raw: dict[str, pl.DataFrame], view: ViewSpec) -> pl.DataFrame:
+    """The view's rows from raw rows (per event type: the key, event_time, event_source,
+    event_id and the mapped columns)."""
+    events = _events(view, raw)
+    value_columns = [c for c in view.columns if c != view.key]
+    if events.is_empty():
+        return pl.DataFrame()
+    events = events.sort([view.key, *ORDER], nulls_last=True)
+    state = events.with_columns(
+        [pl.col(c).forward_fill().over(view.key) for c in value_columns]
+        + [
+            pl.col("_event_time").alias("updated_at"),
+            pl.int_range(1, pl.len() + 1).over(view.key).alias("events"),
+            pl.col("_event_type").alias("last_event_type"),
+            pl.col("_event_id").alias("last_event_id"),
+        ]
+    )
+    if view.history:
+        state = state.with_columns(
+            pl.col("_event_time").alias("valid_from"),
+            pl.col("_event_time").shift(-1).over(view.key).alias("valid_to"),
+        ).with_columns(pl.col("valid_to").is_null().alias("is_current"))
+        return state.select([view.key, *value_columns, *META, *HISTORY]).sort([view.key, "valid_from"])
+    return (
+        state.group_by(view.key, maintain_order=True)
+        .last()
+        .select([view.key, *value_columns, *META])
+        .sort(view.key)
+    )
+
+
+def _read_raw(
+    lake: str,
+    view: ViewSpec,
+    storage: dict[str, str] | None,
+    keys: Sequence[Any] | None = None,
+    versions: dict[str, int] | None = None,
+) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
+    """Each source's rows (only `keys` when given) and the version they were read at."""
+    out: dict[str, pl.DataFrame] = {}
+    at: dict[str, int] = {}
+    for e in view.events:
+        version = (versions or {}).get(e.type)
+        if version is not None and version < 0:
+            continue  # the source did not exist when the view last committed
+        table = try_open(raw_uri(lake, e.type), storage, version=version)
+        if table is None:
+            at[e.type] = -1  # no raw table yet: the marker says "none of it", so it folds in later
+            continue
+        names = set(table.schema().to_arrow().names)
+        cols = [c for c in _source_columns(view, e.type) if c in names]
+        frame = pl.from_arrow(table.to_pyarrow_table(columns=cols))
+        assert isinstance(frame, pl.DataFrame)
+        if keys is not None:
+            frame = frame.filter(pl.col(view.key).is_in(list(keys)))
+        out[e.type] = frame
+        at[e.type] = table.version()
+    return out, at
+
+
+def _commit(
+    catalog: Catalog,
+    lake: str,
+    view: ViewSpec,
+    rows: pl.DataFrame,
+    versions: dict[str, int],
+    storage: dict[str, str] | None,
+    *,
+    keys: Sequence[Any] | None,
+    run_id: str,
+) -> None:
+    """Replace the rows of `keys` (all rows when None) and move the markers, one commit."""
+    txns = [Transaction(app_id(view, t), v) for t, v in versions.items()]
+    props = CommitProperties(
+        custom_metadata={"tidegate_run_id": run_id, "tidegate_table": f"views/{view.name}"},
+        app_transactions=txns,
+    )
+    uri = view_uri(lake, view.name)
+    existing = try_open(uri, storage)
+    schema = view_schema(catalog, view)
+    data = (
+        pa.Table.from_arrays([rows.get_column(f.name).to_arrow().cast(f.type) for f in schema], schema=schema)
+        if not rows.is_empty()
+        else schema.empty_table()
+    )
+    if existing is None:
+        write_deltalake(uri, data, mode="error", commit_properties=props, storage_options=storage)
+        return
+    if keys is None:
+        write_deltalake(existing, data, mode="overwrite", commit_properties=props)
+        return
+    if not keys:  # no key changed (compaction, retention): only the markers move
+        write_deltalake(existing, schema.empty_table(), mode="append", commit_properties=props)
+        return
+    quoted = ", ".join("'" + str(k).replace("'", "''") + "'" for k in keys)
+    write_deltalake(
+        existing, data, mode="overwrite", predicate=f"{view.key} IN ({quoted})", commit_properties=props
+    )
+
+
+def rebuild(
+    catalog: Catalog, lake: str, name: str, *, run_id: str, storage: dict[str, str] | None = None
+) -> int:
+    """The whole view from raw history (`tidegate replay <view>`); returns its rows."""
+    view = _view(catalog, name)
+    raw, versions = _read_raw(lake, view, storage)
+    rows = fold(raw, view)
+    _commit(catalog, lake, view, rows, versions, storage, keys=None, run_id=run_id)
+    return rows.height
+
+
+def _view(catalog: Catalog, name: str) -> ViewSpec:
+    for v in catalog.views:
+        if v.name == name:
+            return v
+    raise KeyError(name)
+
+
+def _marker(table: Any, app: str) -> int:
+    found = table.transaction_version(app)
+    return -2 if found is None else int(found)
+
+
+@dataclass
+class ViewUpdate:
+    view: str
+    keys: int  # keys folded again
+    rows: int  # rows written for them
+
+
+class ViewMaintainer:
+    """Keeps every view of the catalog equal to a fold of raw history, key by key."""
+
+    def __init__(
+        self, catalog: Catalog, lake: str, *, run_id: str, storage: dict[str, str] | None = None
+    ) -> None:
+        self.catalog = catalog
+        self.lake = lake
+        self.run_id = run_id
+        self.storage = storage
+
+    def update(self) -> list[ViewUpdate]:
+        return [u for v in self.catalog.views if (u := self._update(v)) is not None]
+
+    def _update(self, view: ViewSpec) -> ViewUpdate | None:
+        table = try_open(view_uri(self.lake, view.name), self.storage)
+        touched: set[Any] = set()
+        versions: dict[str, int] = {}
+        rebuild_all = table is None
+        for e in view.events:
+            raw = try_open(raw_uri(self.lake, e.type), self.storage)
+            if raw is None:
+                continue
+            target = raw.version()
+            versions[e.type] = target
+            done = None if table is None else table.transaction_version(app_id(view, e.type))
+            if done is None:
+                rebuild_all = True
+                continue
+            if done >= target:
+                continue
+            if done < 0:  # the source appeared after the view's last commit: all of it is new
+                fresh = pl.from_arrow(raw.to_pyarrow_table(columns=[view.key]))
+                assert isinstance(fresh, pl.DataFrame)
+                touched |= set(fresh.get_column(view.key).drop_nulls().to_list())
+                continue
+            changes = raw_changes(raw, done, target)
+            since = changes.done_at
+            if not changes.only_appends or changes.erased or since is None:
+                rebuild_all = True  # rows changed in place (an erasure), or history too short
+                continue
+            fresh = pl.from_arrow(raw.to_pyarrow_table(columns=[view.key, "ingest_time"]))
+            assert isinstance(fresh, pl.DataFrame)
+            touched |= set(
+                fresh.filter(pl.col("ingest_time") > since).get_column(view.key).drop_nulls().to_list()
+            )
+        if rebuild_all:
+            raw_rows, at = _read_raw(self.lake, view, self.storage)
+            rows = fold(raw_rows, view)
+            _commit(self.catalog, self.lake, view, rows, at, self.storage, keys=None, run_id=self.run_id)
+            return ViewUpdate(
+                view.name, rows.get_column(view.key).n_unique() if rows.height else 0, rows.height
+            )
+        if not versions or all(
+            table is not None and _marker(table, app_id(view, t)) >= v for t, v in versions.items()
+        ):
+            return None
+        raw_rows, at = _read_raw(self.lake, view, self.storage, keys=sorted(touched, key=str))
+        rows = fold(raw_rows, view)
+        _commit(
+            self.catalog,
+            self.lake,
+            view,
+            rows,
+            at,
+            self.storage,
+            keys=sorted(touched, key=str),
+            run_id=self.run_id,
+        )
+        return ViewUpdate(view.name, len(touched), rows.height)
+
+
+def view_parity(catalog: Catalog, lake: str, name: str, storage: dict[str, str] | None = None) -> list[str]:
+    """Problems (empty: none) between the view table and a fold of raw at the versions the view
+    records: a missing, extra or different row per key (and valid_from, in history mode)."""
+    view = _view(catalog, name)
+    table = try_open(view_uri(lake, name), storage)
+    if table is None:
+        return [
+            f"views/{name} does not exist: `tidegate ingest` builds it, `tidegate replay {name}` rebuilds it"
+        ]
+    versions = {
+        e.type: v for e in view.events if (v := table.transaction_version(app_id(view, e.type))) is not None
+    }
+    raw, _ = _read_raw(lake, view, storage, versions=versions)
+    # a source the view has no marker for (or -1) was not there when it last committed
+    raw = {t: df for t, df in raw.items() if versions.get(t, -1) >= 0}
+    expected = fold(raw, view)
+    got = pl.from_arrow(table.to_pyarrow_table())
+    assert isinstance(got, pl.DataFrame)
+    ident = [view.key, *(["valid_from"] if view.history else [])]
+    if expected.is_empty() and got.is_empty():
+        return []
+    cols = [c for c in expected.columns if c in got.columns]
+    exp = expected.select(cols).with_columns(pl.all().cast(pl.String))
+    have = got.select(cols).with_columns(pl.all().cast(pl.String))
+    problems = []
+    for r in exp.join(have, on=cols, how="anti", nulls_equal=True).head(20).to_dicts():
+        problems.append(
+            f"views/{name}: {', '.join(f'{k}={r[k]}' for k in ident)} differs from a fold of raw: {r}"
+        )
+    for r in have.join(exp, on=cols, how="anti", nulls_equal=True).head(20).to_dicts():
+        problems.append(
+            f"views/{name}: {', '.join(f'{k}={r[k]}' for k in ident)} is in the table, not in a fold of raw"
+        )
+    return problems
