@@ -242,7 +242,10 @@ def forget(
     for table, rows in report.deleted.items():
         console.print(f"  {table}: {rows:,} rows deleted")
     for name in report.rebuilt:
-        console.print(f"  aggregates/{name}: touched windows rebuilt from raw")
+        if name.startswith("views/"):
+            console.print(f"  {name}: folded again from raw")
+        else:
+            console.print(f"  aggregates/{name}: touched windows rebuilt from raw")
     console.print(
         f"[green]✓[/] erased (tombstone {report.subject_digest} in _audit, run {run_id}); "
         f"{sum(report.purged.values()):,} files purged and the log history of {len(report.purged)} tables truncated"

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -46,7 +47,7 @@ from deltalake import CommitProperties, Transaction, write_deltalake
 
 from tidegate.catalog import Catalog, ViewSpec
 from tidegate.lake.changes import raw_changes
-from tidegate.lake.delta import try_open
+from tidegate.lake.delta import data_files, try_open
 from tidegate.lake.tables import raw_uri
 
 ORDER = ["_event_time", "_type_order", "_event_source", "_event_id"]
@@ -167,8 +168,12 @@ def _read_raw(
     out: dict[str, pl.DataFrame] = {}
     at: dict[str, int] = {}
     for e in view.events:
+        if versions is not None and e.type not in versions:
+            at[e.type] = -1  # no raw table when the versions were taken: the next round's
+            continue
         version = (versions or {}).get(e.type)
         if version is not None and version < 0:
+            at[e.type] = -1
             continue  # the source did not exist when the view last committed
         table = try_open(raw_uri(lake, e.type), storage, version=version)
         if table is None:
@@ -266,6 +271,16 @@ class ViewMaintainer:
         self.run_id = run_id
         self.storage = storage
 
+    def _new_keys(
+        self, key: str, event_type: str, raw: Any, done: int, compacted_since: datetime | None
+    ) -> set[Any] | None:
+        """The keys of the rows the raw commits after `done` added: the data files the table
+        has now and did not have then (as the aggregate projection reads them)."""
+        before = _files_at(raw_uri(self.lake, event_type), self.storage, done)
+        if before is None:
+            return None
+        return _keys_in(sorted(set(data_files(raw)) - before), key, self.storage, compacted_since)
+
     def update(self) -> list[ViewUpdate]:
         return [u for v in self.catalog.views if (u := self._update(v)) is not None]
 
@@ -296,11 +311,11 @@ class ViewMaintainer:
             if not changes.only_appends or changes.erased or since is None:
                 rebuild_all = True  # rows changed in place (an erasure), or history too short
                 continue
-            fresh = pl.from_arrow(raw.to_pyarrow_table(columns=[view.key, "ingest_time"]))
-            assert isinstance(fresh, pl.DataFrame)
-            touched |= set(
-                fresh.filter(pl.col("ingest_time") > since).get_column(view.key).drop_nulls().to_list()
-            )
+            new_keys = self._new_keys(view.key, e.type, raw, done, changes.compacted_since)
+            if new_keys is None:
+                rebuild_all = True  # the version it stands at is no longer in the log
+                continue
+            touched |= new_keys
         if rebuild_all:
             raw_rows, at = _read_raw(self.lake, view, self.storage)
             rows = fold(raw_rows, view)
@@ -312,7 +327,11 @@ class ViewMaintainer:
             table is not None and _marker(table, app_id(view, t)) >= v for t, v in versions.items()
         ):
             return None
-        raw_rows, at = _read_raw(self.lake, view, self.storage, keys=sorted(touched, key=str))
+        # read at the versions the touched keys were taken from: a commit landing meanwhile is
+        # the next round's (reading it now would move the marker past keys nobody folded)
+        raw_rows, at = _read_raw(
+            self.lake, view, self.storage, keys=sorted(touched, key=str), versions=versions
+        )
         rows = fold(raw_rows, view)
         _commit(
             self.catalog,
@@ -325,6 +344,23 @@ class ViewMaintainer:
             run_id=self.run_id,
         )
         return ViewUpdate(view.name, len(touched), rows.height)
+
+
+def _files_at(uri: str, storage: dict[str, str] | None, version: int) -> set[str] | None:
+    try:
+        table = try_open(uri, storage, version=version)
+    except Exception:  # noqa: BLE001 - a version whose log was cleaned: the caller rebuilds
+        return None
+    return set(data_files(table)) if table is not None else None
+
+
+def _keys_in(files: list[str], key: str, storage: dict[str, str] | None, since: datetime | None) -> set[Any]:
+    if not files:
+        return set()
+    scan = pl.scan_parquet(files, storage_options=storage)
+    if since is not None:  # compacted files hold old rows too: only those ingested later count
+        scan = scan.filter(pl.col("ingest_time") > since)
+    return set(scan.select(key).collect().get_column(key).drop_nulls().to_list())
 
 
 def view_parity(catalog: Catalog, lake: str, name: str, storage: dict[str, str] | None = None) -> list[str]:

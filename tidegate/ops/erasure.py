@@ -9,7 +9,8 @@ In order, under the lake lock (no ingest appends meanwhile):
    what it touched itself);
 3. rebuild the touched windows of every aggregate over a touched raw table (a ranged replay
    from raw, which no longer has the subject), so sums and counts stop counting them and
-   windows keyed by them (sessions per user) disappear;
+   windows keyed by them (sessions per user) disappear; fold every state view over a touched
+   table again (it holds the subject's columns, e.g. order_state's customer_id);
 4. purge: vacuum and truncate the log of every table touched, so no file keeps them;
 5. write the tombstone to `_audit`: who, when, which tables, how many rows, a keyed digest of the
    subject and digests of the erased events (what verify needs to tell erased from lost),
@@ -44,6 +45,8 @@ from tidegate.lake.pii import PiiProtector, pii_policies
 from tidegate.lake.projection import Projector
 from tidegate.lake.tables import LATE, QUARANTINE, LakeTables, aggregate_table, raw_table
 from tidegate.lake.verify import event_digest
+from tidegate.lake.views import rebuild as rebuild_view
+from tidegate.lake.views import view_uri
 
 
 @dataclass
@@ -189,6 +192,11 @@ def forget(
             _mark(lake, spec, storage)  # it now incorporates the raw version after the erasure
             report.rebuilt.append(spec.name)
             rebuilt.append(aggregate_table(spec.name).uri(lake))
+        for view in catalog.views:  # a view holds the subject's columns too: fold it again
+            if any(e.type in found.raw and found.raw[e.type].height for e in view.events):
+                rebuild_view(catalog, lake, view.name, run_id=run_id, storage=storage)
+                report.rebuilt.append(f"views/{view.name}")
+                rebuilt.append(view_uri(lake, view.name))
         for uri in rebuilt:
             report.purged[uri.removeprefix(lake).lstrip("/")] = purge_history(uri, storage)
         write_audit(lake, audit, storage)
