@@ -13,7 +13,7 @@ install: ## create .venv from uv.lock (uv run does this on demand too)
 test: ## the whole test suite (what CI runs; ~4.5-5 min, starts its own Pub/Sub emulator)
 	$(UV) run pytest
 
-test-fast: ## every test that needs no Pub/Sub emulator (~35-60 s)
+test-fast: ## every test that needs no Pub/Sub emulator (~75 s)
 	$(UV) run pytest -m "not emulator"
 
 lint: ## ruff lint + format check
