@@ -230,6 +230,10 @@ ALLOWED = {
     ("google_artifact_registry_repository_iam_member", "roles/artifactregistry.reader"),
     ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
     ("google_kms_crypto_key_iam_member", "roles/cloudkms.cryptoKeyEncrypterDecrypter"),
+    # The stream monitors' schedule (monitoring.tf): its own account may run the Cloud Run job
+    # tidegate-monitor, granted on that job only (not project-wide); pinned by
+    # test_the_monitor_invoker_may_run_that_one_job_and_nothing_else.
+    ("google_cloud_run_v2_job_iam_member", "roles/run.invoker"),
     # The daily maintenance launch (maintenance.tf): its scheduler account creates Dataflow jobs
     # (the narrowest predefined role with dataflow.jobs.create) and runs them as the pipeline's
     # account (actAs on that one account, not project-wide). Both are pinned to that account by
@@ -1305,3 +1309,138 @@ def test_an_alert_policy_fires_on_any_breach_and_notifies_the_channels_given() -
     assert variables["monitor_notification_channels"]["default"] == []  # optional: none by default
     assert variables["monitor_resource_type"]["default"] == "cloud_run_job"
     assert policy["documentation"][0]["mime_type"] == "text/markdown"
+
+
+def _monitor_job() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    r = resources(*ROOT_TF)
+    return r, r[("google_cloud_run_v2_job", "monitor")]["template"][0]["template"][0]
+
+
+def test_a_cloud_run_job_runs_tidegate_monitor_on_the_lake() -> None:
+    """What evaluates the monitors on GCP (the streaming job does not): `tidegate monitor --lake
+    <output lake> --json` in tidegate's image, created once the image is known."""
+    r, task = _monitor_job()
+    job = r[("google_cloud_run_v2_job", "monitor")]
+    assert job["count"] == "${local.monitor_scheduled ? 1 : 0}"
+    assert blocks("locals")["monitor_scheduled"] == "${var.flex_template_image != null}"
+    assert (job["name"], job["location"]) == ("tidegate-monitor", "${var.region}")
+    assert job["template"][0]["task_count"] == 1
+    (container,) = task["containers"]
+    assert container["image"] == "${var.flex_template_image}"  # the Flex Template's image
+    assert container["command"] == ["tidegate"]  # not Beam's boot, the image's entrypoint
+    args = container["args"]
+    assert args[:2] == ["monitor", "--lake"]
+    assert "--json" in args
+    lake = args[2].replace("${local.lake_prefix}", blocks("locals")["lake_prefix"])
+    assert lake == blocks("output")["lake"]["value"]
+    assert task["max_retries"] == 0
+    # shorter than the interval of the default schedule: two runs never record the same breach twice
+    timeout = int(task["timeout"].removesuffix("s"))
+    assert 0 < timeout < 300
+
+
+def test_the_monitor_job_runs_as_the_pipeline_on_the_private_subnetwork_with_the_cmek() -> None:
+    r, task = _monitor_job()
+    assert task["service_account"] == "${google_service_account.pipeline.email}"
+    assert task["encryption_key"] == "${var.kms_key_name}"  # null: Google-managed keys
+    (vpc,) = task["vpc_access"]
+    assert vpc["egress"] == "ALL_TRAFFIC"  # out through the subnetwork only (Private Google Access)
+    assert vpc["network_interfaces"][0]["subnetwork"] == "${local.monitor_subnetwork}"
+    local = blocks("locals")
+    assert "local.subnetwork" in local["monitor_subnetwork_path"]  # the workers' subnetwork
+    assert r[("google_compute_subnetwork", "workers")]["private_ip_google_access"] is True
+    assert not any("connector" in v for v in task["vpc_access"])  # direct VPC egress, no connector
+    # with CMEK, Cloud Run's service agent may use the key (and only then)
+    agent = r[("google_kms_crypto_key_iam_member", "run_agent")]
+    assert agent["count"] == "${local.monitor_scheduled && var.kms_key_name != null ? 1 : 0}"
+    assert agent["crypto_key_id"] == "${var.kms_key_name}"
+    assert agent["member"].endswith("@serverless-robot-prod.iam.gserviceaccount.com")
+    assert (
+        "${google_kms_crypto_key_iam_member.run_agent}"
+        in r[("google_cloud_run_v2_job", "monitor")]["depends_on"]
+    )
+
+
+@needs_terraform
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            "https://www.googleapis.com/compute/v1/projects/acme-net/regions/europe-west1/subnetworks/dataflow",
+            "projects/acme-net/regions/europe-west1/subnetworks/dataflow",
+        ),
+        (
+            "regions/europe-west1/subnetworks/dataflow",
+            "projects/acme-data/regions/europe-west1/subnetworks/dataflow",
+        ),
+        (
+            "projects/acme-net/regions/europe-west1/subnetworks/dataflow",
+            "projects/acme-net/regions/europe-west1/subnetworks/dataflow",
+        ),
+    ],
+)
+def test_the_monitor_job_names_the_subnetwork_as_cloud_run_takes_it(
+    tmp_path: Path, given: str, expected: str
+) -> None:
+    """var.subnetwork's forms (self link, regions/R/subnetworks/S) become projects/P/regions/R/...:
+    the module's own expressions, evaluated by terraform console."""
+    local = blocks("locals")
+    module = tmp_path / "subnet"
+    module.mkdir()
+    (module / "main.tf").write_text(
+        'variable "subnetwork" { type = string }\nvariable "project" { type = string }\n'
+        "locals {\n  subnetwork = var.subnetwork\n"
+        f"  monitor_subnetwork_path = {local['monitor_subnetwork_path'][2:-1]}\n"
+        f"  monitor_subnetwork = {local['monitor_subnetwork'][2:-1]}\n}}\n"
+    )
+    out = terraform(
+        ["console", "-no-color", f"-var=subnetwork={given}", "-var=project=acme-data"],
+        module,
+        stdin="local.monitor_subnetwork\n",
+    )
+    assert json.loads(out.strip()) == expected
+
+
+def test_cloud_scheduler_runs_the_monitor_job_every_five_minutes() -> None:
+    r, _ = _monitor_job()
+    job = r[("google_cloud_scheduler_job", "monitor")]
+    assert job["count"] == "${local.monitor_scheduled ? 1 : 0}"
+    assert job["time_zone"] == "UTC"
+    assert job["schedule"] == "${var.monitor_schedule}"
+    assert blocks("variable")["monitor_schedule"]["default"] == "*/5 * * * *"
+    target = job["http_target"][0]
+    assert target["http_method"] == "POST"
+    assert target["uri"] == (
+        "https://run.googleapis.com/v2/projects/${var.project}/locations/${var.region}"
+        "/jobs/${google_cloud_run_v2_job.monitor[0].name}:run"
+    )
+    token = target["oauth_token"][0]  # Google APIs take OAuth tokens, not OIDC
+    assert token["service_account_email"] == "${google_service_account.monitor_invoker[0].email}"
+    assert token["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+    assert "oidc_token" not in target
+
+
+def test_the_monitor_invoker_may_run_that_one_job_and_nothing_else() -> None:
+    r, _ = _monitor_job()
+    assert r[("google_service_account", "monitor_invoker")]["count"] == "${local.monitor_scheduled ? 1 : 0}"
+    member = "serviceAccount:${google_service_account.monitor_invoker[0].email}"
+    grants = {(t, n): b for (t, n), b in r.items() if t.endswith("_iam_member") and b.get("member") == member}
+    assert list(grants) == [("google_cloud_run_v2_job_iam_member", "monitor_invoker")]
+    grant = grants[("google_cloud_run_v2_job_iam_member", "monitor_invoker")]
+    assert grant["role"] == "roles/run.invoker"
+    assert grant["name"] == "${google_cloud_run_v2_job.monitor[0].name}"  # that job, not the project
+    assert grant["location"] == "${google_cloud_run_v2_job.monitor[0].location}"
+    # run.invoker goes to nobody else
+    for (t, _), body in r.items():
+        if t.endswith("_iam_member") and body.get("role") == "roles/run.invoker":
+            assert body["member"] == member, body
+
+
+def test_the_alert_policy_watches_the_monitor_jobs_logs() -> None:
+    """The log lines come from a Cloud Run job: the policy's resource type must say so while the
+    module runs that job (a precondition refuses anything else)."""
+    r, _ = _monitor_job()
+    policy = r[("google_monitoring_alert_policy", "monitor_breaches")]
+    assert blocks("variable")["monitor_resource_type"]["default"] == "cloud_run_job"
+    pre = policy["lifecycle"][0]["precondition"][0]
+    assert pre["condition"] == '${!local.monitor_scheduled || var.monitor_resource_type == "cloud_run_job"}'

@@ -47,7 +47,7 @@ from deltalake import CommitProperties, Transaction, write_deltalake
 
 from tidegate.catalog import Catalog, ViewSpec
 from tidegate.lake.changes import raw_changes
-from tidegate.lake.delta import data_files, try_open
+from tidegate.lake.delta import data_files, scan_table, try_open
 from tidegate.lake.tables import raw_uri
 
 ORDER = ["_event_time", "_type_order", "_event_source", "_event_id"]
@@ -181,10 +181,13 @@ def _read_raw(
             continue
         names = set(table.schema().to_arrow().names)
         cols = [c for c in _source_columns(view, e.type) if c in names]
-        frame = pl.from_arrow(table.to_pyarrow_table(columns=cols))
+        if keys is None:
+            frame = pl.from_arrow(table.to_pyarrow_table(columns=cols))
+        else:  # only the touched keys' rows leave the scan (the key column is read, no more)
+            frame = (
+                scan_table(table, storage).select(cols).filter(pl.col(view.key).is_in(list(keys))).collect()
+            )
         assert isinstance(frame, pl.DataFrame)
-        if keys is not None:
-            frame = frame.filter(pl.col(view.key).is_in(list(keys)))
         out[e.type] = frame
         at[e.type] = table.version()
     return out, at

@@ -94,7 +94,7 @@ variable "flex_template_spec" {
 }
 
 variable "flex_template_image" {
-  description = "The image the Flex Template was built with (<image_repository>/tidegate:<tag>): the maintenance job's workers run it."
+  description = "The image the Flex Template was built with (<image_repository>/tidegate:<tag>): the maintenance job's workers run it, and the Cloud Run job tidegate-monitor (created once this is set) runs `tidegate monitor` in it."
   type        = string
   default     = null
 }
@@ -123,7 +123,13 @@ variable "monitor_notification_channels" {
 }
 
 variable "monitor_resource_type" {
-  description = "The monitored resource type of the log entries `tidegate monitor` writes, i.e. where it runs: cloud_run_job (a scheduled Cloud Run job), k8s_container (GKE), gce_instance (a VM with the Ops Agent)."
+  description = "The monitored resource type of the log entries `tidegate monitor` writes, i.e. where it runs: cloud_run_job (the Cloud Run job tidegate-monitor this module creates with flex_template_image; required then), k8s_container (GKE), gce_instance (a VM with the Ops Agent)."
   type        = string
   default     = "cloud_run_job"
+}
+
+variable "monitor_schedule" {
+  description = "When the Cloud Run job tidegate-monitor runs `tidegate monitor` (cron, time zone UTC). Keep runs at least 5 minutes apart: the job's timeout (240 s) is what keeps two runs from overlapping."
+  type        = string
+  default     = "*/5 * * * *"
 }

@@ -1,7 +1,7 @@
 """Compaction while ingesting: `ingest --follow` keeps every table's file count bounded.
 
 A thread wakes every `every` seconds and compacts the partitions that gathered `min_files`
-small files (lake.maintenance), and, once a minute, checkpoints each table and deletes its log
+small files (lake.maintenance), and, every 5 minutes, checkpoints each table and deletes its log
 files older than `log_retention` (1 h: the commit log otherwise grows by one file per batch, and
 every open, update and history read lists it). It never blocks the driver: a compaction commit that races a
 batch's MERGE makes one of them retry (the writer's conflict backoff), nothing more.
@@ -52,8 +52,8 @@ class Compactor:
             self.rounds += 1
 
     def _clean_log(self, uri: str) -> None:
-        """Every minute at most, checkpoint and drop log files past `log_retention`."""
-        if self.log_retention is None or time.monotonic() - self.log_cleaned_at.get(uri, -1e9) < 60:
+        """Every 5 minutes at most, checkpoint and drop log files past `log_retention`."""
+        if self.log_retention is None or time.monotonic() - self.log_cleaned_at.get(uri, -1e9) < 300:
             return
         self.log_cleaned_at[uri] = time.monotonic()
         clean_log(uri, self.log_retention, self.storage)
