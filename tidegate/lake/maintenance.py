@@ -72,11 +72,12 @@ def compact_small_files(uri: str, min_files: int = 16, storage_options: dict[str
 LOG_RETENTION = "1h"
 
 
-def clean_log(
+def set_log_retention(
     uri: str, retention: str = LOG_RETENTION, storage_options: dict[str, str] | None = None
 ) -> None:
-    """Checkpoint the table and delete its log files older than `retention` (never the data:
-    vacuum decides that). Time travel to versions before then ends."""
+    """Record `retention` as the table's `delta.logRetentionDuration` (a metadata commit: run it
+    when no local writer can race it, e.g. under the lake lock, or before a --follow run's loop;
+    a writer that loses that race gets "Metadata changed since last commit")."""
     from tidegate.catalog import parse_duration
 
     table = try_open(uri, storage_options)
@@ -85,6 +86,15 @@ def clean_log(
     wanted = f"interval {parse_duration(retention)} seconds"
     if table.metadata().configuration.get("delta.logRetentionDuration") != wanted:
         table.alter.set_table_properties({"delta.logRetentionDuration": wanted}, raise_if_not_exists=False)
+
+
+def clean_log(uri: str, storage_options: dict[str, str] | None = None) -> None:
+    """Checkpoint the table and delete its log files older than its log retention (never the
+    data: vacuum decides that; never a metadata change, so it is safe beside writers). Time
+    travel to versions before then ends."""
+    table = try_open(uri, storage_options)
+    if table is None:
+        return
     table.create_checkpoint()
     table.cleanup_metadata()
 
@@ -102,6 +112,8 @@ def maintain(
         if table is None:
             continue
         before = len(table.file_uris())
+        set_log_retention(uri, LOG_RETENTION, storage_options)  # callers hold the lake lock
+        table = try_open(uri, storage_options) or table
         metrics = table.optimize.compact(commit_properties=props)
         vacuumed = table.vacuum(
             retention_hours=retain_hours,
@@ -109,6 +121,7 @@ def maintain(
             dry_run=False,
             commit_properties=props,
         )
+        clean_log(uri, storage_options)
         report.append(
             {
                 "table": spec.name,

@@ -158,13 +158,13 @@ class CompactFn(beam.DoFn):
         self.storage = storage
 
     def process(self, _tick: Any) -> Iterator[int]:
-        from tidegate.lake.maintenance import LOG_RETENTION, clean_log, compact_small_files
+        from tidegate.lake.maintenance import clean_log, compact_small_files
 
         compacted = 0
         for uri in self.uris:
             try:
                 compacted += compact_small_files(uri, self.min_files, self.storage)
-                clean_log(uri, LOG_RETENTION, self.storage)  # a checkpoint, and the log past 1 h goes
+                clean_log(uri, self.storage)  # a checkpoint; the log past its retention goes
             except Exception as exc:  # noqa: BLE001 - maintenance must never fail the job
                 logging.getLogger(__name__).warning("maintaining %s deferred: %s", uri, exc)
         Metrics.counter("tidegate", "files_compacted").inc(compacted)

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from tidegate.lake.maintenance import LOG_RETENTION, clean_log, compact_small_files
+from tidegate.lake.maintenance import LOG_RETENTION, clean_log, compact_small_files, set_log_retention
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,12 @@ class Compactor:
         self.uris = uris
         self.log_retention = log_retention
         self.log_cleaned_at: dict[str, float] = {}
+        if log_retention is not None:  # before the loop: no writer of this process runs yet
+            for uri in uris:
+                try:
+                    set_log_retention(uri, log_retention, storage)
+                except Exception as exc:  # noqa: BLE001 - maintenance must never stop ingestion
+                    log.warning("setting the log retention of %s failed: %s", uri, exc)
         self.every = every
         self.min_files = min_files
         self.storage = storage
@@ -56,7 +62,7 @@ class Compactor:
         if self.log_retention is None or time.monotonic() - self.log_cleaned_at.get(uri, -1e9) < 300:
             return
         self.log_cleaned_at[uri] = time.monotonic()
-        clean_log(uri, self.log_retention, self.storage)
+        clean_log(uri, self.storage)
 
     def close(self) -> None:
         self.stopping.set()
