@@ -28,6 +28,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from tidegate.lake.keyindex import KeyIndex
+from tidegate.lake.maintenance import set_log_retention
 from tidegate.lake.writer import append_new
 from tidegate.pipelines.local.compaction import Compactor
 
@@ -61,6 +62,8 @@ def bench_commits(
     latencies: list[float] = []
     opens: list[tuple[int, float]] = []
     append_new(uri, _chunk(rows, 0), keys=KEYS, index=index, partition_by=["event_date"])
+    if log_retention is not None:  # the table was made with 1 h: the bench's own window, before any writer
+        set_log_retention(uri, log_retention)
     compactor = Compactor([uri], every=2.0, min_files=16, storage=None, log_retention=log_retention)
     started = time.perf_counter()
     try:

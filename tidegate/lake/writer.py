@@ -49,6 +49,10 @@ from tidegate.lake.keyindex import value_of
 log = logging.getLogger(__name__)
 
 MAX_COMMIT_ATTEMPTS = 6
+# Every table tidegate's writers create keeps 1 h of commit log (tidegate.lake.maintenance
+# LOG_RETENTION: the log grows a file per commit, and every open lists it); set at creation, so
+# no metadata commit ever races a writer. `tidegate maintain` sets it on older tables.
+NEW_TABLE_CONFIG = {"delta.logRetentionDuration": "interval 3600 seconds"}
 REOPEN_AFTER = 100  # versions an open DeltaTable follows before it is opened afresh (see _current)
 
 
@@ -231,6 +235,7 @@ def insert_new(
                     batch,
                     mode="error",
                     partition_by=list(partition_by) or None,
+                    configuration=NEW_TABLE_CONFIG,
                     commit_properties=CommitProperties(custom_metadata=meta),
                     storage_options=storage_options,
                 )
@@ -362,6 +367,7 @@ def append_new(
                     mode="append" if table is not None else "error",
                     schema_mode="merge" if table is not None else None,  # a new contract version's columns
                     partition_by=list(partition_by) or None,
+                    configuration=None if table is not None else NEW_TABLE_CONFIG,
                     commit_properties=CommitProperties(custom_metadata=meta),
                     storage_options=storage_options,
                 )
@@ -406,6 +412,7 @@ def append(
         rows,
         mode="append",
         schema_mode="merge",
+        configuration=None if try_open(uri, storage_options) is not None else NEW_TABLE_CONFIG,
         commit_properties=CommitProperties(custom_metadata=_stringify(metadata or {})),
         storage_options=storage_options,
     )

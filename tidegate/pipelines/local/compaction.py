@@ -2,7 +2,8 @@
 
 A thread wakes every `every` seconds and compacts the partitions that gathered `min_files`
 small files (lake.maintenance), and, every 5 minutes, checkpoints each table and deletes its log
-files older than `log_retention` (1 h: the commit log otherwise grows by one file per batch, and
+files older than the table's log retention (1 h, set when tidegate creates a table: the commit
+log otherwise grows by one file per batch, and
 every open, update and history read lists it). It never blocks the driver: a compaction commit that races a
 batch's MERGE makes one of them retry (the writer's conflict backoff), nothing more.
 """
@@ -13,7 +14,7 @@ import logging
 import threading
 import time
 
-from tidegate.lake.maintenance import LOG_RETENTION, clean_log, compact_small_files, set_log_retention
+from tidegate.lake.maintenance import LOG_RETENTION, clean_log, compact_small_files
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,6 @@ class Compactor:
         self.uris = uris
         self.log_retention = log_retention
         self.log_cleaned_at: dict[str, float] = {}
-        if log_retention is not None:  # before the loop: no writer of this process runs yet
-            for uri in uris:
-                try:
-                    set_log_retention(uri, log_retention, storage)
-                except Exception as exc:  # noqa: BLE001 - maintenance must never stop ingestion
-                    log.warning("setting the log retention of %s failed: %s", uri, exc)
         self.every = every
         self.min_files = min_files
         self.storage = storage
