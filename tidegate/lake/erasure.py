@@ -185,6 +185,6 @@ def purge_history(uri: str, storage: dict[str, str] | None = None) -> int:
     table.create_checkpoint()
     table.cleanup_metadata()
     table.alter.set_table_properties(
-        {"delta.logRetentionDuration": "interval 30 days"}, raise_if_not_exists=False
+        {"delta.logRetentionDuration": "interval 3600 seconds"}, raise_if_not_exists=False
     )
     return len(removed)
