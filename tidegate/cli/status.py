@@ -112,11 +112,11 @@ def status(
             str(row["version"]),
             f"{row['rows']:,}",
             str(row["files"]),
-            row["last_commit"][:19],
+            row["last_commit"][:19].replace("T", " "),
             f"{row['age_seconds']:,.0f}s",
             "-"
             if owner is None
-            else escape(owner["team"] + (f" ({owner['contact']})" if owner["contact"] else "")),
+            else escape(owner["team"]),  # the contact is in --json and `tidegate lineage`
         )
     console.print(t)
     _print_backlog(report["backlog"])
