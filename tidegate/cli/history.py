@@ -193,9 +193,8 @@ def forget(
     from tidegate.lake.governance import actor as who
     from tidegate.lake.pii import load_protector
     from tidegate.ops.erasure import forget as run_forget
-    from tidegate.pipelines.replay import replay
+    from tidegate.pipelines.replay import replayer
     from tidegate.pipelines.runs import new_run_id
-    from tidegate.version import code_version, git_sha
 
     catalog = load_catalog(catalog_path)
     check_catalog(catalog)
@@ -209,20 +208,6 @@ def forget(
     protector, _warning = load_protector(lake=root)
     run_id = new_run_id("forget")
 
-    def rebuild(name: str, since: datetime, until: datetime) -> None:
-        replay(
-            catalog,
-            root,
-            name,
-            since=since.isoformat(),
-            until=until.isoformat(),
-            run_id=run_id,
-            code_version=code_version(),
-            git_sha=git_sha(),
-            storage=settings.storage_options(),
-            locked=True,  # forget holds the lake lock for the whole erasure
-        )
-
     with progress("Erasing the subject ..."):
         report = run_forget(
             catalog,
@@ -231,7 +216,7 @@ def forget(
             subject,
             actor=who(actor),
             run_id=run_id,
-            replay=rebuild,
+            replay=replayer(catalog, root, run_id=run_id, storage=settings.storage_options()),
             storage=settings.storage_options(),
         )
     if not report.deleted:

@@ -73,9 +73,8 @@ def keys_retokenize(lake: LakeOpt = None, catalog_path: CatalogOpt = None) -> No
     from tidegate import settings
     from tidegate.lake.pii import load_protector
     from tidegate.ops.keys import retokenize
-    from tidegate.pipelines.replay import replay
+    from tidegate.pipelines.replay import replayer
     from tidegate.pipelines.runs import new_run_id
-    from tidegate.version import code_version, git_sha
 
     catalog = load_catalog(catalog_path)
     root = settings.lake_path(lake)
@@ -84,21 +83,14 @@ def keys_retokenize(lake: LakeOpt = None, catalog_path: CatalogOpt = None) -> No
         console.print(f"[yellow]warning:[/] {warning}")
     run_id = new_run_id("retokenize")
 
-    def rebuild(name: str) -> None:
-        replay(
-            catalog,
-            root,
-            name,
-            run_id=run_id,
-            code_version=code_version(),
-            git_sha=git_sha(),
-            storage=settings.storage_options(),
-            locked=True,  # retokenize holds the lake lock throughout
-        )
-
     with progress(f"Re-tokenizing {root} to key version {protector.key_version} ..."):
         report = retokenize(
-            catalog, root, protector, run_id=run_id, storage=settings.storage_options(), replay=rebuild
+            catalog,
+            root,
+            protector,
+            run_id=run_id,
+            storage=settings.storage_options(),
+            replay=replayer(catalog, root, run_id=run_id, storage=settings.storage_options()),
         )
     for r in report.tables:
         name = r.table.removeprefix(root).lstrip("/")

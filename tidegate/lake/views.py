@@ -68,9 +68,20 @@ def _source_columns(view: ViewSpec, event_type: str) -> list[str]:
     return list(dict.fromkeys([view.key, "event_time", "event_source", "event_id", *e.columns.values()]))
 
 
+_SCHEMAS: dict[tuple[str, str], pa.Schema] = {}
+
+
 def view_schema(catalog: Catalog, view: ViewSpec) -> pa.Schema:
-    """The view table's columns and types: a mapped column has the type of the first event
-    column that feeds it, a literal its own, then the fold's own columns."""
+    """The view table's columns and types (once per process and catalog: it reads the
+    contracts): a mapped column has the type of the first event column that feeds it, a literal
+    its own, then the fold's own columns."""
+    key = (str(catalog.path), view.model_dump_json())
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = _view_schema(catalog, view)
+    return _SCHEMAS[key]
+
+
+def _view_schema(catalog: Catalog, view: ViewSpec) -> pa.Schema:
     from tidegate.expectations.contracts import ContractRegistry
     from tidegate.lake.tables import raw_schema
 

@@ -90,7 +90,7 @@ def forget(
     *,
     actor: str,
     run_id: str,
-    replay: Callable[[str, datetime, datetime], None],  # (aggregate, since, until): rebuild windows
+    replay: Callable[[str, datetime, datetime], object],  # (aggregate, since, until): rebuild windows
     storage: dict[str, str] | None = None,
 ) -> ForgetReport:
     tables = LakeTables(lake, catalog)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -253,3 +254,28 @@ def replay(
         table_version=int(table.version()),
         seconds=time.perf_counter() - t0,
     )
+
+
+def replayer(
+    catalog: Catalog, lake: str, *, run_id: str, storage: dict[str, str] | None = None
+) -> Callable[..., ReplayResult]:
+    """`replay` for a procedure that holds the lake lock itself (an erasure, a re-tokenization):
+    `replayer(...)(name, since=None, until=None)` rebuilds `name` (the windows starting in
+    [since, until)) under that procedure's run id."""
+    from tidegate.version import code_version, git_sha
+
+    def run(name: str, since: datetime | None = None, until: datetime | None = None) -> ReplayResult:
+        return replay(
+            catalog,
+            lake,
+            name,
+            since=since.isoformat() if since else None,
+            until=until.isoformat() if until else None,
+            run_id=run_id,
+            code_version=code_version(),
+            git_sha=git_sha(),
+            storage=storage,
+            locked=True,
+        )
+
+    return run
