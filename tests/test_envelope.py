@@ -361,3 +361,22 @@ def test_streams_sharing_a_topic_accept_each_others_types(catalog, tmp_path) -> 
         "shop.payment.captured",
     }
     assert shared.types_by_subscription["shop-pageviews-tidegate"] == {"shop.page.viewed"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"amount": 123456789012345678901234567890}',  # beyond 64 bits: an int, never a float
+        b'{"amount": -9999999999999999999}',
+        b'{"amount": NaN}',
+        b'{"amount": 1e400}',
+        b'{"note": "\\ud83d\\ude00", "n": 9223372036854775807}',
+    ],
+)
+def test_payload_values_are_exactly_what_the_standard_library_reads(body: bytes) -> None:
+    """The fast JSON path (orjson) never changes a value: where it would (long integers, NaN,
+    infinities) the standard library reads the body, so the contract sees the same types."""
+    got = decode_envelope(binary(body=body), 65536).data
+    want = json.loads(body)
+    assert json.dumps(got) == json.dumps(want)
+    assert [type(v) for v in got.values()] == [type(v) for v in want.values()]

@@ -23,6 +23,7 @@ Field-level extras understood here: `"pii": true` marks a field to tokenize befo
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -54,6 +55,7 @@ def dataschema_uri(event_type: str, version: int) -> str:
     return f"urn:tidegate:contract:{event_type}:v{version}"
 
 
+@functools.lru_cache(maxsize=4096)  # a stream sends a handful of distinct values: parse each once
 def version_from_dataschema(dataschema: str) -> int | None:
     m = _DATASCHEMA_VERSION_RE.search(dataschema.strip())
     return int(m.group(1)) if m else None

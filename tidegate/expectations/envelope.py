@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from cloudevents.core.exceptions import CloudEventValidationError
 from cloudevents.core.v1.event import CloudEvent
 
@@ -152,6 +153,21 @@ def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
         else:
             depth -= 1
     return False
+
+
+# a run of this many digits may be an integer beyond 64 bits, which orjson reads as a float
+_LONG_NUMBER_RE = re.compile(rb"\d{19}")
+
+
+def _parse(data: bytes, what: str) -> Any:
+    """A JSON body as Python values: orjson (~2.5x faster) where it is sure to give what the
+    standard library gives, `_json` otherwise. orjson refuses what `_json` must explain (bad
+    UTF-8, unpaired surrogates, NaN, out-of-range numbers) and reads integers beyond 64 bits as
+    floats, so any refusal, a long digit run or many brackets take the standard path."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH and not _LONG_NUMBER_RE.search(data):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(data)
+    return _json(_utf8(data, what), what)
 
 
 def _json(text: str, what: str) -> Any:
@@ -289,7 +305,7 @@ def decode_envelope(message: RawMessage, max_payload_bytes: int) -> Envelope:
         except EnvelopeError as exc:
             raise exc.identify(attrs) from None
     if content_type and content_type.split(";", 1)[0].strip().lower() == STRUCTURED_CONTENT_TYPE:
-        doc = _json(_utf8(message.data, "structured event"), "structured event")
+        doc = _parse(message.data, "structured event")
         if not isinstance(doc, dict):
             raise EnvelopeError("malformed_json", "structured event must be a JSON object")
         try:
@@ -315,7 +331,7 @@ def _decode_binary(message: RawMessage, attrs: dict[str, Any], content_type: str
         )
     if not message.data:
         raise EnvelopeError("malformed_json", "message body is empty; expected a JSON payload")
-    data = _json(_utf8(message.data, "payload"), "payload")
+    data = _parse(message.data, "payload")
     return _build(attrs, data, "binary")
 
 
