@@ -6,7 +6,10 @@
     ReadEvents (one ReadFromPubSub per catalog subscription, with attributes)
       -> ToChunks (GroupIntoBatches per shard: up to N messages or S seconds, then at most 64 MiB a chunk)
       -> Ingest (DecodeEnvelope -> ValidateContract -> ValidateExpectations
-                 -> WriteRawHistory / WriteQuarantine)
+                 -> WriteRawHistory (Stage: Parquet files per chunk, on every worker
+                                     -> ByTable: GroupIntoBatches keyed by event type
+                                     -> Commit: one committer per raw table, one commit a round)
+                 / WriteQuarantine)
       -> per aggregate: ComputeWindowedAggregates/<name> (the committed raw rows, split by the
          same lateness rule as local mode, then Beam windows: watermark trigger, early firings,
          a late firing per late element, accumulating panes)
@@ -205,6 +208,7 @@ def build(
     early_firing_seconds: int = 30,
     compact_every: float = 300.0,
     compact_min_files: int = 16,
+    staged_commits: bool = True,
 ) -> PCollection:
 
     specs = [a for a in catalog.aggregates if a.source in catalog.event_types]
@@ -215,6 +219,8 @@ def build(
         config,
         emit_rows=tuple((t, tuple(dict.fromkeys(c))) for t, c in sorted(columns.items())),
         commit_per_chunk=True,  # every commit belongs to one chunk: the ledger balances per chunk
+        # raw history: workers stage files, one committer per table commits them (lake.committer)
+        staged_commits=staged_commits,
     )
     messages = pipeline | "ReadEvents" >> ReadEvents(catalog, project, id_label, timestamp_attribute)
     chunks = messages | "ToChunks" >> ToChunks(chunk_size, chunk_seconds, shards)

@@ -62,10 +62,19 @@ class IngestConfig:
     # dedup against an in-memory key index and append (lake.writer.append_new) instead of the
     # insert-only MERGE that concurrent streaming workers need
     single_writer: bool = False
+    # streaming mode: raw history through staged files and one committer per table
+    # (tidegate.lake.committer), committing every `committer_seconds` or `committer_batch` chunks
+    staged_commits: bool = False
+    committer_batch: int = 64
+    committer_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.parallel_commits and self.emit_rows:
             raise ValueError("parallel_commits cannot emit committed rows downstream (streaming mode)")
+        if self.staged_commits and (self.single_writer or self.parallel_commits):
+            raise ValueError(
+                "staged_commits is the many-writers path: not with single_writer / parallel_commits"
+            )
 
     @property
     def storage(self) -> dict[str, str] | None:

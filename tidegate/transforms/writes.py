@@ -36,6 +36,8 @@ from tidegate.expectations.checks import (
 )
 from tidegate.expectations.envelope import RawMessage
 from tidegate.faults import fault_point, transient_fault
+from tidegate.lake.committer import StagedChunk, commit_staged, stage_rows
+from tidegate.lake.delta import try_open
 from tidegate.lake.keyindex import DEDUP_HORIZON, key_index
 from tidegate.lake.pii import load_protector
 from tidegate.lake.rows import (
@@ -357,8 +359,20 @@ class WriteRawHistoryFn(_WriterFn):
         raw = TableCommit.of("raw", event_type, batch_ids, len(events) - n, result, (), time.time(), ms)
         if not n:
             return (raw,)
+        return raw, self._quarantine_conflicts(batch_ids, events, digests, result.conflicts)
+
+    def _quarantine_conflicts(
+        self,
+        batch_ids: list[str],
+        events: Sequence[ValidEvent],
+        digests: Sequence[str],
+        conflicts: Sequence[tuple[int, str]],
+    ) -> TableCommit:
+        """The id conflicts a raw commit found (position in `events`, digest that landed), to
+        the quarantine; they must be recorded before the batch is accounted for."""
+        n = len(conflicts)
         Metrics.counter("tidegate", "id_conflicts").inc(n)
-        rejections = [id_conflict(events[i], landed, digests[i]) for i, landed in result.conflicts]
+        rejections = [id_conflict(events[i], landed, digests[i]) for i, landed in conflicts]
         rows = quarantine_rows(
             rejections,
             self.policies,
@@ -382,7 +396,156 @@ class WriteRawHistoryFn(_WriterFn):
                 partition_by=QUARANTINE.partition_by,
             ),
         )
-        return raw, dataclasses.replace(quarantined, conflicts=quarantined.inserted)
+        return dataclasses.replace(quarantined, conflicts=quarantined.inserted)
+
+
+@dataclass(frozen=True)
+class StagedRaw:
+    """One chunk's valid events of one type, staged (written, not committed) in the raw table:
+    what the table's committer needs to commit, account for and quarantine them."""
+
+    batch_id: str
+    chunk: StagedChunk
+    events: tuple[ValidEvent, ...]  # id conflicts become quarantine rows; lineage names the messages
+    digests: tuple[str, ...]  # payload digest of each event, in `events` order
+
+
+class StageRawHistoryFn(_WriterFn):
+    """The workers' half of the staged raw path (tidegate.lake.committer): each chunk's rows of
+    each type written as Parquet files into the type's table, uncommitted, keyed by type for
+    the table's committer. Many workers stage side by side; nothing here commits."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.schemas = raw_schemas(self.config.catalog_path)
+
+    def process(self, typed: Typed) -> Iterator[tuple[str, StagedRaw]]:
+        by_type: dict[str, list[ValidEvent]] = defaultdict(list)
+        for e in typed.events:
+            by_type[e.contract.event_type].append(e)
+        now = datetime.now(UTC)
+        fault_point("before_commit")
+        transient_fault()
+        for event_type in sorted(by_type):
+            events = by_type[event_type]
+            uri = raw_uri(self.config.lake, event_type)
+            rows = raw_rows(
+                events,
+                self.schemas[event_type],
+                self.policies[event_type],
+                self.protector,
+                run_id=self.config.run_id,
+                batch_id=typed.batch_id,
+                ingest_time=now,
+            )
+            # the lateness base from the snapshot staged against (lake.committer docstring)
+            rows = stamp_seen_max_event_time(try_open(uri, self.config.storage), rows, now)
+            spec = raw_table(event_type)
+            staged = stage_rows(
+                uri,
+                rows,
+                keys=spec.keys,
+                conflict_on="payload_digest",
+                partition_by=spec.partition_by,
+                storage_options=self.config.storage,
+            )
+            digests = tuple(rows.column("payload_digest").to_pylist())
+            yield (
+                event_type,
+                StagedRaw(typed.batch_id, StagedChunk(typed.batch_id, staged), tuple(events), digests),
+            )
+
+
+class CommitRawHistoryFn(_WriterFn):
+    """The committer of the staged raw path: its input is keyed by event type, so Beam runs one
+    of these at a time per raw table (a keyed stage), and each round commits every chunk staged
+    since the last one in ONE commit (tidegate.lake.committer.commit_staged). Out: one raw
+    `TableCommit` per chunk (the ledger balances chunk by chunk), the id conflicts' quarantine
+    commits, and (streaming aggregates) the committed rows of each chunk."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.schemas = raw_schemas(self.config.catalog_path)
+        self.fingerprints = suite_fingerprints(self.config.catalog_path)
+        self.written = Metrics.counter("tidegate", "raw_written")
+        self.duplicates = Metrics.counter("tidegate", "duplicates_skipped")
+        self.commit_ms = Metrics.distribution("tidegate", "raw_commit_ms")
+        self.round_chunks = Metrics.distribution("tidegate", "raw_round_chunks")
+
+    def process(self, item: tuple[str, Any]) -> Iterator[WindowedValue | TaggedOutput]:
+        event_type, batch = item[0], list(item[1])
+        batch_ids = [s.batch_id for s in batch]
+        uri = raw_uri(self.config.lake, event_type)
+        contracts = self.registry.types[event_type]
+        used = sorted({e.contract.version for s in batch for e in s.events})
+        meta = self._meta(
+            batch_ids,
+            [e.message for s in batch for e in s.events],
+            contracts={f"v{v}": contracts.versions[v].fingerprint for v in used},
+            suite_fingerprint=self.fingerprints.get(event_type),
+            extra={
+                "tidegate_event_type": event_type,
+                "tidegate_table": "raw",
+                "tidegate_commit_path": "committer",
+                "tidegate_expectations_engine": suite_validator(self.config.catalog_path).engine_of(
+                    event_type
+                ),
+            },
+        )
+        spec = raw_table(event_type)
+        started = time.perf_counter()
+        result = commit_staged(
+            uri,
+            [s.chunk for s in batch],
+            schema=self.schemas[event_type],
+            keys=spec.keys,
+            conflict_on="payload_digest",
+            horizon=DEDUP_HORIZON,
+            partition_by=spec.partition_by,
+            metadata=meta,
+            storage_options=self.config.storage,
+        )
+        ms = int((time.perf_counter() - started) * 1000)
+        self.commit_ms.update(ms)
+        self.round_chunks.update(len(batch))
+        committed_at = time.time()
+        emit = dict(self.config.emit_rows).get(event_type)
+        for staged, outcome in zip(batch, result.chunks, strict=True):
+            n = len(outcome.conflicts)
+            self.written.inc(outcome.inserted)
+            self.duplicates.inc(len(staged.events) - n - outcome.inserted)
+            yield _global(
+                TableCommit(
+                    "raw",
+                    event_type,
+                    result.table,
+                    (staged.batch_id,),
+                    len(staged.events) - n,
+                    outcome.offered,
+                    outcome.inserted,
+                    result.version,
+                    result.files,
+                    result.bytes,
+                    (),
+                    committed_at,
+                    ms,
+                )
+            )
+            if n:
+                yield _global(
+                    self._quarantine_conflicts(
+                        [staged.batch_id], staged.events, staged.digests, outcome.conflicts
+                    )
+                )
+            if emit:
+                rows = committed_rows(
+                    uri,
+                    batch_id=staged.batch_id,
+                    dates=sorted({e.envelope.time.date() for e in staged.events}),
+                    columns=emit,
+                    storage_options=self.config.storage,
+                )
+                yield TaggedOutput(ROWS, _global((event_type, rows)))
 
 
 class WriteQuarantineFn(_WriterFn):
@@ -524,10 +687,25 @@ class _Writer(beam.PTransform):
 
 
 class WriteRawHistory(_Writer):
+    """Valid events -> raw history. By default each bundle (local mode: each batch; streaming
+    without `staged_commits`: each chunk) commits its own insert-only MERGE or append. With
+    `IngestConfig.staged_commits` (the streaming job's default): workers stage Parquet files in
+    parallel, and one committer per table (keyed by event type, batched by GroupIntoBatches)
+    commits them, so throughput grows with workers instead of commits racing
+    (tidegate.lake.committer)."""
+
     fn = WriteRawHistoryFn
 
     def expand(self, pcoll: PCollection) -> Any:
-        return pcoll | beam.ParDo(self.fn(self.config)).with_outputs(ROWS, main="commits")
+        if not self.config.staged_commits:
+            return pcoll | beam.ParDo(self.fn(self.config)).with_outputs(ROWS, main="commits")
+        staged = pcoll | "Stage" >> beam.ParDo(StageRawHistoryFn(self.config))
+        rounds = staged | "ByTable" >> beam.GroupIntoBatches(
+            self.config.committer_batch, max_buffering_duration_secs=self.config.committer_seconds
+        )
+        return rounds | "Commit" >> beam.ParDo(CommitRawHistoryFn(self.config)).with_outputs(
+            ROWS, main="commits"
+        )
 
 
 class WriteQuarantine(_Writer):
