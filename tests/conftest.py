@@ -5,6 +5,9 @@
   a developer left running (PUBSUB_EMULATOR_HOST is cleared for the session).
 - `project`: a fresh GCP project id per test, so every test sees an empty Pub/Sub world on
   the shared emulator (the emulator isolates resources by project).
+- `gcs_emulator`: one private GCS emulator (fake-gcs-server from the dev dependencies, behind
+  tidegate's fixing proxy) per session; `gs_prefix` is a fresh `gs://` location in it per test.
+  A missing binary fails the test with the launcher's hint, never a silent skip.
 - `registry` / `validator`: the shipped contracts and a real GX context (built once).
 """
 
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from tidegate.catalog import Catalog, load_catalog
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.expectations.suites import SuiteValidator
 from tidegate.infra.emulator import EmulatorProcess, private_emulator
+from tidegate.infra.gcs_emulator import GcsEmulator, private_gcs_emulator
 
 _projects = itertools.count(1)
 # google-auth probes the GCE metadata server (a non-loopback address) when it finds no
@@ -48,6 +54,19 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     with private_emulator(tmp_path_factory.mktemp("emulator-logs")) as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[GcsEmulator]:
+    with private_gcs_emulator("tidegate-test") as gcs:
+        yield gcs
+
+
+@pytest.fixture
+def gs_prefix(gcs_emulator: GcsEmulator, request: pytest.FixtureRequest) -> str:
+    """A `gs://` location of its own for this test (nothing to wipe: names never repeat)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60]
+    return gcs_emulator.uri(f"{name}-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
