@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Annotated, Any
 
@@ -211,3 +212,154 @@ def bench_commits_cmd(
         progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
     )
     _print_figures(f"tidegate bench commits --commits {commits}", figures, as_json)
+
+
+def _writer_counts(text: str) -> list[int]:
+    """`--writers 1,4,16,64` as numbers of writers, each 1..256."""
+    counts = []
+    for part in text.split(","):
+        try:
+            n = int(part.strip())
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 256:
+            raise typer.BadParameter(
+                f"expected comma-separated numbers of writers from 1 to 256 (e.g. 1,4,16,64), got {text!r}",
+                param_hint="--writers",
+            )
+        counts.append(n)
+    return counts
+
+
+@bench_app.command("writers")
+def bench_writers_cmd(
+    writers: Annotated[
+        str, typer.Option(help="Numbers of concurrent writer processes, one run each (comma-separated).")
+    ] = "1,4,16,64",
+    chunks: Annotated[int, typer.Option(min=1, max=1000, help="Chunks each writer writes.")] = 2,
+    chunk_rows: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per chunk.")] = 1000,
+    latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Object-store latency per request, ms: the table goes on the GCS emulator, behind a proxy adding it.",
+            show_default=False,
+        ),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the table goes: local | gcs-emulator (default: gcs-emulator with --latency-ms, else local).",
+            show_default=False,
+        ),
+    ] = None,
+    path: Annotated[
+        str,
+        typer.Option(
+            help="Write path: merge (every writer commits its chunks: insert-only MERGE) | committer "
+            "(writers stage Parquet files, one committer per table commits them: the streaming job's default)."
+        ),
+    ] = "merge",
+    event_type: Annotated[
+        str, typer.Option(help="Event type whose raw table the writers share.")
+    ] = "shop.order.placed",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Many writers, one table: N processes write chunks of raw rows to one raw table at once, through one of the Dataflow job's write paths (--path); rows/s, retries, failed chunks, commit p50/p99, and a check that every row landed exactly once (docs/deploy.md, "Many writers per table")."""
+    from tidegate.bench_writers import PATHS, STORES, bench_writers
+
+    counts = _writer_counts(writers)
+    where = store or ("gcs-emulator" if latency_ms is not None else "local")
+    if where not in STORES:
+        raise typer.BadParameter(f"expected one of {', '.join(STORES)}, got {where!r}", param_hint="--store")
+    if where == "local" and latency_ms:
+        raise typer.BadParameter(
+            "latency is injected by the GCS emulator's proxy: drop --store local, or use --store gcs-emulator",
+            param_hint="--latency-ms",
+        )
+    if path not in PATHS:
+        raise typer.BadParameter(f"expected one of {', '.join(PATHS)}, got {path!r}", param_hint="--path")
+    figures = bench_writers(
+        load_catalog(catalog_path),
+        counts,
+        chunks=chunks,
+        chunk_rows=chunk_rows,
+        store=where,
+        latency_ms=latency_ms,
+        path=path,
+        event_type=event_type,
+        progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]")),
+    )
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    lat = f", {latency_ms:g} ms per request" if latency_ms else ""
+    table = Table(
+        title=f"tidegate bench writers --writers {writers} --path {path} "
+        f"({where}{lat}, {chunks} x {chunk_rows:,} rows per writer)",
+        caption=f"{os.cpu_count()} CPU cores: with more writers than cores the CPU is oversubscribed "
+        "(machine cpu near 1.0: the machine, not the table, is the limit)",
+    )
+    columns = (
+        ("writers", "writers"),
+        ("rows/s", "rows_per_s"),
+        ("retries", "retries"),
+        ("failed chunks", "failed_chunks"),
+        ("commit p50 s", "p50_commit_s"),
+        ("commit p99 s", "p99_commit_s"),
+        ("machine cpu", "machine_cpu_busy"),
+        ("exactly once", "exactly_once"),
+    )
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    for run in figures["runs"]:
+        table.add_row(
+            *(
+                f"{run[k]:,}" if isinstance(run[k], int) and not isinstance(run[k], bool) else str(run[k])
+                for _, k in columns
+            )
+        )
+    console.print(table)
+    for run in figures["runs"]:
+        for error in run["errors"]:
+            console.print(f"[yellow]{run['writers']} writer(s), a failed chunk:[/] {error}")
+
+
+@bench_app.command("history")
+def bench_history_cmd(
+    events: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--events", "-n", min=1000, help="Raw events per source type (repeat for several sizes)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    catalog_path: CatalogOpt = None,
+) -> None:
+    """Whole-history operations against history size: replay every aggregate and view, then verify, each in its own process (wall time, peak RSS); raw tables built once per size and cached."""
+    from tidegate.bench import bench_history
+
+    catalog = load_catalog(catalog_path)
+    sizes = events or [1_000_000]
+    figures = bench_history(
+        catalog, sizes, progress=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
+    )
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    table = Table(title=f"tidegate bench history {' '.join(f'--events {n}' for n in sizes)}")
+    steps = [k for k in figures["runs"][0] if k.startswith(("replay ", "verify"))]
+    table.add_column("raw rows", justify="right")
+    for step in steps:
+        table.add_column(f"{step} s / MiB", justify="right")
+    for run in figures["runs"]:
+        table.add_row(
+            f"{run['raw_rows']:,}",
+            *(
+                f"{run[s]['seconds']:,} / {run[s]['peak_rss_mib']:,}"
+                + ("" if run[s]["exit"] == 0 else " (failed)")
+                for s in steps
+            ),
+        )
+    console.print(table)

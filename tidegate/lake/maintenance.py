@@ -78,14 +78,27 @@ def set_log_retention(
     """Record `retention` as the table's `delta.logRetentionDuration` (a metadata commit: run it
     when no local writer can race it, e.g. under the lake lock, or before a --follow run's loop;
     a writer that loses that race gets "Metadata changed since last commit")."""
-    from tidegate.catalog import parse_duration
-
     table = try_open(uri, storage_options)
     if table is None:
         return
-    wanted = f"interval {parse_duration(retention)} seconds"
-    if table.metadata().configuration.get("delta.logRetentionDuration") != wanted:
-        table.alter.set_table_properties({"delta.logRetentionDuration": wanted}, raise_if_not_exists=False)
+    wanted = retention_properties(retention)
+    current = table.metadata().configuration
+    if any(current.get(k) != v for k, v in wanted.items()):
+        table.alter.set_table_properties(wanted, raise_if_not_exists=False)
+
+
+def retention_properties(retention: str = LOG_RETENTION) -> dict[str, str]:
+    """The table properties that bound what every open of a table reads: its commit log
+    (`delta.logRetentionDuration`: one file per commit, listed on every open and update) and
+    the tombstones of removed files its checkpoints carry (`delta.deletedFileRetentionDuration`:
+    every compaction adds ~16; at the default 7 days a day of `--follow` put ~3,000 remove
+    actions in every checkpoint each open reads, measured with `tidegate bench commits`).
+    Both are the time-travel window. Vacuum runs in full mode (lake.maintenance.maintain), so
+    a file whose tombstone has left the checkpoints is still deleted after the data retention."""
+    from tidegate.catalog import parse_duration
+
+    interval = f"interval {parse_duration(retention)} seconds"
+    return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval}
 
 
 def clean_log(uri: str, storage_options: dict[str, str] | None = None) -> None:
@@ -120,6 +133,10 @@ def maintain(
             enforce_retention_duration=False,
             dry_run=False,
             commit_properties=props,
+            # also files no commit references (a committer round's files that were never
+            # committed; removed files whose tombstones have left the checkpoints), by age; not
+            # at 0 h, where it would delete the files a streaming worker is staging right now
+            full=retain_hours >= 1,
         )
         clean_log(uri, storage_options)
         report.append(

@@ -52,7 +52,11 @@ MAX_COMMIT_ATTEMPTS = 6
 # Every table tidegate's writers create keeps 1 h of commit log (tidegate.lake.maintenance
 # LOG_RETENTION: the log grows a file per commit, and every open lists it); set at creation, so
 # no metadata commit ever races a writer. `tidegate maintain` sets it on older tables.
-NEW_TABLE_CONFIG = {"delta.logRetentionDuration": "interval 3600 seconds"}
+NEW_TABLE_CONFIG = {
+    "delta.logRetentionDuration": "interval 3600 seconds",
+    # and 1 h of removed files' tombstones in each checkpoint (lake.maintenance.retention_properties)
+    "delta.deletedFileRetentionDuration": "interval 3600 seconds",
+}
 REOPEN_AFTER = 100  # versions an open DeltaTable follows before it is opened afresh (see _current)
 
 
@@ -68,6 +72,7 @@ class CommitResult:
     bytes: int = 0  # their size
     # id conflicts: (position in the rows handed in, payload digest already landed), not inserted
     conflicts: tuple[tuple[int, str], ...] = ()
+    attempts: int = 1  # tries it took: 1 + the retries after losing a commit race to another writer
 
     @property
     def skipped(self) -> int:
@@ -249,6 +254,7 @@ def insert_new(
                     files,
                     size,
                     tuple(offer.conflicts([offer.digests[i] for i in offer.at]) if conflict_on else ()),
+                    attempt,
                 )
             before = _names(table)
             predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
@@ -282,7 +288,7 @@ def insert_new(
             if conflict_on and (inserted < rows.num_rows or offer.dropped):
                 conflicts = offer.conflicts(_landed_digests(table, offer, keys, conflict_on, where))
             return CommitResult(
-                uri, rows.num_rows, inserted, table.version(), files, size, tuple(sorted(conflicts))
+                uri, rows.num_rows, inserted, table.version(), files, size, tuple(sorted(conflicts)), attempt
             )
         except (CommitFailedError, FileExistsError) as exc:
             _backoff(uri, attempt, exc)
@@ -383,7 +389,9 @@ def append_new(
                     [v for v, s in zip(ours, seen, strict=True) if not s] if ours else (),
                 )
                 files, size = _added(table, before)
-                return CommitResult(uri, rows.num_rows, new.num_rows, version, files, size, tuple(conflicts))
+                return CommitResult(
+                    uri, rows.num_rows, new.num_rows, version, files, size, tuple(conflicts), attempt
+                )
             except (CommitFailedError, FileExistsError) as exc:
                 index.invalidate()
                 _backoff(uri, attempt, exc)
