@@ -22,6 +22,8 @@ COMMANDS = [
     ["bench", "replay"],
     ["bench", "backlog"],
     ["bench", "dedup"],
+    ["bench", "writers"],
+    ["bench", "commits"],
     ["deploy", "dataflow"],
     ["status"],
     ["docs"],

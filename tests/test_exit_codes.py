@@ -60,6 +60,7 @@ def bad_invocations(tmp_path: Path) -> list[tuple[list[str], int, str]]:
         (["produce", "--emulator", "127.0.0.1:9", "--count", "1"], 3, "no Pub/Sub emulator"),
         (["keys", "rotate", "--keyring-file", str(tmp_path / "ring.json")], 2, "TIDEGATE_PII_KEY"),
         (["bench", "dedup", "--rows", "0"], 2, "--rows"),
+        (["bench", "writers", "--writers", "0,x"], 2, "--writers"),
         (["contracts", "show", "shop.nope"], 2, "unknown event type"),
         (["replay", "nope"], 2, "unknown aggregate"),
         # last: were the check missing, `up` would start an emulator on that port
