@@ -18,6 +18,7 @@ from deltalake import DeltaTable
 
 from tidegate.catalog import load_catalog
 from tidegate.lake.committer import StagedChunk, commit_staged, stage_rows
+from tidegate.lake.keyindex import KeyIndex
 from tidegate.lake.maintenance import maintain
 from tidegate.lake.rows import table_max_event_time
 from tidegate.lake.tables import LakeTables
@@ -147,3 +148,28 @@ def test_maintain_deletes_staged_files_no_round_committed_once_past_retention(tm
     assert landed(uri) == ["1", "2"]
     commit(uri, [fresh])  # the in-flight round still commits
     assert landed(uri) == ["1", "2", "4"]
+
+
+def test_the_committers_key_index_decides_as_the_file_lookup_does(tmp_path: Path) -> None:
+    """With its in-memory key index (the committer is its table's only raw writer), a round
+    dedups, finds id conflicts and survives a retry exactly as the lookup in the files does."""
+    A, B = "a1" * 8, "b2" * 8  # payload digests are 16 hex digits
+    outcomes = {}
+    for use_index in (False, True):
+        uri = str(tmp_path / f"raw-{use_index}")
+        index = KeyIndex(uri, KW["keys"], value="payload_digest") if use_index else None
+        rounds = [
+            [stage(uri, "b1", ["1", "2", "3"], A), stage(uri, "b2", ["3", "4"], A)],
+            [stage(uri, "b3", ["4", "5"], A), stage(uri, "b4", ["2", "6"], digest=B)],
+            [stage(uri, "b5", ["7"], A)],
+        ]
+        got = []
+        for chunks in rounds:
+            got.append(commit(uri, chunks, index=index).chunks)
+        got.append(commit(uri, rounds[1], index=index).chunks)  # a retried round
+        outcomes[use_index] = got
+        assert landed(uri) == ["1", "2", "3", "4", "5", "6", "7"]
+        if index is not None:
+            assert index.loads == 1  # loaded once, then it followed its own commits
+    assert outcomes[True] == outcomes[False]
+    assert outcomes[True][1][1].conflicts == ((0, A),)

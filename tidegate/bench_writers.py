@@ -70,7 +70,7 @@ import pyarrow as pa
 from tidegate.errors import TidegateError, TransientError
 from tidegate.lake.committer import StagedChunk, commit_staged, stage_rows
 from tidegate.lake.delta import open_table, try_open
-from tidegate.lake.keyindex import DEDUP_HORIZON
+from tidegate.lake.keyindex import DEDUP_HORIZON, key_index
 from tidegate.lake.rows import commit_metadata, stamp_seen_max_event_time
 from tidegate.lake.tables import raw_table
 from tidegate.lake.writer import MAX_COMMIT_ATTEMPTS, insert_new
@@ -306,6 +306,7 @@ def _round(job: WriterJob, pending: list[Handoff], report: CommitterReport) -> N
             partition_by=spec.partition_by,
             metadata=meta,
             storage_options=job.storage_options,
+            index=key_index(job.uri, spec.keys, "payload_digest"),  # as CommitRawHistoryFn
         )
     except Exception as exc:  # noqa: BLE001 - a failed round fails its chunks: a figure of the bench
         ended = time.monotonic()

@@ -58,6 +58,7 @@ from deltalake.fs import DeltaStorageHandler
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from tidegate.lake.delta import try_open
+from tidegate.lake.keyindex import KeyIndex, value_of
 from tidegate.lake.writer import MAX_COMMIT_ATTEMPTS, NEW_TABLE_CONFIG, _backoff, _stringify
 
 STATS_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_large_string)
@@ -278,6 +279,24 @@ def _landed(
     return out
 
 
+def _indexed(
+    index: KeyIndex, table: DeltaTable, keys: Sequence[str], wanted: pa.Table
+) -> dict[tuple[Any, ...], str | None]:
+    """Key -> digest (16 hex digits, None if unknown) of the wanted keys the index holds."""
+    index.sync(table)
+    digests = index.digests(wanted)
+    seen = index.seen(digests)
+    if not any(seen):
+        return {}
+    values = index.values(digests)
+    columns = [wanted.column(k).to_pylist() for k in keys]
+    return {
+        tuple(c[i] for c in columns): (f"{values[i]:016x}" if values[i] else None)
+        for i, s in enumerate(seen)
+        if s
+    }
+
+
 def _rewrite(fs: Any, staged: StagedFile, keep: list[int]) -> StagedFile:
     """The file without its dropped rows, as a new staged file with a name derived from the
     old one (a retried round recognises it, and writes the same file again if it must). The
@@ -305,11 +324,19 @@ def commit_staged(
     metadata: dict[str, Any] | None = None,
     storage_options: dict[str, str] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    index: KeyIndex | None = None,
 ) -> RoundResult:
     """One committer round for one table: dedup every staged row of `chunks` against the table
     (within `horizon`) and against each other, then one commit adding what is new (module
     docstring). `schema` is the rows' schema (the table's, or a superset: a new contract
-    version's columns). Raises TransientError after MAX_COMMIT_ATTEMPTS lost commit races."""
+    version's columns). Raises TransientError after MAX_COMMIT_ATTEMPTS lost commit races.
+
+    `index` (a `lake.keyindex.KeyIndex` of `uri` on `keys`, valued on `conflict_on`): the
+    committer is its table's only raw writer, so it can keep the horizon's keys in memory and
+    look a round's keys up there instead of reading the horizon's files (which grew to most of
+    a round's time at 64 writers, `tidegate bench writers`). 24 bytes a key; it loads once per
+    process and follows the table's log. A retried round whose files are already committed
+    takes the file lookup (the index cannot leave the round's own rows out)."""
     meta = _stringify(metadata or {})
     meta.setdefault("tidegate_batch_ids", ",".join(c.batch_id for c in chunks))
     fs = _filesystem(uri, storage_options)
@@ -329,7 +356,9 @@ def commit_staged(
             # all of the round's keys, against the table without the round's own files: a retry
             # decides exactly as the first attempt did
             pending = [f.keys for c in chunks for f in c.files]
-            if pending:
+            if pending and index is not None and not committed:
+                landed = _indexed(index, table, keys, pa.concat_tables(pending))
+            elif pending:
                 where = None
                 if horizon is not None:
                     cutoff = clock() - horizon
@@ -339,6 +368,7 @@ def commit_staged(
 
         t2 = time.perf_counter()
         outcomes: list[ChunkOutcome] = []
+        kept: list[pa.Table] = []  # the keys this round adds (for the index)
         actions: list[AddAction] = []
         drop_files: list[str] = []  # deleted once the commit landed
         rewritten = 0
@@ -362,6 +392,8 @@ def commit_staged(
                     if there and digests[i] and there != digests[i]:
                         conflicts.append((at[i], there))
                 inserted += len(keep)
+                if index is not None and keep and not _landed_before(staged, committed):
+                    kept.append(staged.keys if len(keep) == staged.rows else staged.keys.take(keep))
                 if _landed_before(staged, committed):  # this round's own, landed before a retry
                     continue
                 if not keep:
@@ -399,10 +431,14 @@ def commit_staged(
                         commit_properties=CommitProperties(custom_metadata=meta),
                     )
         except (CommitFailedError, FileExistsError) as exc:
+            if index is not None:
+                index.invalidate()
             _backoff(uri, attempt, exc)
             continue
-        except DeltaError as exc:
-            if "already exists" in str(exc) and attempt < MAX_COMMIT_ATTEMPTS:
+        except BaseException as exc:
+            if index is not None:
+                index.invalidate()  # it may or may not have landed: reload next time
+            if isinstance(exc, DeltaError) and "already exists" in str(exc) and attempt < MAX_COMMIT_ATTEMPTS:
                 continue
             raise
         timings["commit_s"] = time.perf_counter() - t3
@@ -410,7 +446,12 @@ def commit_staged(
             _delete(fs, path)
         version = None
         if actions:
-            version = DeltaTable(uri, storage_options=storage_options).version()
+            after = DeltaTable(uri, storage_options=storage_options)
+            version = after.version()
+            if index is not None and kept:
+                new = pa.concat_tables(kept)
+                values = [value_of(d) for d in new.column(conflict_on).to_pylist()] if conflict_on else []
+                index.added(index.digests(new), version, after, values)
         elif committed and table is not None:
             version = table.version()
         return RoundResult(

@@ -67,6 +67,9 @@ class IngestConfig:
     staged_commits: bool = False
     committer_batch: int = 64
     committer_seconds: float = 1.0
+    # the committer keeps the dedup horizon's keys in memory (lake.keyindex, 24 bytes a key, on
+    # the worker that owns the table's key); off: it reads them from the horizon's files per round
+    committer_index: bool = True
 
     def __post_init__(self) -> None:
         if self.parallel_commits and self.emit_rows:

@@ -504,6 +504,8 @@ class CommitRawHistoryFn(_WriterFn):
             partition_by=spec.partition_by,
             metadata=meta,
             storage_options=self.config.storage,
+            # the committer is the table's only raw writer: the horizon's keys in memory
+            index=key_index(uri, spec.keys, "payload_digest") if self.config.committer_index else None,
         )
         ms = int((time.perf_counter() - started) * 1000)
         self.commit_ms.update(ms)
