@@ -10,10 +10,10 @@ help: ## list the targets
 install: ## create .venv from uv.lock (uv run does this on demand too)
 	$(UV) sync --locked --compile-bytecode
 
-test: ## the whole test suite (what CI runs; ~4.5-5 min, starts its own Pub/Sub emulator)
+test: ## the whole test suite (what CI runs; 6-10 min on 2 cores, starts its own Pub/Sub and GCS emulators)
 	$(UV) run pytest
 
-test-fast: ## every test that needs no Pub/Sub emulator (~75 s)
+test-fast: ## every test that needs no Pub/Sub emulator (~1.5-3.5 min)
 	$(UV) run pytest -m "not emulator"
 
 lint: ## ruff lint + format check
