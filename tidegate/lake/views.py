@@ -328,6 +328,15 @@ def folds(
         yield ranges(), at
 
 
+def _commit_properties(view: Any, versions: dict[str, int], run_id: str) -> CommitProperties:
+    """A view commit's lineage, and the raw version of each source it now reflects (its markers,
+    as app transactions)."""
+    return CommitProperties(
+        custom_metadata={"tidegate_run_id": run_id, "tidegate_table": f"views/{view.name}"},
+        app_transactions=[Transaction(app_id(view, t), v) for t, v in versions.items()],
+    )
+
+
 def _commit(
     catalog: Catalog,
     lake: str,
@@ -340,11 +349,7 @@ def _commit(
     run_id: str,
 ) -> None:
     """Replace the rows of `keys` (all rows when None) and move the markers, one commit."""
-    txns = [Transaction(app_id(view, t), v) for t, v in versions.items()]
-    props = CommitProperties(
-        custom_metadata={"tidegate_run_id": run_id, "tidegate_table": f"views/{view.name}"},
-        app_transactions=txns,
-    )
+    props = _commit_properties(view, versions, run_id)
     uri = view_uri(lake, view.name)
     existing = try_open(uri, storage)
     schema = view_schema(catalog, view)
@@ -415,11 +420,7 @@ def _write_all(
             counted[1] += rows.height
             yield from _arrow(rows, schema).to_batches()
 
-    txns = [Transaction(app_id(view, t), v) for t, v in at.items()]
-    props = CommitProperties(
-        custom_metadata={"tidegate_run_id": run_id, "tidegate_table": f"views/{view.name}"},
-        app_transactions=txns,
-    )
+    props = _commit_properties(view, at, run_id)
     uri = view_uri(lake, view.name)
     existing = try_open(uri, storage)
     reader = pa.RecordBatchReader.from_batches(schema, batches())

@@ -235,8 +235,8 @@ def _insert(
     return functools.partial(insert_new, uri, rows, keys=keys, storage_options=config.storage, **kwargs)
 
 
-class WriteRawHistoryFn(_WriterFn):
-    """Buffers valid events per type; one idempotent commit (`_insert`) per type per bundle."""
+class _RawCommitterFn(_WriterFn):
+    """What both raw-history committers share: schemas, counters and a commit's lineage."""
 
     def setup(self) -> None:
         super().setup()
@@ -245,6 +245,32 @@ class WriteRawHistoryFn(_WriterFn):
         self.written = Metrics.counter("tidegate", "raw_written")
         self.duplicates = Metrics.counter("tidegate", "duplicates_skipped")
         self.commit_ms = Metrics.distribution("tidegate", "raw_commit_ms")
+
+    def _raw_meta(
+        self, event_type: str, batch_ids: list[str], events: Sequence[ValidEvent], **extra: str
+    ) -> dict[str, str]:
+        """A raw commit's metadata: its messages, the contract versions and suite it checked them
+        with, and which engine evaluated the suite (native or gx)."""
+        contracts = self.registry.types[event_type]
+        used = sorted({e.contract.version for e in events})
+        return self._meta(
+            batch_ids,
+            [e.message for e in events],
+            contracts={f"v{v}": contracts.versions[v].fingerprint for v in used},
+            suite_fingerprint=self.fingerprints.get(event_type),
+            extra={
+                "tidegate_event_type": event_type,
+                "tidegate_table": "raw",
+                **extra,
+                "tidegate_expectations_engine": suite_validator(self.config.catalog_path).engine_of(
+                    event_type
+                ),
+            },
+        )
+
+
+class WriteRawHistoryFn(_RawCommitterFn):
+    """Buffers valid events per type; one idempotent commit (`_insert`) per type per bundle."""
 
     def start_bundle(self) -> None:
         self.buffer: dict[str, list[ValidEvent]] = defaultdict(list)
@@ -265,7 +291,6 @@ class WriteRawHistoryFn(_WriterFn):
         for event_type in sorted(self.buffer):
             events = self.buffer[event_type]
             batch_ids = sorted(self.batch_ids[event_type])
-            contracts = self.registry.types[event_type]
             rows = raw_rows(
                 events,
                 self.schemas[event_type],
@@ -275,21 +300,7 @@ class WriteRawHistoryFn(_WriterFn):
                 batch_id=",".join(batch_ids),
                 ingest_time=now,
             )
-            used = sorted({e.contract.version for e in events})
-            meta = self._meta(
-                batch_ids,
-                [e.message for e in events],
-                contracts={f"v{v}": contracts.versions[v].fingerprint for v in used},
-                suite_fingerprint=self.fingerprints.get(event_type),
-                extra={
-                    "tidegate_event_type": event_type,
-                    "tidegate_table": "raw",
-                    # which engine evaluated the GX suite: native (expectations.native) or gx
-                    "tidegate_expectations_engine": suite_validator(self.config.catalog_path).engine_of(
-                        event_type
-                    ),
-                },
-            )
+            meta = self._raw_meta(event_type, batch_ids, events)
             commits.append(
                 (
                     event_type,
@@ -456,7 +467,7 @@ class StageRawHistoryFn(_WriterFn):
             )
 
 
-class CommitRawHistoryFn(_WriterFn):
+class CommitRawHistoryFn(_RawCommitterFn):
     """The committer of the staged raw path: its input is keyed by event type, so Beam runs one
     of these at a time per raw table (a keyed stage), and each round commits every chunk staged
     since the last one in ONE commit (tidegate.lake.committer.commit_staged). Out: one raw
@@ -465,32 +476,14 @@ class CommitRawHistoryFn(_WriterFn):
 
     def setup(self) -> None:
         super().setup()
-        self.schemas = raw_schemas(self.config.catalog_path)
-        self.fingerprints = suite_fingerprints(self.config.catalog_path)
-        self.written = Metrics.counter("tidegate", "raw_written")
-        self.duplicates = Metrics.counter("tidegate", "duplicates_skipped")
-        self.commit_ms = Metrics.distribution("tidegate", "raw_commit_ms")
         self.round_chunks = Metrics.distribution("tidegate", "raw_round_chunks")
 
     def process(self, item: tuple[str, Any]) -> Iterator[WindowedValue | TaggedOutput]:
         event_type, batch = item[0], list(item[1])
         batch_ids = [s.batch_id for s in batch]
         uri = raw_uri(self.config.lake, event_type)
-        contracts = self.registry.types[event_type]
-        used = sorted({e.contract.version for s in batch for e in s.events})
-        meta = self._meta(
-            batch_ids,
-            [e.message for s in batch for e in s.events],
-            contracts={f"v{v}": contracts.versions[v].fingerprint for v in used},
-            suite_fingerprint=self.fingerprints.get(event_type),
-            extra={
-                "tidegate_event_type": event_type,
-                "tidegate_table": "raw",
-                "tidegate_commit_path": "committer",
-                "tidegate_expectations_engine": suite_validator(self.config.catalog_path).engine_of(
-                    event_type
-                ),
-            },
+        meta = self._raw_meta(
+            event_type, batch_ids, [e for s in batch for e in s.events], tidegate_commit_path="committer"
         )
         spec = raw_table(event_type)
         started = time.perf_counter()
