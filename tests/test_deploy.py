@@ -595,6 +595,59 @@ def test_deploy_dry_run_builds_the_batch_replay_offline(cli, tmp_path: Path) -> 
         assert step in job["steps"]
 
 
+def test_deploy_dry_run_builds_the_view_replay_offline(cli, catalog, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--replay <view>`: the view's Beam rebuild (tidegate/pipelines/replay_view.py), built
+    offline: each source read by file group and bucketed by key, one fold per bucket, one commit."""
+    spec = tmp_path / "job.json"
+    r = cli(*DEPLOY, "--replay", "order_state", "--dry-run", "--job-file", spec)
+    assert r.code == 0, r.text
+    job = json.loads(spec.read_text())
+    assert job["type"] == "JOB_TYPE_BATCH"
+    assert job["options"]["job_name"] == "tidegate-replay-order-state"
+    assert "streaming" not in job["options"]
+    steps = set(job["steps"])
+    (view,) = [v for v in catalog.views if v.name == "order_state"]
+    for e in view.events:
+        assert f"FoldView/Groups/raw/{e.type}/Spread" in steps
+        assert f"FoldView/BucketRows/raw/{e.type}" in steps
+    for step in (
+        "FoldView/GroupBuckets",
+        "FoldView/FoldAndStage",
+        "CommitView/CollectFiles",
+        "CommitView/Commit",
+    ):
+        assert any(s == step or s.startswith(step + "/") for s in steps), step
+    assert not any(s.startswith("ReplayAggregate") for s in steps)
+
+
+def test_deploy_dry_run_builds_the_batch_verify_offline(cli, catalog, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The whole verify job for Dataflow, built offline (no credentials, nothing read from the
+    lake): every check of the catalog's tables, and its one sink, the report in the lake."""
+    spec = tmp_path / "job.json"
+    r = cli(*DEPLOY, "--verify", "--dry-run", "--job-file", spec)
+    assert r.code == 0, r.text
+    job = json.loads(spec.read_text())
+    assert job["type"] == "JOB_TYPE_BATCH"
+    assert job["options"]["job_name"] == "tidegate-verify"
+    assert "streaming" not in job["options"]
+    assert re.fullmatch(
+        r"gs://acme-lake/lake/_reports/verify/verify-\d{8}T\d{6}Z-[0-9a-f]{6}\.json", job["report"]
+    )
+    assert f"report: {job['report']}" in r.text
+    steps = set(job["steps"])
+    for t in catalog.event_types:
+        for step in ("Groups/Spread", "DuplicateKeys/HashKeys", "DuplicateKeys/NameDuplicates"):
+            assert f"ExactlyOnce/raw/{t}/{step}" in steps, step
+    for a in catalog.aggregates:
+        for step in ("PreAggregate", "MergePartials", "CompareWithTable", "ReadLedgerPairs", "JoinLatePairs"):
+            assert f"AggregateParity/{a.name}/{step}" in steps, step
+    for v in catalog.views:
+        for e in v.events:
+            assert f"ViewParity/{v.name}/BucketRows/raw/{e.type}" in steps
+        assert f"ViewParity/{v.name}/FoldAndCompare" in steps
+    assert {"WriteReport/FirstProblems", "WriteReport/Write"} <= steps
+
+
 class _Submitted:
     def job_id(self) -> str:
         return "2026-11-26_12_00_00-1234567890"
@@ -686,8 +739,12 @@ def test_deploy_without_credentials_says_how_to_get_them(cli, monkeypatch) -> No
     [
         ([], "say which job: --streaming"),
         (["--streaming", "--replay", "sessions_per_user"], "say which job"),
+        (["--streaming", "--verify"], "say which job"),
+        (["--replay", "sessions_per_user", "--verify"], "say which job"),
+        (["--verify", "--update"], "--update replaces a running streaming job; verify is a new batch job"),
         (["--replay", "sessions_per_user", "--update"], "--update replaces a running streaming job"),
         (["--replay", "nope"], "unknown aggregate 'nope'"),
+        (["--replay", "order_state", "--since", "2026-11-26T00:00:00Z"], "order_state is a state view"),
     ],
 )
 def test_deploy_mistakes_say_what_to_do(cli, extra: list[str], expected: str) -> None:  # type: ignore[no-untyped-def]
@@ -1040,6 +1097,30 @@ def test_the_entry_point_builds_a_replay_graph_offline(tmp_path: Path, monkeypat
     assert len(ran) == 1
 
 
+def test_the_entry_point_builds_a_view_replay_graph_offline(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`--mode replay --aggregate <view>`: the launcher plans the view replay on the lake (a local
+    one here) and builds its graph; nothing runs."""
+    import apache_beam as beam
+
+    from tests.test_projection import commit_raw, order
+    from tidegate.expectations.contracts import ContractRegistry
+    from tidegate.pipelines import flex_main
+
+    catalog = load_catalog()
+    lake = tmp_path / "lake"
+    commit_raw(
+        str(lake), ContractRegistry.from_catalog(catalog), "shop.order.placed", [order(1, 5), order(2, 70)]
+    )
+    ran: list[beam.Pipeline] = []
+    monkeypatch.setattr(beam.Pipeline, "run", lambda self: ran.append(self))
+    monkeypatch.setattr("tidegate.pipelines.dataflow.DataflowTarget.check", lambda self: None)
+    argv = ["--mode", "replay", "--aggregate", "order_state", "--lake", str(lake), "--runner=DirectRunner"]
+    flex_main.main(argv)
+    (p,) = ran
+    labels = {t.full_label for t in p.transforms_stack[0].parts}
+    assert {"FoldView", "CommitView"} <= labels
+
+
 # -- Maintenance on GCP (issue 16, outcome 3) ---------------------------------------------------
 
 
@@ -1141,17 +1222,27 @@ def test_the_template_refuses_to_maintain_a_lake_off_gcs(tmp_path: Path, monkeyp
         with pytest.raises(TidegateError, match="must be a gs://bucket/path URI for Dataflow"):
             flex_main.main(["--mode", "maintain", "--lake", lake, "--temp_location=gs://acme-dataflow/tmp"])
     assert ran == []
+    with pytest.raises(TidegateError, match="must be a gs://bucket/path URI for Dataflow"):
+        flex_main.main(
+            ["--mode", "verify", "--lake", str(tmp_path), "--temp_location=gs://acme-dataflow/tmp"]
+        )
+    assert ran == []
     args = flex_main.parser().parse_args(["--mode", "maintain", "--lake", "gs://acme-lake/lake"])
     assert args.retain_hours == 168  # the documented time-travel window
     assert args.pii_key_secret is None  # maintenance reads no PII key
 
 
-def test_the_template_metadata_accepts_maintain() -> None:
+def test_the_template_metadata_accepts_every_mode_of_the_entry_point() -> None:
+    from tidegate.pipelines.flex_main import parser
+
     meta = json.loads((ROOT / "tidegate" / "infra" / "dataflow" / "metadata.json").read_text())
     params = {p["name"]: p for p in meta["parameters"]}
     modes = params["mode"]["regexes"][0]
-    for mode in ("streaming", "replay", "maintain"):
+    (choices,) = [a.choices for a in parser()._actions if a.dest == "mode"]
+    assert set(choices) == {"streaming", "replay", "maintain", "verify"}
+    for mode in choices:
         assert re.fullmatch(modes, mode), mode
+        assert f"{mode}:" in params["mode"]["helpText"], mode
     assert not re.fullmatch(modes, "maintenance")
     assert params["retain_hours"]["isOptional"] is True
     assert re.fullmatch(params["retain_hours"]["regexes"][0], "168")

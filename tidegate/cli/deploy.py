@@ -1,4 +1,4 @@
-"""`tidegate deploy dataflow`: launch (or dry-run) the streaming ingest or a replay on Dataflow."""
+"""`tidegate deploy dataflow`: launch (or dry-run) the streaming ingest, a replay or a verify on Dataflow."""
 
 from __future__ import annotations
 
@@ -30,9 +30,19 @@ def deploy_dataflow(
     replay: Annotated[
         str | None,
         typer.Option(
-            "--replay", help="A batch job rebuilding this aggregate from raw history.", show_default=False
+            "--replay",
+            help="A batch job rebuilding this aggregate, or this state view, from raw history.",
+            show_default=False,
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="A batch job checking the lake (`tidegate verify`'s checks of raw history, aggregates, "
+            "late ledger and views); its report lands in <lake>/_reports/verify/<run id>.json.",
+        ),
+    ] = False,
     since: Annotated[
         str | None, typer.Option(help="--replay: windows starting at/after (RFC 3339).", show_default=False)
     ] = None,
@@ -55,7 +65,8 @@ def deploy_dataflow(
     job_name: Annotated[
         str | None,
         typer.Option(
-            help="Job name (default tidegate-ingest / tidegate-replay-<aggregate>).", show_default=False
+            help="Job name (default tidegate-ingest / tidegate-replay-<aggregate or view> / tidegate-verify).",
+            show_default=False,
         ),
     ] = None,
     max_workers: Annotated[int, typer.Option(min=1, help="Autoscaling ceiling.")] = 10,
@@ -113,15 +124,16 @@ def deploy_dataflow(
     ] = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """Launch (or with --dry-run, build offline and print) the streaming ingest or a batch replay on Dataflow."""
+    """Launch (or with --dry-run, build offline and print) the streaming ingest, a batch replay or a batch verify on Dataflow."""
     from tidegate.lake.catalog_check import check_catalog
     from tidegate.pipelines.dataflow import DataflowTarget, launch
 
     catalog = load_catalog(catalog_path)
     check_catalog(catalog)
-    if streaming == (replay is not None):
+    if [streaming, replay is not None, verify].count(True) != 1:
         raise TidegateError(
-            "say which job: --streaming (the ingest) or --replay AGGREGATE (a batch rebuild)",
+            "say which job: --streaming (the ingest), --replay AGGREGATE|VIEW (a batch rebuild) "
+            "or --verify (a batch check of the lake), one of them",
             hint="e.g. tidegate deploy dataflow --streaming --project P --region R --lake gs://B/lake --temp-location gs://S/tmp --dry-run",
         )
     target = DataflowTarget(
@@ -142,6 +154,7 @@ def deploy_dataflow(
         catalog,
         target,
         replay=replay,
+        verify=verify,
         since=since,
         until=until,
         production=production,
@@ -153,5 +166,9 @@ def deploy_dataflow(
         console.print(
             f"[green]✓[/] {verb} Dataflow job {job['name']} ({job['job_id']})\n  {job['console_url']}"
         )
+        if "report" in job:
+            console.print(f"  its report, once the job is done: {job['report']}")
         return
     print_job(job, job_file)
+    if "report" in job:
+        console.print(f"report: {job['report']} (this build's run id; each launch names its own)")

@@ -72,7 +72,7 @@ def app_id(view: ViewSpec, event_type: str) -> str:
     return f"tidegate.view/{view.name}/{event_type}"
 
 
-def _source_columns(view: ViewSpec, event_type: str) -> list[str]:
+def source_columns(view: ViewSpec, event_type: str) -> list[str]:
     e = next(e for e in view.events if e.type == event_type)
     return list(dict.fromkeys([view.key, "event_time", "event_source", "event_id", *e.columns.values()]))
 
@@ -200,7 +200,7 @@ def _read_raw(
             at[e.type] = -1  # no raw table yet: the marker says "none of it", so it folds in later
             continue
         names = set(table.schema().to_arrow().names)
-        cols = [c for c in _source_columns(view, e.type) if c in names]
+        cols = [c for c in source_columns(view, e.type) if c in names]
         if keys is None:
             frame = pl.from_arrow(table.to_pyarrow_table(columns=cols))
         else:  # only the touched keys' rows leave the scan (the key column is read, no more)
@@ -298,7 +298,7 @@ def folds(
         assert have is None or isinstance(have, pl.DataFrame)
         yield iter([(fold(raw, view), have)]), at
         return
-    cols = {t: _source_columns(view, t) for t in sources}
+    cols = {t: source_columns(view, t) for t in sources}
     cuts = _boundaries(sources, view.key, buckets)
     with tempfile.TemporaryDirectory(prefix=f"tidegate-view-{view.name}-") as tmp:
         into = Path(tmp)
@@ -328,7 +328,7 @@ def folds(
         yield ranges(), at
 
 
-def _commit_properties(view: Any, versions: dict[str, int], run_id: str) -> CommitProperties:
+def commit_properties(view: Any, versions: dict[str, int], run_id: str) -> CommitProperties:
     """A view commit's lineage, and the raw version of each source it now reflects (its markers,
     as app transactions)."""
     return CommitProperties(
@@ -349,11 +349,11 @@ def _commit(
     run_id: str,
 ) -> None:
     """Replace the rows of `keys` (all rows when None) and move the markers, one commit."""
-    props = _commit_properties(view, versions, run_id)
+    props = commit_properties(view, versions, run_id)
     uri = view_uri(lake, view.name)
     existing = try_open(uri, storage)
     schema = view_schema(catalog, view)
-    data = _arrow(rows, schema) if not rows.is_empty() else schema.empty_table()
+    data = arrow_rows(rows, schema) if not rows.is_empty() else schema.empty_table()
     if existing is None:
         write_deltalake(uri, data, mode="error", commit_properties=props, storage_options=storage)
         return
@@ -418,9 +418,9 @@ def _write_all(
                 continue
             counted[0] += rows.get_column(view.key).n_unique()
             counted[1] += rows.height
-            yield from _arrow(rows, schema).to_batches()
+            yield from arrow_rows(rows, schema).to_batches()
 
-    props = _commit_properties(view, at, run_id)
+    props = commit_properties(view, at, run_id)
     uri = view_uri(lake, view.name)
     existing = try_open(uri, storage)
     reader = pa.RecordBatchReader.from_batches(schema, batches())
@@ -440,7 +440,8 @@ def _write_all(
     return counted[0], counted[1]
 
 
-def _arrow(rows: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+def arrow_rows(rows: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Folded rows as the view table's Arrow columns and types (`view_schema`)."""
     return pa.Table.from_arrays(
         [rows.get_column(f.name).to_arrow().cast(f.type) for f in schema], schema=schema
     )
@@ -582,13 +583,13 @@ def view_parity(catalog: Catalog, lake: str, name: str, storage: dict[str, str] 
     problems: list[str] = []
     with folds(lake, view, storage, versions, table=table) as (ranges, _):
         for expected, stored in ranges:  # key range by key range: one range in memory at a time
-            problems += _differences(name, ident, expected, stored, table)
+            problems += differences(name, ident, expected, stored, table)
             if len(problems) >= 40:
                 break
     return problems
 
 
-def _differences(
+def differences(
     name: str, ident: list[str], expected: pl.DataFrame, stored: pl.DataFrame | None, table: DeltaTable
 ) -> list[str]:
     got = stored if stored is not None else pl.DataFrame()

@@ -1,10 +1,15 @@
-"""Dataflow jobs: the streaming ingest and the batch replay, built the same way for a dry run
-(offline, no credentials) and a launch (`tidegate deploy dataflow`, or the Flex Template's
-entry point `tidegate/pipelines/flex_main.py`).
+"""Dataflow jobs: the streaming ingest, the batch replay and the batch verify, built the same way
+for a dry run (offline, no credentials) and a launch (`tidegate deploy dataflow`, or the Flex
+Template's entry point `tidegate/pipelines/flex_main.py`).
 
     tidegate deploy dataflow --streaming --project P --region R --lake gs://B/lake \\
         --temp-location gs://S/tmp --dry-run
     tidegate deploy dataflow --replay revenue_per_currency_1m --project P ... --dry-run
+    tidegate deploy dataflow --replay order_state --project P ... --dry-run     # a state view
+    tidegate deploy dataflow --verify --project P ... --dry-run
+
+A verify job writes what it finds to the lake, `<lake>/_reports/verify/<run_id>.json`
+(tidegate/pipelines/verify.py); the launch names that object before the job starts.
 
 Options that matter on Dataflow, and why they are set (docs/deploy.md has the operations side):
 - streaming: Streaming Engine (state and shuffle off the workers, cheaper autoscaling; the only
@@ -44,8 +49,11 @@ from tidegate.lake.pii import load_protector, worker_secret
 from tidegate.lake.tables import raw_uri
 from tidegate.pipelines.replay import build as build_replay_graph
 from tidegate.pipelines.replay import file_groups, replay_config
+from tidegate.pipelines.replay_view import build_job as build_view_replay_job
 from tidegate.pipelines.runs import ingest_config, new_run_id
 from tidegate.pipelines.streaming import build
+from tidegate.pipelines.verify import build_job as build_verify_job
+from tidegate.pipelines.verify import report_uri
 from tidegate.transforms.base import IngestConfig
 from tidegate.version import code_version, git_sha
 
@@ -214,7 +222,10 @@ def replay_builder(
     until: str | None,
     dry_run: bool,
 ) -> Builder:
-    """A batch replay of `aggregate` for `target` (a launch plans it on the lake now)."""
+    """A batch replay of `aggregate` for `target` (a launch plans it on the lake now); a state
+    view's name gives the view replay (tidegate/pipelines/replay_view.py)."""
+    if aggregate in {v.name for v in catalog.views}:
+        return view_replay_builder(catalog, target, aggregate, since=since, until=until, dry_run=dry_run)
     catalog.aggregate(aggregate)  # an unknown name fails before anything is built
     return lambda p: build_replay(
         p,
@@ -231,27 +242,78 @@ def replay_builder(
     )
 
 
+def view_replay_builder(
+    catalog: Catalog,
+    target: DataflowTarget,
+    view: str,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    dry_run: bool,
+) -> Builder:
+    """A batch rebuild of state view `view` for `target`: every source pinned at its version now
+    (a launch reads the Delta log here; a dry run reads nothing), folded bucket by bucket on the
+    workers, one overwrite commit of the view table."""
+    if since or until:
+        raise TidegateError(
+            f"{view} is a state view: it is rebuilt whole (a view has no windows)",
+            hint="drop --since/--until",
+        )
+
+    def build(p: beam.Pipeline) -> None:
+        storage = settings.storage_options()
+        run_id = new_run_id("replay")
+        build_view_replay_job(p, catalog, target.lake, view, storage, run_id=run_id, offline=dry_run)
+
+    return build
+
+
+def verify_builder(catalog: Catalog, target: DataflowTarget, *, run_id: str, dry_run: bool) -> Builder:
+    """`verify` of the lake as a batch job for `target`, its report at
+    `<lake>/_reports/verify/<run_id>.json`. A launch plans it on the lake now (every table pinned
+    at its version, its file groups counted); a dry run reads nothing."""
+
+    def build(p: beam.Pipeline) -> None:
+        storage = settings.storage_options()
+        _ = build_verify_job(p, catalog, target.lake, storage, run_id=run_id, offline=dry_run)
+
+    return build
+
+
 def launch(
     catalog: Catalog,
     target: DataflowTarget,
     *,
     replay: str | None = None,
+    verify: bool = False,
     since: str | None = None,
     until: str | None = None,
     production: bool = True,
     pii_key_secret: str | None = None,
     dry_run: bool,
 ) -> dict[str, Any]:
-    """Build the streaming ingest (`replay=None`) or a replay of one aggregate and submit it,
-    or with `dry_run` return its spec. The one code path behind `tidegate deploy dataflow` and
+    """Build the streaming ingest (neither `replay` nor `verify`), a replay of one aggregate or
+    state view, or a verify of the lake and submit it, or with `dry_run` return its spec (a verify's also names
+    its `report`). The one code path behind `tidegate deploy dataflow` and
     `tidegate ingest --mode streaming --dry-run`."""
-    if target.update and replay is not None:
+    if replay is not None and verify:
         raise TidegateError(
-            "--update replaces a running streaming job; a replay is a new batch job", hint="drop --update"
+            "say which job: --replay AGGREGATE|VIEW or --verify, not both",
+            hint="launch them one after the other",
+        )
+    if target.update and (replay is not None or verify):
+        raise TidegateError(
+            f"--update replaces a running streaming job; {'a replay' if replay else 'verify'} is a new batch job",
+            hint="drop --update",
         )
     target.check()
     if not dry_run:
         require_credentials()
+    if verify:
+        run_id = new_run_id("verify")
+        builder = verify_builder(catalog, target, run_id=run_id, dry_run=dry_run)
+        job = run("batch", target, builder, dry_run=dry_run, name=job_name("verify", target))
+        return {**job, "report": report_uri(target.lake, run_id)}
     if replay is None:
         builder = streaming_builder(
             catalog, target, production=production, pii_key_secret=pii_key_secret, dry_run=dry_run

@@ -3,10 +3,13 @@ the template's parameters plus Dataflow's own pipeline options.
 
     python -m tidegate.pipelines.flex_main --mode streaming --lake gs://B/lake [beam options]
     python -m tidegate.pipelines.flex_main --mode replay --aggregate sessions_per_user --lake gs://B/lake
+    python -m tidegate.pipelines.flex_main --mode replay --aggregate order_state --lake gs://B/lake
     python -m tidegate.pipelines.flex_main --mode maintain --lake gs://B/lake [--retain_hours 168]
+    python -m tidegate.pipelines.flex_main --mode verify --lake gs://B/lake [--catalog PATH]
 
-streaming and replay build exactly what `tidegate deploy dataflow` builds
-(tidegate/pipelines/dataflow.py). maintain is what `tidegate maintain` does (apply the catalog's
+streaming, replay and verify build exactly what `tidegate deploy dataflow` builds
+(tidegate/pipelines/dataflow.py); verify's report lands in `<lake>/_reports/verify/<run_id>.json`,
+and the launcher's log names it. maintain is what `tidegate maintain` does (apply the catalog's
 retention, then compact and vacuum every table), run by a one-step batch job on one worker; the
 daily Cloud Scheduler job of tidegate/infra/terraform launches it (docs/deploy.md, "Maintenance on
 GCP"). The template parameters are listed in tidegate/infra/dataflow/metadata.json (a test keeps
@@ -33,8 +36,15 @@ from tidegate.lake.lock import lake_lock
 from tidegate.lake.maintenance import maintain
 from tidegate.lake.read import Lake
 from tidegate.lake.tables import LakeTables
-from tidegate.pipelines.dataflow import Builder, DataflowTarget, replay_builder, streaming_builder
+from tidegate.pipelines.dataflow import (
+    Builder,
+    DataflowTarget,
+    replay_builder,
+    streaming_builder,
+    verify_builder,
+)
 from tidegate.pipelines.runs import new_run_id
+from tidegate.pipelines.verify import report_uri
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +61,16 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mode",
-        choices=["streaming", "replay", "maintain"],
+        choices=["streaming", "replay", "maintain", "verify"],
         required=True,
-        help="streaming ingest, batch replay, or maintenance (retention, compaction, vacuum)",
+        help="streaming ingest, batch replay, maintenance (retention, compaction, vacuum), or verify "
+        "(the lake's checks, a report in <lake>/_reports/verify/)",
     )
     p.add_argument("--lake", required=True, help="the lake on GCS, gs://bucket/lake")
-    p.add_argument("--aggregate", help="replay: the aggregate to rebuild")
+    p.add_argument(
+        "--aggregate",
+        help="replay: the aggregate or state view to rebuild (a view's name runs the view replay)",
+    )
     p.add_argument("--since", help="replay: windows starting at/after this RFC 3339 time")
     p.add_argument("--until", help="replay: windows starting before this RFC 3339 time")
     p.add_argument(
@@ -153,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.retain_hours < 0:
             raise SystemExit("--retain_hours must be 0 or more")
         builder = maintain_builder(args.lake, args.catalog, args.retain_hours)
+    elif args.mode == "verify":
+        target.check()  # workers read the lake: it must be on GCS
+        run_id = new_run_id("verify")
+        builder = verify_builder(catalog, target, run_id=run_id, dry_run=False)
+        log.info("tidegate verify: the report will be %s", report_uri(args.lake, run_id))
     elif args.mode == "streaming":
         builder = streaming_builder(
             catalog,
@@ -163,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         if not args.aggregate:
-            raise SystemExit("--aggregate is required with --mode replay")
+            raise SystemExit("--aggregate (an aggregate or a state view) is required with --mode replay")
         builder = replay_builder(
             catalog, target, args.aggregate, since=args.since, until=args.until, dry_run=False
         )

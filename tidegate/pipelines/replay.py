@@ -109,11 +109,10 @@ def read_bounds(
 
 
 def build(p: beam.Pipeline, config: ReplayConfig, groups: list[list[str]]) -> None:
-    replayed = (
-        p
-        | "ReadFileGroups" >> beam.Create(groups, reshuffle=False)
-        | "ReplayAggregate" >> ReplayAggregate(config)
-    )
+    read = p | "ReadFileGroups" >> beam.Create(groups, reshuffle=False)
+    if len(groups) > 1:  # spread the groups over Dataflow's workers (Create alone keeps them on one)
+        read = read | "Spread" >> beam.Reshuffle()
+    replayed = read | "ReplayAggregate" >> ReplayAggregate(config)
     _ = replayed | "WriteReplayed" >> WriteReplayed(config)
 
 
