@@ -226,3 +226,68 @@ def _received(run, count: int | None = None) -> ChunkReceived:  # type: ignore[n
         else sum(c.received for c in run.commits if c.kind in ("raw", "quarantine"))
     )
     return ChunkReceived("b", n, ("shop-orders-tidegate",), datetime.now(UTC), "")
+
+
+def test_commit_lineage_outlives_the_commit_log_window(catalog, registry, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """The log keeps minutes of commits (LOG_RETENTION); `tidegate lineage` and `--row` still
+    name the run, batch, code and contract of a commit whose log files were cleaned away: the
+    compactor archives them in `_commits` first."""
+    import time
+
+    from deltalake import DeltaTable
+
+    from tidegate.lake.lineage import CommitArchive
+    from tidegate.lake.maintenance import clean_log, set_log_retention
+
+    lake = str(tmp_path / "lake")
+    r = runner(catalog, tmp_path / "lake")
+    config = ProduceConfig(types=("shop.order.placed",), count=6, seed=7, structured_rate=0.0)
+    made = [
+        RawMessage(m.data, m.attributes, str(i), datetime.now(UTC), "shop-orders-tidegate")
+        for i, m in enumerate(generate(config, catalog, registry))
+    ]
+    batches = [made[0:2], made[2:4], made[4:6]]
+    for i, msgs in enumerate(batches):
+        r.run(f"b{i}", msgs)
+    uri = raw_uri(lake, "shop.order.placed")
+    first_commits = json.loads(cli("lineage", "raw/shop.order.placed", "--lake", lake, "--json").out)[
+        "commits"
+    ]
+    set_log_retention(uri, "1s")
+    time.sleep(1.5)
+    archive = CommitArchive(lake)
+    clean_log(uri, None, archive)
+    log = {p.name for p in (tmp_path / "lake" / "raw" / "shop.order.placed" / "_delta_log").iterdir()}
+    assert "00000000000000000000.json" not in log  # the first commits' log files are gone
+    assert len(DeltaTable(uri).history()) < len(first_commits)
+
+    listed = json.loads(cli("lineage", "raw/shop.order.placed", "--lake", lake, "--json").out)["commits"]
+    by_version = {c["version"]: c for c in listed}
+    for before in first_commits:  # every commit still listed, with its lineage
+        after = by_version[before["version"]]
+        for key in ("tidegate_run_id", "tidegate_batch_id", "tidegate_git_sha", "tidegate_contracts"):
+            assert after.get(key) == before.get(key), key
+    assert any(c.get("archived") for c in listed)
+    event = batches[0][0].attributes["ce-id"]
+    row = json.loads(cli("lineage", "raw/shop.order.placed", "--lake", lake, "--row", event, "--json").out)
+    assert row["commit"]["tidegate_batch_id"].endswith("b0")
+    assert row["contract_fingerprint"]
+    # archiving again adds nothing; a new archiver (a restart) finds where the last one stopped
+    assert archive.archive(uri) == 0
+    assert CommitArchive(lake).archive(uri) == 0
+    archived = pl.read_delta(str(tmp_path / "lake" / "_commits"))
+    assert archived.height == archived.unique(["table", "version"]).height
+
+
+def test_a_log_file_cleaned_under_a_read_is_a_transient_error_not_a_poison_message() -> None:
+    """The compactor's log cleanup may delete a log file a batch's read has just listed (seen
+    with `tidegate bench commits`): the batch is retried whole, never split as poison."""
+    from tidegate.errors import TransientError
+    from tidegate.pipelines.local.batch import unwrap
+
+    gone = FileNotFoundError("Object at location /lake/raw/t/_delta_log/00000000000000004714.json not found")
+    wrapped = RuntimeError("a Beam stage failed")
+    wrapped.__cause__ = gone
+    assert isinstance(unwrap(wrapped), TransientError)
+    other = FileNotFoundError("/lake/raw/t/part-0001.parquet not found")
+    assert unwrap(other) is other

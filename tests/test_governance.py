@@ -190,3 +190,40 @@ def test_the_quarantine_expires_after_its_retention_and_each_deletion_is_audited
     commit = DeltaTable(QUARANTINE.uri(str(lake))).history(1)[0]
     assert commit["tidegate_operation"] == "expire"
     assert "retention 30d" in commit["tidegate_reason"]
+    # the deleted rows can be restored from the files the audit names, long after the commit
+    # log's window (docs/operations.md, "Restore deleted rows")
+    files = audit.get_column("removed_files")[0].to_list()
+    assert files
+    assert all(Path(f.removeprefix("file://")).exists() for f in files)
+    removed = pl.scan_parquet(files, hive_partitioning=True).collect()
+    assert sorted(removed.get_column("pubsub_message_id")) == ["bad-0", "bad-1"]
+    # the runbook's restore, as written there
+    from deltalake import CommitProperties, write_deltalake
+
+    from tidegate.lake.read import Lake
+
+    reader = Lake(str(lake))
+    table, key = "quarantine", ["subscription", "pubsub_message_id"]
+    deletion = audit_rows(reader.root, reader.storage_options).filter(pl.col("table") == table)[-1]
+    files = deletion.get_column("removed_files")[0].to_list()
+    removed_lf = pl.scan_parquet(files, hive_partitioning=True, storage_options=reader.storage_options)
+    current = reader.scan(table).collect_schema()
+    lost = (
+        removed_lf.join(reader.scan(table).select(key), on=key, how="anti")
+        .select([pl.col(c).cast(t) for c, t in current.items()])
+        .collect()
+    )
+    write_deltalake(
+        reader.uri(table),
+        lost.to_arrow(),
+        mode="append",
+        storage_options=reader.storage_options,
+        commit_properties=CommitProperties(custom_metadata={"tidegate_operation": "restore"}),
+    )
+    back = pl.read_delta(QUARANTINE.uri(str(lake)))
+    assert sorted(back.get_column("pubsub_message_id")) == ["bad-0", "bad-1"]
+    assert (
+        back.drop("quarantine_date")
+        .sort("pubsub_message_id")
+        .equals(removed.select(back.columns).drop("quarantine_date").sort("pubsub_message_id"))
+    )

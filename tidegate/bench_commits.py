@@ -5,13 +5,17 @@
 What an `ingest --follow` run does to a raw table all day: one small commit per micro-batch
 (`--rows` rows, today's event date), through the same writer (key index, then an append) and
 with the same compactor thread (tidegate.pipelines.local.compaction: every 2 s, partitions with
-16+ small files, and, once a minute, a checkpoint and the deletion of log files older than
-`--log-retention`: 1 h in `ingest --follow`) and delta-rs's checkpoints (every 100 versions).
-The bench makes its commits ~25x faster than a --follow run at one batch per 2 s, so a short
-`--log-retention` (e.g. 2m) stands for the follow run's hour: without it the log grows by a file
-per commit and every open, update and history read lists it. It reports, for the first and
-the last 100 commits, the commit latency (p50, p99) and the time to open the table afresh (what
-a reader, a restart or `status` pays), and their ratios: the target is at most 1.5x.
+16+ small files; every 2 minutes, a checkpoint and the deletion of log files older than the log
+retention, 10 minutes in a lake) and delta-rs's checkpoints (every 100 versions).
+
+The bench commits ~50-100x faster than a --follow run under load (one batch per `pace` = 2 s).
+So that its table holds as many commits in its log window as the follow run's table would,
+it divides the log retention and the compactor's cadences by that speedup, measured on a
+warm-up with the compactor running (`speedup_planned`); `speedup_measured` and
+`stands_for_log_retention_s` say what the measured part turned out to stand for. It reports,
+for the first and the last 100 commits, the commit latency (p50, p99) and the time to open the
+table afresh (median of one open per 10 commits: what a reader, a restart or `status` pays),
+and their ratios: the target is at most 1.5x. `--log-retention 1h` shows the old window.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from tidegate.catalog import parse_duration
+from tidegate.lake.delta import LOG_RETENTION, try_open
 from tidegate.lake.keyindex import KeyIndex
 from tidegate.lake.maintenance import set_log_retention
 from tidegate.lake.writer import append_new
-from tidegate.pipelines.local.compaction import Compactor
+from tidegate.pipelines.local.compaction import COMPACT_EVERY_S, LOG_CLEAN_EVERY_S, Compactor
 
 KEYS = ("event_source", "event_id")
+FOLLOW_PACE_S = 2.0  # an `ingest --follow` run under steady load commits a batch every ~2 s
+WARMUP = 400
 
 
 def _chunk(rows: int, serial: int) -> pa.Table:
@@ -53,45 +61,101 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _compactor(uri: str, speedup: float, log_retention: str | None) -> Compactor:
+    window = None if log_retention is None else max(1, round(parse_duration(log_retention) / speedup))
+    return Compactor(
+        [uri],
+        every=COMPACT_EVERY_S / speedup,
+        min_files=16,
+        storage=None,
+        log_retention=None if window is None else f"{window}s",
+        clean_every=LOG_CLEAN_EVERY_S / speedup,
+    )
+
+
 def bench_commits(
-    commits: int, rows: int = 50, log_retention: str | None = "1h", progress: Any = print
+    commits: int,
+    rows: int = 50,
+    log_retention: str | None = LOG_RETENTION,
+    pace: float = FOLLOW_PACE_S,
+    progress: Any = print,
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="tidegate-bench-commits-"))
-    uri = str(work / "raw")
-    index = KeyIndex(uri, KEYS)
     latencies: list[float] = []
     opens: list[tuple[int, float]] = []
-    append_new(uri, _chunk(rows, 0), keys=KEYS, index=index, partition_by=["event_date"])
-    if log_retention is not None:  # the table was made with 1 h: the bench's own window, before any writer
-        set_log_retention(uri, log_retention)
-    compactor = Compactor([uri], every=2.0, min_files=16, storage=None, log_retention=log_retention)
+
+    def committer(uri: str) -> Any:
+        index = KeyIndex(uri, KEYS)
+
+        def commit(serial: int) -> float:
+            t = time.perf_counter()
+            append_new(uri, _chunk(rows, serial), keys=KEYS, index=index, partition_by=["event_date"])
+            return time.perf_counter() - t
+
+        return commit
+
+    # Warm up on a scratch table, with the compactor running as in the measured part: how much
+    # faster than a --follow run (one commit per `pace` s) this bench commits. The log retention
+    # and the compactor's cadences are divided by that speedup, so the measured table holds as
+    # many commits in its log window as the --follow run's would.
+    scratch = str(work / "warm-up")
+    warm_commit = committer(scratch)
+    speedup = max(1.0, pace / statistics.median([warm_commit(-i) for i in range(1, 21)]))
+    compactor = _compactor(scratch, speedup, log_retention)
+    try:
+        t = time.perf_counter()
+        for i in range(1, WARMUP + 1):  # the measured loop's work: a commit, an open per 10
+            if i == WARMUP // 2:
+                t = time.perf_counter()
+            warm_commit(i)
+            if i % 10 == 0:
+                try_open(scratch)
+        per_commit = (time.perf_counter() - t) / (WARMUP - WARMUP // 2 + 1)
+    finally:
+        compactor.close()
+    speedup = max(1.0, pace / per_commit)
+    window = None if log_retention is None else max(1, round(parse_duration(log_retention) / speedup))
+
+    uri = str(work / "raw")
+    commit = committer(uri)
+    commit(0)  # creates the table, with the product's window: then the bench's own
+    if window is not None:
+        set_log_retention(uri, f"{window}s")
+    compactor = _compactor(uri, speedup, log_retention)
     started = time.perf_counter()
     try:
         for serial in range(1, commits + 1):
-            t = time.perf_counter()
-            append_new(uri, _chunk(rows, serial), keys=KEYS, index=index, partition_by=["event_date"])
-            latencies.append(time.perf_counter() - t)
-            if serial % 100 == 0:
+            latencies.append(commit(serial))
+            if serial % 10 == 0:
                 t = time.perf_counter()
-                DeltaTable(uri).version()
+                try_open(uri)  # what every tidegate reader calls (the latest version)
                 opens.append((serial, time.perf_counter() - t))
             if serial % 1000 == 0:
                 progress(
                     f"  {serial:,} commits: last 100 p50 {statistics.median(latencies[-100:]) * 1000:.1f} ms, "
-                    f"open {opens[-1][1] * 1000:.1f} ms, {len(DeltaTable(uri).file_uris())} files"
+                    f"open {statistics.median(o for _, o in opens[-10:]) * 1000:.1f} ms, "
+                    f"{len(DeltaTable(uri).file_uris())} files"
                 )
     finally:
         compactor.close()
+    elapsed = time.perf_counter() - started
     first, last = latencies[:100], latencies[-100:]
-    first_open = statistics.median(o for _, o in opens[:3])
-    last_open = statistics.median(o for _, o in opens[-3:])
+    first_open = statistics.median(o for n, o in opens if n <= 100)
+    last_open = statistics.median(o for n, o in opens if n > commits - 100)
     table = DeltaTable(uri)
     return {
         "commits": commits,
         "rows_per_commit": rows,
         "log_retention": log_retention or "none",
+        # how many times faster than --follow (one commit per `pace` s) the bench committed:
+        # planned from the warm-up, and as it turned out over the measured commits
+        "speedup_planned": round(speedup, 1),
+        "speedup_measured": round(pace * commits / elapsed, 1),
+        "bench_log_retention_s": window,
+        # the --follow log window the bench's window stood for, at the measured speedup
+        "stands_for_log_retention_s": None if window is None else round(window * pace * commits / elapsed),
         "log_files_at_end": len(list((work / "raw" / "_delta_log").iterdir())),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(elapsed, 1),
         "first_100_commit_p50_ms": round(statistics.median(first) * 1000, 1),
         "first_100_commit_p99_ms": round(_p(first, 0.99) * 1000, 1),
         "last_100_commit_p50_ms": round(statistics.median(last) * 1000, 1),

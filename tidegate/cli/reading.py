@@ -173,7 +173,7 @@ def lineage(
     require_lake(root, catalog)
     if row is not None:
         with progress(f"Finding {row} in {table} ..."):
-            info = row_lineage(uri, row, settings.storage_options(), source=source)
+            info = row_lineage(uri, row, settings.storage_options(), source=source, root=root)
         owner = row_owner(catalog, spec, info["row"])
         if as_json:
             console.print_json(
@@ -219,7 +219,7 @@ def lineage(
             t.add_row("contract fingerprint", info["contract_fingerprint"])
         console.print(t)
         return
-    history = commits(uri, settings.storage_options())[:limit]
+    history = commits(uri, settings.storage_options(), root=root)[:limit]
     owner = table_owner(catalog, spec)
     if as_json:
         console.print_json(
@@ -239,7 +239,7 @@ def lineage(
             str(h.get("timestamp", "")),
             str(h.get("operation", ""))
             + (f" ({h['tidegate_operation']})" if h.get("tidegate_operation") else ""),
-            str(h.get("rows_added", "")),
+            "" if h.get("rows_added") is None else str(h["rows_added"]),
             str(h.get("tidegate_run_id", "")),
             str(h.get("tidegate_batch_id", "")).rsplit("-", 1)[-1],
             str(h.get("tidegate_message_count", "")),

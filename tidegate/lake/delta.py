@@ -24,12 +24,24 @@ from tidegate.errors import TidegateError
 Storage = dict[str, str] | None
 
 
+OPEN_ATTEMPTS = 3
+
+
 def try_open(uri: str, storage_options: Storage = None, version: int | None = None) -> DeltaTable | None:
-    """The Delta table at `uri` (at `version`, default the latest), or None if there is none."""
-    try:
-        return DeltaTable(uri, version=version, storage_options=storage_options)
-    except TableNotFoundError:
-        return None
+    """The Delta table at `uri` (at `version`, default the latest), or None if there is none.
+
+    An open lists the log, then reads the files after the newest checkpoint it saw; a log
+    cleanup (`clean_log`, beside every writer) that checkpoints and deletes old log files in
+    between makes that read fail with "not found". The table is fine: open it again."""
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            return DeltaTable(uri, version=version, storage_options=storage_options)
+        except TableNotFoundError:
+            return None
+        except (FileNotFoundError, OSError) as exc:
+            if attempt == OPEN_ATTEMPTS or version is not None or "_delta_log" not in str(exc):
+                raise
+    return None  # not reached
 
 
 def open_table(uri: str, storage_options: Storage = None, version: int | None = None) -> DeltaTable:
@@ -66,3 +78,29 @@ def scan_table(table: DeltaTable, storage_options: Storage = None) -> pl.LazyFra
         storage_options=storage_options,
     )
     return frame.select(full.names)
+
+
+# How long a table keeps its commit log: time travel by version or timestamp reaches back this
+# far (plus to the last checkpoint). Every commit adds a log file, and on a local disk every
+# open, update and commit lists the whole log directory (object_store's local list has no
+# offset: ~3 listings and a stat per log file per commit, measured with strace on deltalake
+# 1.6.6). A --follow run commits every ~2 s: 1 h of log is ~1,800 files and made each commit
+# 2.5-2.9x slower than on a fresh table, 10 minutes keeps it within 1.5x (`tidegate bench
+# commits`, docs/architecture.md). Commit lineage outlives the window: the log's commit infos
+# are archived in `_commits` before they go (tidegate.lake.lineage.CommitArchive). Removed data
+# files stay for `maintain --retain-hours` (168 h), so a reader that opened a version keeps it.
+LOG_RETENTION = "10m"
+
+
+def retention_properties(retention: str = LOG_RETENTION) -> dict[str, str]:
+    """The table properties that bound what every open of a table reads: its commit log
+    (`delta.logRetentionDuration`: one file per commit, listed on every open and update) and
+    the tombstones of removed files its checkpoints carry (`delta.deletedFileRetentionDuration`:
+    every compaction adds ~16; at the default 7 days a day of `--follow` put ~3,000 remove
+    actions in every checkpoint each open reads, measured with `tidegate bench commits`).
+    Both are the time-travel window. Vacuum runs in full mode (lake.maintenance.maintain), so
+    a file whose tombstone has left the checkpoints is still deleted after the data retention."""
+    from tidegate.catalog import parse_duration
+
+    interval = f"interval {parse_duration(retention)} seconds"
+    return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval}

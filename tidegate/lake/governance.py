@@ -66,6 +66,7 @@ def write_audit(root: str, rows: Sequence[dict[str, Any]], storage: dict[str, st
             "table_version": None,
             "subject_digest": None,
             "erased_events": None,
+            "removed_files": None,
             **r,
         }
         for r in rows
@@ -74,6 +75,7 @@ def write_audit(root: str, rows: Sequence[dict[str, Any]], storage: dict[str, st
         AUDIT.uri(root),
         pa.Table.from_pylist(full, schema=AUDIT_SCHEMA),
         mode="append",
+        schema_mode="merge",  # an _audit made before `removed_files` gains the column
         commit_properties=CommitProperties(custom_metadata={"tidegate_table": "_audit"}),
         storage_options=storage,
     )
@@ -90,14 +92,18 @@ def _delete(
     predicate: str,
     metadata: dict[str, str],
     storage: dict[str, str] | None,
-) -> tuple[int, int | None]:
-    """One Delta DELETE; (rows deleted, version committed)."""
+) -> tuple[int, int | None, list[str]]:
+    """One Delta DELETE; (rows deleted, version committed, the data files it removed)."""
     table = try_open(uri, storage)
     if table is None:
-        return 0, None
+        return 0, None, []
+    before = set(table.file_uris())
     metrics = table.delete(predicate, commit_properties=CommitProperties(custom_metadata=metadata))
     deleted = int(metrics.get("num_deleted_rows", 0))
-    return deleted, table.version() if deleted else None
+    if not deleted:
+        return 0, None, []
+    table.update_incremental()  # callers hold the lake lock: only this DELETE changed the files
+    return deleted, table.version(), sorted(before - set(table.file_uris()))
 
 
 def expire(
@@ -179,7 +185,7 @@ def expire(
             "tidegate_reason": reason,
             "tidegate_actor": actor,
         }
-        rows, version = _delete(uri, predicate, metadata, storage)
+        rows, version, removed = _delete(uri, predicate, metadata, storage)
         if rows:
             audit.append(
                 entry := {
@@ -192,6 +198,7 @@ def expire(
                     "reason": reason,
                     "cutoff": cutoff,
                     "table_version": version,
+                    "removed_files": removed,
                 }
             )
             # recorded at once: should a later table's delete fail, this one is already audited

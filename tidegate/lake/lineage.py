@@ -23,11 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+from deltalake import write_deltalake
 
 from tidegate.catalog import Catalog, Owner
 from tidegate.errors import ConfigError, TidegateError
-from tidegate.lake.delta import open_table, scan_table
-from tidegate.lake.tables import TableSpec
+from tidegate.lake.delta import open_table, retention_properties, scan_table, try_open
+from tidegate.lake.tables import COMMITS, COMMITS_SCHEMA, TableSpec
 
 LINEAGE_KEYS = (
     "tidegate_run_id",
@@ -46,28 +48,118 @@ LINEAGE_KEYS = (
 )
 
 
-def commits(uri: str, storage_options: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """The table's history, newest first, with tidegate's lineage keys and row counts."""
-    out = []
-    for h in open_table(uri, storage_options).history():
-        metrics = h.get("operationMetrics") or {}
-        rows = metrics.get(
-            "num_target_rows_inserted", metrics.get("num_added_rows", metrics.get("numOutputRows"))
-        )
-        ts = h.get("timestamp")
-        entry = {
-            "version": h.get("version"),
-            "timestamp": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds") if ts else None,
-            "operation": h.get("operation"),
-            "rows_added": rows,
-        }
-        entry.update({k: h[k] for k in LINEAGE_KEYS if k in h})
-        out.append(entry)
+def _entry(h: dict[str, Any]) -> dict[str, Any]:
+    """One commit info of a Delta history as `tidegate lineage` shows it."""
+    metrics = h.get("operationMetrics") or {}
+    rows = metrics.get(
+        "num_target_rows_inserted", metrics.get("num_added_rows", metrics.get("numOutputRows"))
+    )
+    try:
+        rows = int(rows) if rows is not None else None
+    except (TypeError, ValueError):
+        rows = None
+    ts = h.get("timestamp")
+    entry = {
+        "version": h.get("version"),
+        "timestamp": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds") if ts else None,
+        "operation": h.get("operation"),
+        "rows_added": rows,
+    }
+    entry.update({k: str(h[k]) for k in LINEAGE_KEYS if h.get(k) is not None})
+    return entry
+
+
+def table_name(root: str, uri: str) -> str:
+    """`uri`'s name in the lake at `root` (raw/<type>, quarantine, aggregates/<name>, ...)."""
+    return uri.rstrip("/").removeprefix(root.rstrip("/")).strip("/")
+
+
+def commits(
+    uri: str, storage_options: dict[str, str] | None = None, *, root: str | None = None
+) -> list[dict[str, Any]]:
+    """The table's history, newest first, with tidegate's lineage keys and row counts. With the
+    lake's `root`, the commits whose log files were cleaned away (the log keeps LOG_RETENTION:
+    tidegate.lake.maintenance) follow from the lake's `_commits` archive, marked `archived`."""
+    out = [_entry(h) for h in open_table(uri, storage_options).history()]
+    if root is not None and table_name(root, uri) != COMMITS.name:
+        oldest = min((int(e["version"]) for e in out if e.get("version") is not None), default=None)
+        out += archived(root, table_name(root, uri), storage_options, before=oldest)
     return out
 
 
+def archived(
+    root: str, name: str, storage_options: dict[str, str] | None = None, before: int | None = None
+) -> list[dict[str, Any]]:
+    """The archived commits of table `name` (older than version `before`), newest first."""
+    archive = try_open(COMMITS.uri(root), storage_options)
+    if archive is None:
+        return []
+    found = scan_table(archive, storage_options).filter(pl.col("table") == name)
+    if before is not None:
+        found = found.filter(pl.col("version") < before)
+    rows = found.unique(["version"], keep="first").sort("version", descending=True).collect().to_dicts()
+    keep = ("version", "timestamp", "operation", "rows_added", *LINEAGE_KEYS)
+    return [{k: r[k] for k in keep if r.get(k) is not None} | {"archived": True} for r in rows]
+
+
+class CommitArchive:
+    """Copies a lake's commit lineage into `_commits` before the commit log's window drops it.
+
+    A table's log keeps LOG_RETENTION of commits (tidegate.lake.maintenance: a short window
+    keeps every open and commit cheap), but a commit's lineage (run, batch, messages, code,
+    contracts, GX suite) must outlive it: `tidegate lineage` and `--row` read the archive for
+    what the log no longer holds. `clean_log` calls `archive(uri)` right before it deletes log
+    files, so nothing is cleaned unarchived. One archiver per lake writes at a time (the
+    compactor thread of the process holding the lake lock, `maintain` under the lock, the
+    streaming job's single maintenance tick); should two ever race, a commit archived twice is
+    read once (`archived` keeps one row per version). The archive holds no PII: commit infos
+    carry ids, digests and fingerprints only. It is never itself archived."""
+
+    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.storage = storage_options
+        self.last: dict[str, int] = {}  # per table: the newest version archived
+
+    def archive(self, uri: str) -> int:
+        """Append the commits of `uri` the archive lacks; how many."""
+        name = table_name(self.root, uri)
+        if name == COMMITS.name:
+            return 0
+        table = try_open(uri, self.storage)
+        if table is None:
+            return 0
+        if name not in self.last:
+            newest = archived(self.root, name, self.storage)
+            self.last[name] = int(newest[0]["version"]) if newest else -1
+        last, current = self.last[name], table.version()
+        if current <= last:
+            return 0
+        history = table.history(limit=current - last)
+        now = datetime.now(UTC)
+        rows = [
+            {**e, "table": name, "archived_at": now}
+            for e in map(_entry, history)
+            if e.get("version") is not None and last < int(e["version"]) <= current
+        ]
+        if rows:
+            exists = try_open(COMMITS.uri(self.root), self.storage) is not None
+            write_deltalake(
+                COMMITS.uri(self.root),
+                pa.Table.from_pylist(rows, schema=COMMITS_SCHEMA),
+                mode="append",
+                configuration=None if exists else retention_properties(),
+                storage_options=self.storage,
+            )
+        self.last[name] = current
+        return len(rows)
+
+
 def row_lineage(
-    uri: str, key: str, storage_options: dict[str, str] | None = None, source: str | None = None
+    uri: str,
+    key: str,
+    storage_options: dict[str, str] | None = None,
+    source: str | None = None,
+    root: str | None = None,
 ) -> dict[str, Any]:
     """One row (by event id, or by Pub/Sub message id) and the commit that added it. An event is
     identified by (source, id): when producers share an id, `source` says whose."""
@@ -97,7 +189,7 @@ def row_lineage(
     commit = next(
         (
             c
-            for c in reversed(commits(uri, storage_options))
+            for c in reversed(commits(uri, storage_options, root=root))
             if batch_ids & set(str(c.get("tidegate_batch_id", "")).split(","))
         ),
         None,

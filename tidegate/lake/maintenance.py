@@ -22,7 +22,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from tidegate.lake.delta import try_open
+from tidegate.lake.delta import LOG_RETENTION, retention_properties, try_open
 from tidegate.lake.tables import LakeTables
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,6 @@ def compact_small_files(uri: str, min_files: int = 16, storage_options: dict[str
     return removed
 
 
-# How long a table keeps its commit history (time travel by version reaches back this far).
-# Every commit adds a log file, and opening, updating or reading the history of a table lists
-# the log: after 10,000 small commits a table opened in 24 ms instead of 5 and a commit took
-# 6.7x longer (`tidegate bench commits`); cleaning the log to a checkpoint brought the open back
-# to 8 ms. A --follow run cleans logs older than this on its compactor thread.
-LOG_RETENTION = "1h"
-
-
 def set_log_retention(
     uri: str, retention: str = LOG_RETENTION, storage_options: dict[str, str] | None = None
 ) -> None:
@@ -87,27 +79,17 @@ def set_log_retention(
         table.alter.set_table_properties(wanted, raise_if_not_exists=False)
 
 
-def retention_properties(retention: str = LOG_RETENTION) -> dict[str, str]:
-    """The table properties that bound what every open of a table reads: its commit log
-    (`delta.logRetentionDuration`: one file per commit, listed on every open and update) and
-    the tombstones of removed files its checkpoints carry (`delta.deletedFileRetentionDuration`:
-    every compaction adds ~16; at the default 7 days a day of `--follow` put ~3,000 remove
-    actions in every checkpoint each open reads, measured with `tidegate bench commits`).
-    Both are the time-travel window. Vacuum runs in full mode (lake.maintenance.maintain), so
-    a file whose tombstone has left the checkpoints is still deleted after the data retention."""
-    from tidegate.catalog import parse_duration
-
-    interval = f"interval {parse_duration(retention)} seconds"
-    return {"delta.logRetentionDuration": interval, "delta.deletedFileRetentionDuration": interval}
-
-
-def clean_log(uri: str, storage_options: dict[str, str] | None = None) -> None:
+def clean_log(uri: str, storage_options: dict[str, str] | None = None, archive: Any = None) -> None:
     """Checkpoint the table and delete its log files older than its log retention (never the
     data: vacuum decides that; never a metadata change, so it is safe beside writers). Time
-    travel to versions before then ends."""
+    travel to versions before then ends. `archive` (a tidegate.lake.lineage.CommitArchive of
+    the table's lake) first copies the commits' lineage into `_commits`: a lake's writers
+    always pass one; the bench, whose table has no lake, does not."""
     table = try_open(uri, storage_options)
     if table is None:
         return
+    if archive is not None:
+        archive.archive(uri)
     table.create_checkpoint()
     table.cleanup_metadata()
 
@@ -117,8 +99,11 @@ def maintain(
 ) -> list[dict[str, Any]]:
     """Compact every existing table of the lake into large files and vacuum files older than
     the retention (rows never change). One report row per table, by name."""
+    from tidegate.lake.lineage import CommitArchive
+
     report = []
     props = CommitProperties(custom_metadata={"tidegate_operation": "maintain"})
+    archive = CommitArchive(tables.root, storage_options)
     for spec in tables.specs():
         uri = spec.uri(tables.root)
         table = try_open(uri, storage_options)
@@ -138,7 +123,7 @@ def maintain(
             # at 0 h, where it would delete the files a streaming worker is staging right now
             full=retain_hours >= 1,
         )
-        clean_log(uri, storage_options)
+        clean_log(uri, storage_options, archive)
         report.append(
             {
                 "table": spec.name,

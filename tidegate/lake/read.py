@@ -257,7 +257,7 @@ class Lake:
         """Where one raw event came from: its Pub/Sub message, the run and batch, the code
         version, the contract it was checked against and the GX expectations its batch ran."""
 
-        info = row_lineage(self.uri(f"raw/{event_type}"), event_id, self.storage_options)
+        info = row_lineage(self.uri(f"raw/{event_type}"), event_id, self.storage_options, root=self.root)
         row, commit = info["row"], info["commit"] or {}
         rules: list[dict[str, Any]] = []
         if self._exists("_quality"):

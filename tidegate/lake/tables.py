@@ -130,6 +130,39 @@ LEDGER_SCHEMA = pa.schema(
 )
 
 
+# Commit lineage beyond the commit log's window (tidegate.lake.lineage.archive_commits): one row
+# per commit of every table, copied before the log files that held it are cleaned away.
+COMMITS_SCHEMA = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),  # its name in the lake, e.g. raw/<type>
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("timestamp", pa.string()),  # the commit's time, RFC 3339 (as `tidegate lineage`)
+        pa.field("operation", pa.string()),
+        pa.field("rows_added", pa.int64()),
+        pa.field("archived_at", UTC_TS, nullable=False),
+        # tidegate's lineage keys (tidegate.lake.lineage.LINEAGE_KEYS), as the commit info holds them
+        *(
+            pa.field(k, pa.string())
+            for k in (
+                "tidegate_run_id",
+                "tidegate_batch_id",
+                "tidegate_version",
+                "tidegate_git_sha",
+                "tidegate_subscriptions",
+                "tidegate_message_count",
+                "tidegate_message_id_min",
+                "tidegate_message_id_max",
+                "tidegate_message_digest",
+                "tidegate_contracts",
+                "tidegate_gx_suite_fingerprint",
+                "tidegate_pii_key_id",
+                "tidegate_operation",
+            )
+        ),
+    ]
+)
+
+
 LATE_SCHEMA = pa.schema(
     [
         pa.field("aggregate", pa.string(), nullable=False),
@@ -259,6 +292,10 @@ AUDIT_SCHEMA = pa.schema(
         # identity, so verify can tell an erased event from a lost one
         pa.field("subject_digest", pa.string()),
         pa.field("erased_events", pa.list_(pa.string())),
+        # expire: the data files the DELETE removed (full URIs). They stay until `maintain`
+        # vacuums them (--retain-hours, 168 h), long after the commit log's 10-minute window:
+        # the rows can be restored from them (docs/operations.md, "Restore deleted rows")
+        pa.field("removed_files", pa.list_(pa.string())),
     ]
 )
 
@@ -296,6 +333,7 @@ class Kind(StrEnum):
     AUDIT = "audit"
     MONITOR = "monitor"
     VIEW = "view"
+    COMMITS = "commits"
 
 
 @dataclass(frozen=True)
@@ -361,6 +399,8 @@ REDRIVES = TableSpec(
 AUDIT = TableSpec("_audit", Kind.AUDIT, ("audit_id",), (), AUDIT_SCHEMA, on_demand=True)
 # every breach a stream monitor found (tidegate.ops.monitors), once per breach
 MONITORS = TableSpec("_monitors", Kind.MONITOR, ("breach_id",), (), MONITORS_SCHEMA, on_demand=True)
+# every table's commits, kept past the commit log's window (tidegate.lake.lineage.archive_commits)
+COMMITS = TableSpec("_commits", Kind.COMMITS, ("table", "version"), (), COMMITS_SCHEMA, on_demand=True)
 
 
 class LakeTables:
@@ -370,7 +410,7 @@ class LakeTables:
         self.root = root
         self.catalog = catalog
         specs = [raw_table(t) for t in catalog.event_types]
-        specs += [QUARANTINE, LEDGER, QUALITY, METRICS, REDRIVES, AUDIT, MONITORS]
+        specs += [QUARANTINE, LEDGER, QUALITY, METRICS, REDRIVES, AUDIT, MONITORS, COMMITS]
         specs += [aggregate_table(a.name) for a in catalog.aggregates] + [LATE]
         specs += [view_table(v.name, v.key) for v in catalog.views]
         self._specs = {s.name: s for s in specs}

@@ -43,20 +43,17 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from tidegate.errors import TransientError
-from tidegate.lake.delta import try_open
+from tidegate.lake.delta import LOG_RETENTION, retention_properties, try_open
 from tidegate.lake.keyindex import value_of
 
 log = logging.getLogger(__name__)
 
 MAX_COMMIT_ATTEMPTS = 6
-# Every table tidegate's writers create keeps 1 h of commit log (tidegate.lake.maintenance
-# LOG_RETENTION: the log grows a file per commit, and every open lists it); set at creation, so
-# no metadata commit ever races a writer. `tidegate maintain` sets it on older tables.
-NEW_TABLE_CONFIG = {
-    "delta.logRetentionDuration": "interval 3600 seconds",
-    # and 1 h of removed files' tombstones in each checkpoint (lake.maintenance.retention_properties)
-    "delta.deletedFileRetentionDuration": "interval 3600 seconds",
-}
+# Every table tidegate's writers create keeps LOG_RETENTION of commit log, and of removed
+# files' tombstones in its checkpoints (tidegate.lake.maintenance: the log grows a file per
+# commit, and every open lists it); set at creation, so no metadata commit ever races a writer.
+# `tidegate maintain` sets it on older tables.
+NEW_TABLE_CONFIG = retention_properties(LOG_RETENTION)
 REOPEN_AFTER = 100  # versions an open DeltaTable follows before it is opened afresh (see _current)
 
 
@@ -403,6 +400,8 @@ def append_new(
                     and attempt < MAX_COMMIT_ATTEMPTS
                 ):
                     continue
+                if isinstance(exc, OSError) and "_delta_log" in str(exc) and attempt < MAX_COMMIT_ATTEMPTS:
+                    continue  # a log cleanup beside us deleted what it read: reopened next attempt
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 

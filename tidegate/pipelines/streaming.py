@@ -155,10 +155,19 @@ class CompactFn(beam.DoFn):
     deferred to the next tick, never an error) and write a checkpoint, so opening a table stays
     cheap. Runs beside ingestion on one worker at a time; it never blocks a chunk."""
 
-    def __init__(self, uris: list[str], min_files: int, storage: dict[str, str] | None) -> None:
+    def __init__(
+        self, uris: list[str], min_files: int, storage: dict[str, str] | None, root: str | None = None
+    ) -> None:
         self.uris = uris
         self.min_files = min_files
         self.storage = storage
+        self.root = root
+        self.archive: Any = None
+
+    def setup(self) -> None:
+        from tidegate.lake.lineage import CommitArchive
+
+        self.archive = CommitArchive(self.root, self.storage) if self.root is not None else None
 
     def process(self, _tick: Any) -> Iterator[int]:
         from tidegate.lake.maintenance import clean_log, compact_small_files
@@ -167,7 +176,8 @@ class CompactFn(beam.DoFn):
         for uri in self.uris:
             try:
                 compacted += compact_small_files(uri, self.min_files, self.storage)
-                clean_log(uri, self.storage)  # a checkpoint; the log past its retention goes
+                # the commits' lineage into _commits, a checkpoint; the log past its retention goes
+                clean_log(uri, self.storage, self.archive)
             except Exception as exc:  # noqa: BLE001 - maintenance must never fail the job
                 logging.getLogger(__name__).warning("maintaining %s deferred: %s", uri, exc)
         Metrics.counter("tidegate", "files_compacted").inc(compacted)
@@ -179,8 +189,16 @@ class MaintainTables(beam.PTransform):
     `ingest --follow` does on its compactor thread (tidegate.pipelines.local.compaction).
     Retention, old partitions and vacuum are `tidegate maintain`'s (scheduled on GCP: docs/deploy.md)."""
 
-    def __init__(self, uris: list[str], every: float, min_files: int, storage: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        uris: list[str],
+        every: float,
+        min_files: int,
+        storage: dict[str, str] | None,
+        root: str | None = None,
+    ) -> None:
         super().__init__()
+        self.root = root
         self.uris = uris
         self.every = every
         self.min_files = min_files
@@ -190,7 +208,7 @@ class MaintainTables(beam.PTransform):
         return (
             pbegin
             | "Tick" >> PeriodicImpulse(fire_interval=self.every, apply_windowing=False)
-            | "Compact" >> beam.ParDo(CompactFn(self.uris, self.min_files, self.storage))
+            | "Compact" >> beam.ParDo(CompactFn(self.uris, self.min_files, self.storage, self.root))
         )
 
 
@@ -246,6 +264,6 @@ def build(
     if compact_every > 0:
         uris = LakeTables(config.lake, catalog).uris()
         _ = pipeline | "MaintainTables" >> MaintainTables(
-            uris, compact_every, compact_min_files, config.storage
+            uris, compact_every, compact_min_files, config.storage, root=config.lake
         )
     return ingested.commits

@@ -119,6 +119,10 @@ def unwrap(exc: BaseException) -> BaseException:
         seen.add(id(cur))
         if isinstance(cur, TidegateError | TransientError):
             return cur
+        if isinstance(cur, OSError) and "_delta_log" in str(cur) and "not found" in str(cur):
+            # a log cleanup beside the batch (the compactor's clean_log) deleted a log file a
+            # read had just listed: the table is fine, the batch runs again (never poison)
+            return TransientError(f"a table's commit log changed under a read: {str(cur).splitlines()[0]}")
         cur = cur.__cause__ or cur.__context__
     return exc
 

@@ -1,11 +1,12 @@
 """Compaction while ingesting: `ingest --follow` keeps every table's file count bounded.
 
 A thread wakes every `every` seconds and compacts the partitions that gathered `min_files`
-small files (lake.maintenance), and, every 5 minutes, checkpoints each table and deletes its log
-files older than the table's log retention (1 h, set when tidegate creates a table: the commit
-log otherwise grows by one file per batch, and
-every open, update and history read lists it). It never blocks the driver: a compaction commit that races a
-batch's MERGE makes one of them retry (the writer's conflict backoff), nothing more.
+small files (lake.maintenance), and, every 2 minutes, archives each table's commit lineage in
+`_commits` (tidegate.lake.lineage.CommitArchive), checkpoints it and deletes its log files older
+than the table's log retention (10 minutes, set when tidegate creates a table: the commit log
+otherwise grows by one file per batch, and every open, update and commit lists it). It never
+blocks the driver: a compaction commit that races a batch's commit makes one of them retry
+(the writer's conflict backoff), nothing more.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ import logging
 import threading
 import time
 
-from tidegate.lake.maintenance import LOG_RETENTION, clean_log, compact_small_files
+from tidegate.lake.delta import LOG_RETENTION
+from tidegate.lake.lineage import CommitArchive
+from tidegate.lake.maintenance import clean_log, compact_small_files
 
 log = logging.getLogger(__name__)
+
+COMPACT_EVERY_S = 2.0  # a --follow run looks for partitions of 16+ small files this often
+LOG_CLEAN_EVERY_S = 120.0  # and checkpoints and drops log files past the retention this often
 
 
 class Compactor:
@@ -27,8 +33,13 @@ class Compactor:
         min_files: int,
         storage: dict[str, str] | None,
         log_retention: str | None = LOG_RETENTION,
+        clean_every: float = LOG_CLEAN_EVERY_S,
+        root: str | None = None,
     ) -> None:
         self.uris = uris
+        # the lake's commit archive: lineage is copied there before the log is cleaned
+        self.archive = CommitArchive(root, storage) if root is not None else None
+        self.clean_every = clean_every
         self.log_retention = log_retention
         self.log_cleaned_at: dict[str, float] = {}
         self.every = every
@@ -53,11 +64,15 @@ class Compactor:
             self.rounds += 1
 
     def _clean_log(self, uri: str) -> None:
-        """Every 5 minutes at most, checkpoint and drop log files past `log_retention`."""
-        if self.log_retention is None or time.monotonic() - self.log_cleaned_at.get(uri, -1e9) < 300:
+        """Every `clean_every` seconds at most, archive the commits' lineage, checkpoint and drop
+        log files past `log_retention`."""
+        if (
+            self.log_retention is None
+            or time.monotonic() - self.log_cleaned_at.get(uri, -1e9) < self.clean_every
+        ):
             return
         self.log_cleaned_at[uri] = time.monotonic()
-        clean_log(uri, self.storage)
+        clean_log(uri, self.storage, self.archive)
 
     def close(self) -> None:
         self.stopping.set()

@@ -346,6 +346,7 @@ class LocalIngest:
                 self.options.compact_every,
                 self.options.compact_min_files,
                 self.config.storage,
+                root=self.config.lake,
             )
             try:
                 self._loop(consumer, bookkeeper, background, summary)
