@@ -228,22 +228,33 @@ def lineage(
         return
     console.print(f"owner: {escape(owner_text(owner))}")
     t = Table(title=f"{table}: commits, newest first")
-    for col in ("version", "when", "operation", "rows", "run", "batch", "messages", "git sha", "contracts"):
-        t.add_column(col)
+    t.add_column("version", justify="right", no_wrap=True)
+    t.add_column("when (UTC)", no_wrap=True)
+    t.add_column("operation", overflow="fold")
+    t.add_column("rows", justify="right", no_wrap=True)
+    t.add_column("run", overflow="fold")
+    t.add_column("batch", no_wrap=True)
+    wide = console.width >= 120  # at 80 columns: code and contracts are in --json and --row
+    if wide:
+        t.add_column("git sha", no_wrap=True)
+        t.add_column("contracts", overflow="fold")
+    archived = False
     for h in history:
-        contracts = ", ".join(
-            f"{k}:{v[:8]}" for k, v in json.loads(h.get("tidegate_contracts", "{}")).items()
-        )
-        t.add_row(
-            str(h["version"]),
-            str(h.get("timestamp", "")),
+        versions = sorted(json.loads(h.get("tidegate_contracts", "{}")))  # fingerprints: --json, --row
+        when = str(h.get("timestamp") or "")
+        archived = archived or bool(h.get("archived"))
+        cells = [
+            f"{h['version']}{'*' if h.get('archived') else ''}",
+            when[:19].replace("T", " ")[5:] if when else "",  # MM-DD HH:MM:SS
             str(h.get("operation", ""))
             + (f" ({h['tidegate_operation']})" if h.get("tidegate_operation") else ""),
             "" if h.get("rows_added") is None else str(h["rows_added"]),
             str(h.get("tidegate_run_id", "")),
             str(h.get("tidegate_batch_id", "")).rsplit("-", 1)[-1],
-            str(h.get("tidegate_message_count", "")),
-            str(h.get("tidegate_git_sha", ""))[:12],
-            contracts,
-        )
+        ]
+        if wide:
+            cells += [str(h.get("tidegate_git_sha", ""))[:7], " ".join(versions)]
+        t.add_row(*cells)
     console.print(t)
+    if archived:
+        console.print("* archived in _commits (the commit log itself keeps 10 minutes)")
