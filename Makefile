@@ -10,10 +10,10 @@ help: ## list the targets
 install: ## create .venv from uv.lock (uv run does this on demand too)
 	$(UV) sync --locked --compile-bytecode
 
-test: ## the whole test suite (what CI runs; 6-10 min on 2 cores, starts its own Pub/Sub and GCS emulators)
+test: ## the whole test suite (what CI runs; 6-11 min on 2 cores, starts its own Pub/Sub and GCS emulators)
 	$(UV) run pytest
 
-test-fast: ## every test that needs no Pub/Sub emulator (~1.5-3.5 min)
+test-fast: ## every test that needs no Pub/Sub emulator (~1.5-4 min)
 	$(UV) run pytest -m "not emulator"
 
 lint: ## ruff lint + format check
