@@ -93,7 +93,7 @@ def maintain(
     retain_hours: Annotated[
         int,
         typer.Option(
-            help="Time-travel window: files a reader or time travel may still need are kept this long."
+            help="Removed-file window: files a reader of an older version or a restore (_audit.removed_files) may still need are kept this long; time travel by version reaches back 10 minutes (the commit log)."
         ),
     ] = 168,
     actor: Annotated[

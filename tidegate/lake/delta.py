@@ -98,7 +98,7 @@ def retention_properties(retention: str = LOG_RETENTION) -> dict[str, str]:
     the tombstones of removed files its checkpoints carry (`delta.deletedFileRetentionDuration`:
     every compaction adds ~16; at the default 7 days a day of `--follow` put ~3,000 remove
     actions in every checkpoint each open reads, measured with `tidegate bench commits`).
-    Both are the time-travel window. Vacuum runs in full mode (lake.maintenance.maintain), so
+    Both are the time-travel window (by version or timestamp). Vacuum runs in full mode (lake.maintenance.maintain), so
     a file whose tombstone has left the checkpoints is still deleted after the data retention."""
     from tidegate.catalog import parse_duration
 

@@ -8,7 +8,7 @@
 (by window start). `expire` deletes what is older with one Delta DELETE per table (a partition
 predicate: whole files go, nothing is rewritten), its commit metadata saying what and why
 (`tidegate_operation=expire`, predicate, rows, reason, run), and appends one row per deletion
-to the `_audit` table. The files stay on disk for the time-travel window until `maintain`
+to the `_audit` table. The files stay on disk for the removed-file window until `maintain`
 vacuums them (`--retain-hours`, 168 by default).
 
 **The books stay true.** Aggregates keep their windows when raw history expires (they are small

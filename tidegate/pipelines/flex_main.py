@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 # Who the scheduled maintenance is, in the _audit rows of what its retention deletes
 # (`tidegate audit`); `tidegate maintain` from a workstation records user@host instead.
 MAINTAIN_ACTOR = "cloud-scheduler"
-# The time-travel window `tidegate maintain` keeps by default: vacuum leaves files younger than this.
+# The removed-file window `tidegate maintain` keeps by default: vacuum leaves files younger than this.
 DEFAULT_RETAIN_HOURS = 168
 
 
@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
         "--retain_hours",
         type=int,
         default=DEFAULT_RETAIN_HOURS,
-        help="maintain: vacuum keeps files younger than this many hours (the time-travel window)",
+        help="maintain: vacuum keeps files younger than this many hours (the removed-file window; time travel by version is the 10-minute log)",
     )
     p.add_argument("--catalog", help="stream catalog path inside the image (default: the packaged one)")
     p.add_argument(

@@ -3,7 +3,7 @@
 # Cloud Scheduler calls the Dataflow API's flexTemplates:launch with the Flex Template in
 # mode=maintain: a one-step batch job that applies the catalog's retention (each deletion an
 # _audit row by "cloud-scheduler"), compacts every table and vacuums files older than the
-# time-travel window (tidegate/pipelines/flex_main.py). It runs as the pipeline's service account,
+# removed-file window (tidegate/pipelines/flex_main.py). It runs as the pipeline's service account,
 # on the workers' private subnetwork, with the CMEK when set: like the streaming job.
 #
 # Created once the template exists (docs/deploy.md, step 3): set var.flex_template_spec and

@@ -106,7 +106,7 @@ variable "maintain_schedule" {
 }
 
 variable "maintain_retain_hours" {
-  description = "The maintenance job's vacuum keeps files younger than this (the time-travel window; `tidegate maintain --retain-hours`)."
+  description = "The maintenance job's vacuum keeps files younger than this (the removed-file window; `tidegate maintain --retain-hours`)."
   type        = number
   default     = 168
 
