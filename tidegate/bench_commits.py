@@ -61,8 +61,12 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _compactor(uri: str, speedup: float, log_retention: str | None) -> Compactor:
-    window = None if log_retention is None else max(1, round(parse_duration(log_retention) / speedup))
+def _window(log_retention: str | None, speedup: float) -> int | None:
+    """The bench's log retention, in seconds, standing for `log_retention` of a --follow run."""
+    return None if log_retention is None else max(1, round(parse_duration(log_retention) / speedup))
+
+
+def _compactor(uri: str, speedup: float, window: int | None) -> Compactor:
     return Compactor(
         [uri],
         every=COMPACT_EVERY_S / speedup,
@@ -101,7 +105,7 @@ def bench_commits(
     scratch = str(work / "warm-up")
     warm_commit = committer(scratch)
     speedup = max(1.0, pace / statistics.median([warm_commit(-i) for i in range(1, 21)]))
-    compactor = _compactor(scratch, speedup, log_retention)
+    compactor = _compactor(scratch, speedup, _window(log_retention, speedup))
     try:
         t = time.perf_counter()
         for i in range(1, WARMUP + 1):  # the measured loop's work: a commit, an open per 10
@@ -114,14 +118,14 @@ def bench_commits(
     finally:
         compactor.close()
     speedup = max(1.0, pace / per_commit)
-    window = None if log_retention is None else max(1, round(parse_duration(log_retention) / speedup))
+    window = _window(log_retention, speedup)
 
     uri = str(work / "raw")
     commit = committer(uri)
     commit(0)  # creates the table, with the product's window: then the bench's own
     if window is not None:
         set_log_retention(uri, f"{window}s")
-    compactor = _compactor(uri, speedup, log_retention)
+    compactor = _compactor(uri, speedup, window)
     started = time.perf_counter()
     try:
         for serial in range(1, commits + 1):

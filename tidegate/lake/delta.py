@@ -38,7 +38,7 @@ def try_open(uri: str, storage_options: Storage = None, version: int | None = No
             return DeltaTable(uri, version=version, storage_options=storage_options)
         except TableNotFoundError:
             return None
-        except (FileNotFoundError, OSError) as exc:
+        except OSError as exc:
             if attempt == OPEN_ATTEMPTS or version is not None or "_delta_log" not in str(exc):
                 raise
     return None  # not reached

@@ -29,23 +29,7 @@ from deltalake import write_deltalake
 from tidegate.catalog import Catalog, Owner
 from tidegate.errors import ConfigError, TidegateError
 from tidegate.lake.delta import open_table, retention_properties, scan_table, try_open
-from tidegate.lake.tables import COMMITS, COMMITS_SCHEMA, TableSpec
-
-LINEAGE_KEYS = (
-    "tidegate_run_id",
-    "tidegate_batch_id",
-    "tidegate_version",
-    "tidegate_git_sha",
-    "tidegate_subscriptions",
-    "tidegate_message_count",
-    "tidegate_message_id_min",
-    "tidegate_message_id_max",
-    "tidegate_message_digest",
-    "tidegate_contracts",
-    "tidegate_gx_suite_fingerprint",
-    "tidegate_pii_key_id",
-    "tidegate_operation",
-)
+from tidegate.lake.tables import COMMITS, COMMITS_SCHEMA, LINEAGE_KEYS, TableSpec
 
 
 def _entry(h: dict[str, Any]) -> dict[str, Any]:

@@ -130,6 +130,25 @@ LEDGER_SCHEMA = pa.schema(
 )
 
 
+# The keys of tidegate's lineage in every commit's info (tidegate.lake.rows.lineage writes them,
+# `tidegate lineage` shows them, `_commits` keeps them past the log's window)
+LINEAGE_KEYS = (
+    "tidegate_run_id",
+    "tidegate_batch_id",
+    "tidegate_version",
+    "tidegate_git_sha",
+    "tidegate_subscriptions",
+    "tidegate_message_count",
+    "tidegate_message_id_min",
+    "tidegate_message_id_max",
+    "tidegate_message_digest",
+    "tidegate_contracts",
+    "tidegate_gx_suite_fingerprint",
+    "tidegate_pii_key_id",
+    "tidegate_operation",
+)
+
+
 # Commit lineage beyond the commit log's window (tidegate.lake.lineage.archive_commits): one row
 # per commit of every table, copied before the log files that held it are cleaned away.
 COMMITS_SCHEMA = pa.schema(
@@ -140,25 +159,8 @@ COMMITS_SCHEMA = pa.schema(
         pa.field("operation", pa.string()),
         pa.field("rows_added", pa.int64()),
         pa.field("archived_at", UTC_TS, nullable=False),
-        # tidegate's lineage keys (tidegate.lake.lineage.LINEAGE_KEYS), as the commit info holds them
-        *(
-            pa.field(k, pa.string())
-            for k in (
-                "tidegate_run_id",
-                "tidegate_batch_id",
-                "tidegate_version",
-                "tidegate_git_sha",
-                "tidegate_subscriptions",
-                "tidegate_message_count",
-                "tidegate_message_id_min",
-                "tidegate_message_id_max",
-                "tidegate_message_digest",
-                "tidegate_contracts",
-                "tidegate_gx_suite_fingerprint",
-                "tidegate_pii_key_id",
-                "tidegate_operation",
-            )
-        ),
+        # tidegate's lineage keys, as the commit info holds them
+        *(pa.field(k, pa.string()) for k in LINEAGE_KEYS),
     ]
 )
 
