@@ -4,6 +4,7 @@ failed commit and in a fresh process; it forgets keys older than its horizon. No
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from tidegate.lake.delta import CHECKPOINT_INTERVAL
 from tidegate.lake.keyindex import KeyIndex
 from tidegate.lake.maintenance import compact_small_files
 from tidegate.lake.writer import append_new, insert_new
@@ -147,3 +149,28 @@ def test_the_writer_reopens_its_table_now_and_then_and_keeps_deduplicating(
     assert ids_in(uri) == sorted({"e-1", *(f"e{i}" for i in range(8))})
     assert len(tables) >= 3  # it did open the table afresh
     assert index.loads == 0  # it created the table and followed its own commits: never read it
+
+
+def test_the_writer_alone_checkpoints_and_drops_expired_log_files_every_hundred_versions(
+    tmp_path: Path,
+) -> None:
+    # a short `ingest` run has no compactor: the writer's own commits still keep the log bounded,
+    # cleaning expired log files with each checkpoint (not on every commit: lake.delta.commit_hooks)
+    from tidegate.lake.maintenance import set_log_retention
+
+    uri = str(tmp_path / "raw")
+    index = KeyIndex(uri, ["event_id"])
+    append(uri, index, rows(["e0"]))
+    set_log_retention(uri, "1s")
+    log_dir = tmp_path / "raw" / "_delta_log"
+    for i in range(1, 150):
+        append(uri, index, rows([f"e{i}"]))
+    assert len(list(log_dir.glob("*.json"))) >= 150  # between checkpoints, nothing is deleted
+    time.sleep(1.2)
+    for i in range(150, 320):
+        append(uri, index, rows([f"e{i}"]))
+    # the cleanups after the checkpoints deleted the expired files up to a checkpoint the writer
+    # knew (199): the log holds at most two checkpoint intervals, not every commit
+    assert not (log_dir / "00000000000000000150.json").exists()
+    assert len(list(log_dir.glob("*.json"))) <= 2 * CHECKPOINT_INTERVAL
+    assert ids_in(uri) == sorted(f"e{i}" for i in range(320))

@@ -43,7 +43,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from tidegate.errors import TransientError
-from tidegate.lake.delta import LOG_RETENTION, retention_properties, try_open
+from tidegate.lake.delta import LOG_RETENTION, commit_hooks, retention_properties, try_open
 from tidegate.lake.keyindex import value_of
 
 log = logging.getLogger(__name__)
@@ -372,6 +372,7 @@ def append_new(
                     partition_by=list(partition_by) or None,
                     configuration=None if table is not None else NEW_TABLE_CONFIG,
                     commit_properties=CommitProperties(custom_metadata=meta),
+                    post_commithook_properties=commit_hooks(table),
                     storage_options=storage_options,
                 )
                 if table is None:
@@ -414,16 +415,18 @@ def append(
     storage_options: dict[str, str] | None = None,
 ) -> int:
     """Plain append (the ledger: one row per batch, never deduplicated). Returns the version."""
+    table = try_open(uri, storage_options)
     write_deltalake(
-        uri,
+        table if table is not None else uri,
         rows,
         mode="append",
         schema_mode="merge",
-        configuration=None if try_open(uri, storage_options) is not None else NEW_TABLE_CONFIG,
+        configuration=None if table is not None else NEW_TABLE_CONFIG,
         commit_properties=CommitProperties(custom_metadata=_stringify(metadata or {})),
+        post_commithook_properties=commit_hooks(table),
         storage_options=storage_options,
     )
-    return int(DeltaTable(uri, storage_options=storage_options).version())
+    return int((table or DeltaTable(uri, storage_options=storage_options)).version())
 
 
 def _null_safe_eq(col: str) -> str:
