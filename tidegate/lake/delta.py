@@ -4,6 +4,8 @@
 - `try_open(uri)`: the table, or None when there is none yet (writers, the projector, verify);
 - `data_files(table)`: its data files as locations polars can open;
 - `scan_table(table)`: the table (at the version it is loaded at) as a polars LazyFrame.
+- `LOG_RETENTION`, `retention_properties`, `commit_hooks`: how long a table's commit log is kept,
+  and what a writer's commit does to it (a checkpoint every 100 versions, cleanup with it).
 
 Files are read with polars' parquet scanner on the table's data files, not `scan_delta`, which
 cannot open the percent-encoded local paths delta-rs reports for directories with spaces; files
