@@ -52,7 +52,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 
 from tidegate.catalog import Catalog, ViewSpec
 from tidegate.lake.changes import raw_changes
-from tidegate.lake.delta import data_files, scan_table, try_open
+from tidegate.lake.delta import commit_hooks, data_files, scan_table, try_open
 from tidegate.lake.history import FileGroups
 from tidegate.lake.tables import raw_uri
 
@@ -357,15 +357,29 @@ def _commit(
     if existing is None:
         write_deltalake(uri, data, mode="error", commit_properties=props, storage_options=storage)
         return
+    hooks = commit_hooks(existing)
     if keys is None:
-        write_deltalake(existing, data, mode="overwrite", commit_properties=props)
+        write_deltalake(
+            existing, data, mode="overwrite", commit_properties=props, post_commithook_properties=hooks
+        )
         return
     if not keys:  # no key changed (compaction, retention): only the markers move
-        write_deltalake(existing, schema.empty_table(), mode="append", commit_properties=props)
+        write_deltalake(
+            existing,
+            schema.empty_table(),
+            mode="append",
+            commit_properties=props,
+            post_commithook_properties=hooks,
+        )
         return
     quoted = ", ".join("'" + str(k).replace("'", "''") + "'" for k in keys)
     write_deltalake(
-        existing, data, mode="overwrite", predicate=f"{view.key} IN ({quoted})", commit_properties=props
+        existing,
+        data,
+        mode="overwrite",
+        predicate=f"{view.key} IN ({quoted})",
+        commit_properties=props,
+        post_commithook_properties=hooks,
     )
 
 

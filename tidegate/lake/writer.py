@@ -476,7 +476,13 @@ def replace_windows(
                     f"{uri} already incorporates version {done} of its source, newer than {app_version}"
                 )
             if upserts.num_rows == 0 and deletes.num_rows == 0:
-                write_deltalake(table, upserts, mode="append", commit_properties=props)
+                write_deltalake(
+                    table,
+                    upserts,
+                    mode="append",
+                    commit_properties=props,
+                    post_commithook_properties=commit_hooks(table),
+                )
                 return CommitResult(uri, 0, 0, table.version())
             ops = [
                 pa.array(["upsert"] * upserts.num_rows, pa.string()),
@@ -499,7 +505,12 @@ def replace_windows(
             cols = [f.name for f in upserts.schema]
             metrics = (
                 table.merge(
-                    source, predicate=match, source_alias="s", target_alias="t", commit_properties=props
+                    source,
+                    predicate=match,
+                    source_alias="s",
+                    target_alias="t",
+                    commit_properties=props,
+                    post_commithook_properties=commit_hooks(table),
                 )
                 .when_matched_delete(predicate="s._op = 'delete'")
                 .when_matched_update(
@@ -518,7 +529,13 @@ def replace_windows(
             if table.transaction_version(app_id) != app_version:
                 # nothing changed, so delta-rs made no commit: record the version anyway (an
                 # empty append carries the app transaction), or the next run redoes this work
-                write_deltalake(table, upserts.schema.empty_table(), mode="append", commit_properties=props)
+                write_deltalake(
+                    table,
+                    upserts.schema.empty_table(),
+                    mode="append",
+                    commit_properties=props,
+                    post_commithook_properties=commit_hooks(table),
+                )
             return CommitResult(uri, upserts.num_rows, written, table.version())
         except (CommitFailedError, FileExistsError) as exc:
             _backoff(uri, attempt, exc)
