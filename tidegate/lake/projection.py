@@ -111,6 +111,7 @@ class Projector:
             for spec in catalog.aggregates
         }
         self._files: dict[tuple[str, int], frozenset[str]] = {}  # (source, version) -> data files
+        self._views: ViewMaintainer | None = None
         self._source_columns: dict[str, list[str]] = {}
         for spec in catalog.aggregates:
             cols = self._source_columns.setdefault(spec.source, [])
@@ -153,9 +154,11 @@ class Projector:
             for key in [k for k in self._files if k[0] == source and k[1] < target]:
                 del self._files[key]
         if self.catalog.views:  # current-state views follow the same raw commits, key by key
-            self.view_updates = ViewMaintainer(
-                self.catalog, self.lake, run_id=self.run_id, storage=self.storage
-            ).update()
+            if self._views is None:  # kept across rounds: it remembers the raw file sets
+                self._views = ViewMaintainer(
+                    self.catalog, self.lake, run_id=self.run_id, storage=self.storage
+                )
+            self.view_updates = self._views.update()
         return out
 
     def _new_rows(
