@@ -18,6 +18,7 @@ Output conventions every command follows:
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import logging.handlers
@@ -221,6 +222,10 @@ def main() -> None:
     # thresholds the collector runs full passes over them again and again (~1 s of a cold
     # start). Collect young objects less often; the ingest driver freezes what warm-up built.
     gc.set_threshold(50_000, 20, 100)
+    # A crash in native code (delta-rs, polars, pyarrow) kills the process with no Python
+    # traceback; with this, stderr names the thread and the Python call that was running (a
+    # `bench soak` died twice of a SIGSEGV inside deltalake's library: docs/architecture.md)
+    faulthandler.enable(all_threads=True)
     settings.secure_home()  # files 0600, TIDEGATE_HOME 0700
     debug = bool(os.environ.get("TIDEGATE_DEBUG"))
     try:
