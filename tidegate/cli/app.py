@@ -18,6 +18,7 @@ Output conventions every command follows:
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import logging
@@ -225,7 +226,8 @@ def main() -> None:
     # A crash in native code (delta-rs, polars, pyarrow) kills the process with no Python
     # traceback; with this, stderr names the thread and the Python call that was running (a
     # `bench soak` died twice of a SIGSEGV inside deltalake's library: docs/architecture.md)
-    faulthandler.enable(all_threads=True)
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr is no file (captured)
+        faulthandler.enable(all_threads=True)
     settings.secure_home()  # files 0600, TIDEGATE_HOME 0700
     debug = bool(os.environ.get("TIDEGATE_DEBUG"))
     try:
