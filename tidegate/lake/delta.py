@@ -29,6 +29,12 @@ Storage = dict[str, str] | None
 OPEN_ATTEMPTS = 3
 
 
+def log_cleaned_under_read(exc: BaseException) -> bool:
+    """Whether `exc` is a read of a table's commit log that a log cleanup beside it (`clean_log`,
+    or a writer's cleanup after a checkpoint) outran: the table is fine, read it again."""
+    return isinstance(exc, OSError) and "_delta_log" in str(exc)
+
+
 def try_open(uri: str, storage_options: Storage = None, version: int | None = None) -> DeltaTable | None:
     """The Delta table at `uri` (at `version`, default the latest), or None if there is none.
 
@@ -41,7 +47,7 @@ def try_open(uri: str, storage_options: Storage = None, version: int | None = No
         except TableNotFoundError:
             return None
         except OSError as exc:
-            if attempt == OPEN_ATTEMPTS or version is not None or "_delta_log" not in str(exc):
+            if attempt == OPEN_ATTEMPTS or version is not None or not log_cleaned_under_read(exc):
                 raise
     return None  # not reached
 

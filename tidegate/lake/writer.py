@@ -43,7 +43,13 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from tidegate.errors import TransientError
-from tidegate.lake.delta import LOG_RETENTION, commit_hooks, retention_properties, try_open
+from tidegate.lake.delta import (
+    LOG_RETENTION,
+    commit_hooks,
+    log_cleaned_under_read,
+    retention_properties,
+    try_open,
+)
 from tidegate.lake.keyindex import value_of
 
 log = logging.getLogger(__name__)
@@ -401,7 +407,7 @@ def append_new(
                     and attempt < MAX_COMMIT_ATTEMPTS
                 ):
                     continue
-                if isinstance(exc, OSError) and "_delta_log" in str(exc) and attempt < MAX_COMMIT_ATTEMPTS:
+                if log_cleaned_under_read(exc) and attempt < MAX_COMMIT_ATTEMPTS:
                     continue  # a log cleanup beside us deleted what it read: reopened next attempt
                 raise
     raise AssertionError("unreachable")  # pragma: no cover

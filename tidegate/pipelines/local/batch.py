@@ -48,6 +48,7 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from tidegate.errors import PlatformError, TidegateError, TransientError
 from tidegate.expectations.envelope import RawMessage
 from tidegate.lake import tracing
+from tidegate.lake.delta import log_cleaned_under_read
 from tidegate.transforms.base import IngestConfig
 from tidegate.transforms.ingest import Ingest
 from tidegate.transforms.ingest_types import Chunk
@@ -119,7 +120,7 @@ def unwrap(exc: BaseException) -> BaseException:
         seen.add(id(cur))
         if isinstance(cur, TidegateError | TransientError):
             return cur
-        if isinstance(cur, OSError) and "_delta_log" in str(cur) and "not found" in str(cur):
+        if log_cleaned_under_read(cur) and "not found" in str(cur):
             # a log cleanup beside the batch (the compactor's clean_log) deleted a log file a
             # read had just listed: the table is fine, the batch runs again (never poison)
             return TransientError(f"a table's commit log changed under a read: {str(cur).splitlines()[0]}")

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from tidegate.lake.delta import LOG_RETENTION
+from tidegate.lake.delta import LOG_RETENTION, log_cleaned_under_read
 from tidegate.lake.lineage import CommitArchive
 from tidegate.lake.maintenance import clean_log, compact_small_files
 
@@ -59,15 +59,11 @@ class Compactor:
                 try:
                     self.compacted += compact_small_files(uri, self.min_files, self.storage)
                     self._clean_log(uri)
-                except OSError as exc:
-                    if "_delta_log" not in str(exc):
-                        log.warning("compacting %s failed: %s", uri, exc)
-                        continue
-                    # a commit's own log cleanup (delta-rs, at each checkpoint) deleted a log
-                    # file this round had listed: nothing is wrong, the next round retries
-                    log.info("compacting %s deferred: its commit log was cleaned under the read", uri)
                 except Exception as exc:  # noqa: BLE001 - maintenance must never stop ingestion
-                    log.warning("compacting %s failed: %s", uri, exc)
+                    if log_cleaned_under_read(exc):  # a commit's own log cleanup: the next round retries
+                        log.info("compacting %s deferred: its commit log was cleaned under the read", uri)
+                    else:
+                        log.warning("compacting %s failed: %s", uri, exc)
             self.rounds += 1
 
     def _clean_log(self, uri: str) -> None:
