@@ -185,3 +185,48 @@ def test_a_view_typo_in_the_catalog_is_refused_before_anything_runs(tmp_path: Pa
     r = cli("contracts", "check", "--catalog", bad)
     assert r.code == 2
     assert "'amout'" in r.text
+
+
+def test_under_ingest_the_views_follow_the_aggregates_on_their_own_cadence_and_catch_up_when_idle(
+    catalog, registry, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`--follow`'s background projector: an aggregate round no longer waits for the view (whose
+    commit rewrites its files); the view follows within VIEW_SECONDS under load, at once when the
+    aggregates are idle, and is up to date when the run stops."""
+    import time
+
+    from tidegate.lake.projection import Projector
+    from tidegate.pipelines.local import projection as background
+    from tidegate.pipelines.local.accounting import BatchOutcome
+
+    lake = tmp_path / "lake"
+    orders, payments = _messages(catalog, registry)
+    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
+    projector = Projector(catalog, registry, str(lake), run_id="r", code_version="0", git_sha="x")
+
+    def statuses() -> list[str]:
+        view = Lake(str(lake), catalog=catalog).view("order_state")
+        return sorted(view.collect().get_column("status").to_list())
+
+    def outcome(batch_id: str) -> BatchOutcome:
+        return BatchOutcome(batch_id, 0, 0, 0, 0, 0, {}, 0, None, 0.0)
+
+    # an aggregate round alone leaves the view where it was
+    runner.run("b1", orders)
+    assert projector.project_all(views=False)
+    assert not (lake / "views" / "order_state" / "_delta_log").exists()
+    (update,) = projector.update_views()
+    assert update.rows == 6
+
+    background_projector = background.BackgroundProjector(projector)
+    try:
+        runner.run("b2", payments)
+        first = outcome("b2")
+        background_projector.submit(first, [time.time()], set(catalog.event_types))
+        deadline = time.monotonic() + 30
+        while statuses().count("paid") < 3 and time.monotonic() < deadline:  # idle: it catches up
+            time.sleep(0.1)
+        assert statuses() == ["paid"] * 3 + ["placed"] * 3
+    finally:
+        background_projector.close()
+    assert not view_parity(catalog, str(lake), "order_state")

@@ -46,7 +46,7 @@ from tidegate.lake.aggregate_writes import aggregate_commit_meta, aggregate_rows
 from tidegate.lake.changes import raw_changes
 from tidegate.lake.delta import data_files, try_open
 from tidegate.lake.tables import aggregate_uri, raw_schema, raw_uri
-from tidegate.lake.views import ViewMaintainer
+from tidegate.lake.views import ViewMaintainer, ViewUpdate
 from tidegate.lake.writer import replace_windows
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class Projector:
         }
         self._files: dict[tuple[str, int], frozenset[str]] = {}  # (source, version) -> data files
         self._views: ViewMaintainer | None = None
+        self.view_updates: list[ViewUpdate] = []
         self._source_columns: dict[str, list[str]] = {}
         for spec in catalog.aggregates:
             cols = self._source_columns.setdefault(spec.source, [])
@@ -119,8 +120,9 @@ class Projector:
                 c for c in agg.read_columns(spec, raw_schema(registry.types[spec.source])) if c not in cols
             ]
 
-    def project_all(self, sources: set[str] | None = None) -> list[ProjectionResult]:
-        """Bring every aggregate (of the given source types) up to its raw table's version.
+    def project_all(self, sources: set[str] | None = None, views: bool = True) -> list[ProjectionResult]:
+        """Bring every aggregate (of the given source types) up to its raw table's version, then
+        (unless `views` is False) every current-state view (`update_views`).
 
         Per source, the raw table is opened once and the new rows are read once for all the
         aggregates over it (grouped by the raw version each incorporates)."""
@@ -153,13 +155,21 @@ class Projector:
             # every aggregate over this source now stands at `target`: older file sets are dead
             for key in [k for k in self._files if k[0] == source and k[1] < target]:
                 del self._files[key]
-        if self.catalog.views:  # current-state views follow the same raw commits, key by key
-            if self._views is None:  # kept across rounds: it remembers the raw file sets
-                self._views = ViewMaintainer(
-                    self.catalog, self.lake, run_id=self.run_id, storage=self.storage
-                )
-            self.view_updates = self._views.update()
+        if views:
+            self.update_views()
         return out
+
+    def update_views(self) -> list[ViewUpdate]:
+        """Bring every current-state view up to the raw commits, key by key. Its own step: under
+        load the background projector runs it less often than the aggregates (each view commit
+        rewrites the view's files, so one update of many keys costs about what one of a few
+        does)."""
+        if not self.catalog.views:
+            return []
+        if self._views is None:  # kept across rounds: it remembers the raw file sets
+            self._views = ViewMaintainer(self.catalog, self.lake, run_id=self.run_id, storage=self.storage)
+        self.view_updates = self._views.update()
+        return self.view_updates
 
     def _new_rows(
         self,

@@ -482,7 +482,7 @@ class _TracedProjector:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.projector, name)
 
-    def project_all(self, sources: set[str] | None = None) -> list[ProjectionResult]:
+    def project_all(self, sources: set[str] | None = None, views: bool = True) -> list[ProjectionResult]:
         attributes = {
             "tidegate.stage": "projection",
             "tidegate.sources": sorted(sources) if sources is not None else ["*"],
@@ -491,7 +491,7 @@ class _TracedProjector:
             tracing.current(self.parent),
             tracing.tracer().start_as_current_span("projection", attributes=attributes) as span,
         ):
-            results = self.projector.project_all(sources)
+            results = self.projector.project_all(sources, views=views)
             span.set_attributes(
                 tracing.attributes_of(aggregates=len(results), late=sum(r.late for r in results))
             )
