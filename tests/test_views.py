@@ -230,3 +230,69 @@ def test_under_ingest_the_views_follow_the_aggregates_on_their_own_cadence_and_c
     finally:
         background_projector.close()
     assert not view_parity(catalog, str(lake), "order_state")
+
+
+def test_a_view_commit_of_many_keys_rewrites_the_view_instead_of_overflowing_the_stack(
+    catalog, registry, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """delta-rs needs stack in proportion to an overwrite predicate's `key IN (...)` list: 50,000
+    keys killed the process (SIGSEGV) on an 8 MiB thread stack, 20,000 on a 1 MiB one. Above
+    IN_LIST_KEYS a view commit rewrites the view instead, with the same result."""
+    import threading
+
+    import pyarrow as pa
+
+    from tidegate.lake import views
+
+    lake = tmp_path / "lake"
+    orders, payments = _messages(catalog, registry)
+    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
+    maintainer = ViewMaintainer(catalog, str(lake), run_id="r")
+    runner.run("b1", orders)
+    maintainer.update()
+    monkeypatch.setattr(views, "IN_LIST_KEYS", 1)  # the payments' three keys take the rewrite
+    runner.run("b2", payments)
+    (update,) = maintainer.update()
+    assert update.keys == 3
+    state = Lake(str(lake), catalog=catalog).view("order_state").collect()
+    assert sorted(state.get_column("status").to_list()) == ["paid"] * 3 + ["placed"] * 3
+    assert not view_parity(catalog, str(lake), "order_state")
+    monkeypatch.undo()
+
+    # 30,000 keys replaced in one commit, on a thread whose stack the predicate would overflow
+    view = _view()
+    table = Lake(str(lake), catalog=catalog).delta("views/order_state")
+    markers = {
+        t: v
+        for t in {e.type for e in view.events}
+        if (v := table.transaction_version(views.app_id(view, t))) is not None
+    }
+    one = table.to_pyarrow_table().slice(0, 1)
+    keys = [f"ord_many_{i:06d}" for i in range(30_000)]
+    many = pa.concat_tables([one] * len(keys)).set_column(
+        one.schema.get_field_index(view.key), view.key, pa.array(keys, type=pa.string())
+    )
+    frame = pl.from_arrow(many)
+    assert isinstance(frame, pl.DataFrame)
+    failed: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            views._commit(catalog, str(lake), view, frame, markers, None, keys=keys, run_id="r")
+        except BaseException as exc:  # reported by the assertion below
+            failed.append(exc)
+
+    threading.stack_size(1 << 20)
+    try:
+        worker = threading.Thread(target=commit)
+        worker.start()
+    finally:
+        threading.stack_size(0)
+    worker.join()
+    assert not failed, failed
+    after = Lake(str(lake), catalog=catalog).view("order_state").collect()
+    assert after.height == 6 + len(keys)
+    assert after.filter(pl.col(view.key).str.starts_with("ord_many_")).height == len(keys)
+    assert sorted(
+        after.filter(~pl.col(view.key).str.starts_with("ord_many_")).get_column("status")
+    ) == sorted(state.get_column("status"))

@@ -48,6 +48,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 
 from tidegate.catalog import Catalog, ViewSpec
@@ -62,6 +63,12 @@ HISTORY = ["valid_from", "valid_to", "is_current"]
 BUCKET_ROWS = 250_000  # raw rows folded at once (a key range); fewer: all of raw in memory
 SPILL_ROWS = 200_000  # raw rows read at once while spilling by key range
 ROW_GROUP_ROWS = 131_072  # a view written range by range: rows per Parquet row group
+# A commit replaces the touched keys' rows with an overwrite whose predicate is `key IN (...)`.
+# delta-rs needs stack for that predicate in proportion to its length, on the calling thread
+# (measured, deltalake 1.6.6: 20,000 keys overflow a 1 MiB thread stack, 50,000 keys the usual
+# 8 MiB one, and the process dies of a SIGSEGV). Above this many keys the commit rewrites the
+# view instead: its rows minus the touched keys' (an Arrow filter, no predicate), plus the new.
+IN_LIST_KEYS = 2_000
 
 
 def view_uri(lake: str, name: str) -> str:
@@ -378,6 +385,15 @@ def _commit(
             post_commithook_properties=hooks,
         )
         return
+    if len(keys) > IN_LIST_KEYS:
+        write_deltalake(
+            existing,
+            _rewritten(existing, view.key, keys, data, schema),
+            mode="overwrite",
+            commit_properties=props,
+            post_commithook_properties=hooks,
+        )
+        return
     quoted = ", ".join("'" + str(k).replace("'", "''") + "'" for k in keys)
     write_deltalake(
         existing,
@@ -387,6 +403,23 @@ def _commit(
         commit_properties=props,
         post_commithook_properties=hooks,
     )
+
+
+def _rewritten(
+    table: DeltaTable, key: str, keys: Sequence[Any], data: pa.Table, schema: pa.Schema
+) -> pa.RecordBatchReader:
+    """The view's rows as they will be: those of untouched keys, streamed from its files, then
+    the touched keys' new rows (IN_LIST_KEYS says why not a predicate)."""
+    touched = pa.array([str(k) for k in keys], type=pa.string())
+    kept = table.to_pyarrow_dataset().scanner(filter=~pc.field(key).cast(pa.string()).isin(touched))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in kept.to_batches():
+            if batch.num_rows:
+                yield from pa.Table.from_batches([batch]).select(schema.names).cast(schema).to_batches()
+        yield from data.to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def rebuild(
