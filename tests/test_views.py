@@ -232,12 +232,13 @@ def test_under_ingest_the_views_follow_the_aggregates_on_their_own_cadence_and_c
     assert not view_parity(catalog, str(lake), "order_state")
 
 
-def test_a_view_commit_of_many_keys_rewrites_the_view_instead_of_overflowing_the_stack(
+def test_a_view_commit_of_many_keys_merges_them_instead_of_overflowing_the_stack(
     catalog, registry, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """delta-rs needs stack in proportion to an overwrite predicate's `key IN (...)` list: 50,000
-    keys killed the process (SIGSEGV) on an 8 MiB thread stack, 20,000 on a 1 MiB one. Above
-    IN_LIST_KEYS a view commit rewrites the view instead, with the same result."""
+    keys killed the process (SIGSEGV) on an 8 MiB thread stack, 20,000 on a 1 MiB one. A view
+    commit replaces its keys' rows with a MERGE instead, which rewrites only the files holding
+    them, and keeps the view's files bounded."""
     import threading
 
     import pyarrow as pa
@@ -250,14 +251,12 @@ def test_a_view_commit_of_many_keys_rewrites_the_view_instead_of_overflowing_the
     maintainer = ViewMaintainer(catalog, str(lake), run_id="r")
     runner.run("b1", orders)
     maintainer.update()
-    monkeypatch.setattr(views, "IN_LIST_KEYS", 1)  # the payments' three keys take the rewrite
     runner.run("b2", payments)
     (update,) = maintainer.update()
     assert update.keys == 3
     state = Lake(str(lake), catalog=catalog).view("order_state").collect()
     assert sorted(state.get_column("status").to_list()) == ["paid"] * 3 + ["placed"] * 3
     assert not view_parity(catalog, str(lake), "order_state")
-    monkeypatch.undo()
 
     # 30,000 keys replaced in one commit, on a thread whose stack the predicate would overflow
     view = _view()
@@ -296,3 +295,14 @@ def test_a_view_commit_of_many_keys_rewrites_the_view_instead_of_overflowing_the
     assert sorted(
         after.filter(~pl.col(view.key).str.starts_with("ord_many_")).get_column("status")
     ) == sorted(state.get_column("status"))
+    table = Lake(str(lake), catalog=catalog).delta("views/order_state")
+    assert table.metadata().configuration["delta.targetFileSize"] == str(views.VIEW_FILE_BYTES)
+
+    # the same 30,000 keys again, one of them paid: their rows are replaced, not added
+    again = frame.with_columns(
+        pl.when(pl.col(view.key) == keys[0]).then(pl.lit("paid")).otherwise(pl.col("status")).alias("status")
+    )
+    views._commit(catalog, str(lake), view, again, markers, None, keys=keys, run_id="r")
+    final = Lake(str(lake), catalog=catalog).view("order_state").collect()
+    assert final.height == after.height
+    assert final.filter(pl.col(view.key) == keys[0]).get_column("status").to_list() == ["paid"]

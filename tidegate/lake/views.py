@@ -48,7 +48,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 
 from tidegate.catalog import Catalog, ViewSpec
@@ -63,12 +62,11 @@ HISTORY = ["valid_from", "valid_to", "is_current"]
 BUCKET_ROWS = 250_000  # raw rows folded at once (a key range); fewer: all of raw in memory
 SPILL_ROWS = 200_000  # raw rows read at once while spilling by key range
 ROW_GROUP_ROWS = 131_072  # a view written range by range: rows per Parquet row group
-# A commit replaces the touched keys' rows with an overwrite whose predicate is `key IN (...)`.
-# delta-rs needs stack for that predicate in proportion to its length, on the calling thread
-# (measured, deltalake 1.6.6: 20,000 keys overflow a 1 MiB thread stack, 50,000 keys the usual
-# 8 MiB one, and the process dies of a SIGSEGV). Above this many keys the commit rewrites the
-# view instead: its rows minus the touched keys' (an Arrow filter, no predicate), plus the new.
-IN_LIST_KEYS = 2_000
+# A view's files are kept at most this big (`delta.targetFileSize`, honoured by delta-rs's MERGE
+# and writes): an update rewrites only the files holding the keys it touches (the MERGE in
+# `_commit`), so its cost is bounded by this size, not by the view's.
+VIEW_FILE_BYTES = 4 * 1024 * 1024
+VIEW_PROPERTIES = {"delta.targetFileSize": str(VIEW_FILE_BYTES)}
 
 
 def view_uri(lake: str, name: str) -> str:
@@ -361,15 +359,32 @@ def _commit(
     keys: Sequence[Any] | None,
     run_id: str,
 ) -> None:
-    """Replace the rows of `keys` (all rows when None) and move the markers, one commit."""
+    """Replace the rows of `keys` (all rows when None) and move the markers, one commit.
+
+    The rows of `keys` are replaced by a MERGE, not by an overwrite with the predicate
+    `key IN (...)`: delta-rs needs stack for such a predicate in proportion to its length, on
+    the calling thread (deltalake 1.6.6: 20,000 keys overflowed a 1 MiB thread stack, 50,000 the
+    usual 8 MiB one, and the process died of a SIGSEGV), and the MERGE's join has no such
+    limit. Its source is one `delete` row per key, which matches (and deletes) every current
+    row of that key, plus the keys' new rows, inserted: the same result as the overwrite, for
+    SCD type 1 and 2 alike. Only the files holding a touched key are rewritten (measured on a
+    256k-row view in 16 files, 1,000 keys: 0.12-0.16 s; the same view in one file, 0.6 s)."""
     props = commit_properties(view, versions, run_id)
     uri = view_uri(lake, view.name)
     existing = try_open(uri, storage)
     schema = view_schema(catalog, view)
     data = arrow_rows(rows, schema) if not rows.is_empty() else schema.empty_table()
     if existing is None:
-        write_deltalake(uri, data, mode="error", commit_properties=props, storage_options=storage)
+        write_deltalake(
+            uri,
+            data,
+            mode="error",
+            commit_properties=props,
+            storage_options=storage,
+            configuration=VIEW_PROPERTIES,
+        )
         return
+    existing = _bounded(existing, uri, storage)
     hooks = commit_hooks(existing)
     if keys is None:
         write_deltalake(
@@ -385,41 +400,51 @@ def _commit(
             post_commithook_properties=hooks,
         )
         return
-    if len(keys) > IN_LIST_KEYS:
-        write_deltalake(
-            existing,
-            _rewritten(existing, view.key, keys, data, schema),
-            mode="overwrite",
+    (
+        existing.merge(
+            _replacing(view.key, keys, data, schema),
+            predicate=f"t.{view.key} = s.{view.key} AND s.{_OP} = 'delete'",
+            source_alias="s",
+            target_alias="t",
             commit_properties=props,
             post_commithook_properties=hooks,
         )
-        return
-    quoted = ", ".join("'" + str(k).replace("'", "''") + "'" for k in keys)
-    write_deltalake(
-        existing,
-        data,
-        mode="overwrite",
-        predicate=f"{view.key} IN ({quoted})",
-        commit_properties=props,
-        post_commithook_properties=hooks,
+        .when_matched_delete()
+        .when_not_matched_insert({c: f"s.{c}" for c in schema.names}, predicate=f"s.{_OP} = 'insert'")
+        .execute()
     )
 
 
-def _rewritten(
-    table: DeltaTable, key: str, keys: Sequence[Any], data: pa.Table, schema: pa.Schema
-) -> pa.RecordBatchReader:
-    """The view's rows as they will be: those of untouched keys, streamed from its files, then
-    the touched keys' new rows (IN_LIST_KEYS says why not a predicate)."""
-    touched = pa.array([str(k) for k in keys], type=pa.string())
-    kept = table.to_pyarrow_dataset().scanner(filter=~pc.field(key).cast(pa.string()).isin(touched))
+_OP = "_tidegate_op"
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in kept.to_batches():
-            if batch.num_rows:
-                yield from pa.Table.from_batches([batch]).select(schema.names).cast(schema).to_batches()
-        yield from data.to_batches()
 
-    return pa.RecordBatchReader.from_batches(schema, batches())
+def _bounded(table: DeltaTable, uri: str, storage: dict[str, str] | None) -> DeltaTable:
+    """`table`, with VIEW_PROPERTIES set: a view made before its files were bounded gets them in
+    one metadata commit, once (its writers hold the lake lock: nothing races it)."""
+    if all(table.metadata().configuration.get(k) == v for k, v in VIEW_PROPERTIES.items()):
+        return table
+    table.alter.set_table_properties(VIEW_PROPERTIES, raise_if_not_exists=False)
+    return try_open(uri, storage) or table
+
+
+def _replacing(key: str, keys: Sequence[Any], data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The MERGE source of `_commit`: a `delete` row per key (nulls but the key), then the new
+    rows, each marked in `_OP`."""
+    loose = pa.schema([f.with_nullable(True) for f in schema])
+    deletes = pa.table(
+        {
+            f.name: pa.array(list(keys), type=f.type) if f.name == key else pa.nulls(len(keys), type=f.type)
+            for f in loose
+        },
+        schema=loose,
+    )
+    inserts = data.select(schema.names).cast(loose)
+    return pa.concat_tables(
+        [
+            deletes.append_column(_OP, pa.array(["delete"] * deletes.num_rows, type=pa.string())),
+            inserts.append_column(_OP, pa.array(["insert"] * inserts.num_rows, type=pa.string())),
+        ]
+    )
 
 
 def rebuild(
@@ -487,9 +512,16 @@ def _write_all(
             commit_properties=props,
             storage_options=storage,
             writer_properties=small,
+            configuration=VIEW_PROPERTIES,
         )
     else:
-        write_deltalake(existing, reader, mode="overwrite", commit_properties=props, writer_properties=small)
+        write_deltalake(
+            _bounded(existing, uri, storage),
+            reader,
+            mode="overwrite",
+            commit_properties=props,
+            writer_properties=small,
+        )
     return counted[0], counted[1]
 
 
