@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from tidegate.bench_scratch import scratch_dir
 from tidegate.catalog import parse_duration
 from tidegate.lake.delta import LOG_RETENTION, try_open
 from tidegate.lake.keyindex import KeyIndex
@@ -91,7 +90,7 @@ def bench_commits(
     warmup: int = WARMUP,
     progress: Any = print,
 ) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="tidegate-bench-commits-"))
+    work = scratch_dir("tidegate-bench-commits-")
     latencies: list[float] = []
     opens: list[tuple[int, float]] = []
 

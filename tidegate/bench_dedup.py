@@ -28,15 +28,14 @@ growing by what they add.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from tidegate.bench_scratch import scratch_dir
 from tidegate.lake.keyindex import DEDUP_HORIZON, KeyIndex
 from tidegate.lake.writer import append_new, insert_new
 
@@ -79,7 +78,7 @@ def _chunk(table_rows: int, serial: int) -> pa.Table:
 
 
 def bench_dedup(rows: int, progress: Any = print) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="tidegate-bench-dedup-"))
+    work = scratch_dir("tidegate-bench-dedup-")
     uri = str(work / "raw")
     sizes = [s for s in (100_000, 1_000_000, 10_000_000, 100_000_000) if s < rows] + [rows]
     figures: dict[str, Any] = {"rows": rows, "chunk": CHUNK}

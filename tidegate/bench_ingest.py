@@ -32,7 +32,6 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
+from tidegate.bench_scratch import scratch_dir
 from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra import emulator as emu
@@ -92,6 +92,22 @@ def files_per_table(lake: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for log_dir in sorted(lake.rglob("_delta_log")):
         out[str(log_dir.parent.relative_to(lake))] = len(DeltaTable(str(log_dir.parent)).file_uris())
+    return out
+
+
+def disk_mib_per_table(lake: Path) -> dict[str, float]:
+    """MiB on disk per Delta table: its live files, the files later commits removed (kept for
+    time travel until `tidegate maintain` vacuums them) and its log."""
+    out: dict[str, float] = {}
+    for log_dir in sorted(lake.rglob("_delta_log")):
+        table = log_dir.parent
+        nested = {p.parent for p in table.rglob("_delta_log")} - {table}  # aggregates/_late etc.
+        size = sum(
+            f.stat().st_size
+            for f in table.rglob("*")
+            if f.is_file() and not any(n in f.parents for n in nested)
+        )
+        out[str(table.relative_to(lake))] = round(size / 2**20, 1)
     return out
 
 
@@ -295,7 +311,7 @@ def bench_ingest(
     progress: Progress = print,
     recovery_events: int = 20_000,
 ) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="tidegate-bench-"))
+    work = scratch_dir("tidegate-bench-")
     figures: dict[str, Any] = {"events": events, "max_batch": max_batch, "max_wait_s": max_wait}
 
     with emu.private_emulator(work / "logs") as proc:
@@ -385,7 +401,7 @@ def ingest_latency_figures(figures: dict[str, Any], batches: list[BatchOutcome])
 
 def bench_soak(catalog: Catalog, minutes: float, rate: float, progress: Progress = print) -> dict[str, Any]:
     """`ingest --follow` for `minutes` at `rate` events/s: per-minute latency, commits, RSS, files."""
-    work = Path(tempfile.mkdtemp(prefix="tidegate-soak-"))
+    work = scratch_dir("tidegate-soak-")
     count = int(rate * minutes * 60)
     lake = work / "lake"
     per_minute: dict[int, dict[str, Any]] = {}
@@ -410,6 +426,7 @@ def bench_soak(catalog: Catalog, minutes: float, rate: float, progress: Progress
         figures[f"m{minute:02d}_rss_mib"] = round(m["rss_mib"])
     figures |= _raw_commit_ms_per_minute(lake, ingest.config.run_id)
     figures |= {f"files_{k}": v for k, v in files_per_table(lake).items()}
+    figures |= {f"disk_mib_{k}": v for k, v in disk_mib_per_table(lake).items()}
     # the minutes under load: a last, partial minute of draining after the producer stopped
     # would flatter the ratios
     minutes_seen = [m for m in sorted(per_minute) if m <= math.ceil(minutes)]

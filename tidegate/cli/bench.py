@@ -120,7 +120,7 @@ def bench_soak_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """Sustained load: `ingest --follow` for M minutes at R events/s; publish->commit p50/p99, longest raw commit and RSS per minute, files per table at the end."""
+    """Sustained load: `ingest --follow` for M minutes at R events/s; publish->commit p50/p99, longest raw commit and RSS per minute, files and MiB on disk per table at the end."""
     from tidegate.bench_ingest import bench_soak
 
     catalog = load_catalog(catalog_path)
