@@ -20,11 +20,12 @@ raw history holds each (source, id) once.
 `is_current`. Both carry `updated_at` (event time of the last change), `events` (how many were
 folded), `last_event_type`, `last_event_id`.
 
-**Maintenance** (local mode; the projection calls `update` after each round of raw commits):
+**Maintenance** (local mode; the projector calls `update` after aggregate rounds, at most every
+2 s under load, at once when idle: tidegate.pipelines.local.projection):
 per source raw table the view records, as a Delta app transaction, the raw version it
 incorporates (`tidegate.view/<view>/<type>`). The rows added since (their `ingest_time` is later
 than that version's commit: one writer per raw table) name the touched keys; those keys are
-folded again from raw and replace their rows in one commit that also moves the markers, so a
+folded again from raw and replace their rows in one commit (a MERGE: `_commit`) that also moves the markers, so a
 crash between the raw and the view commit is caught up on the next round. Retention (expire) and
 vacuum commits change no state; any other rewrite of raw (an erasure) rebuilds the view.
 
