@@ -306,3 +306,58 @@ def test_a_view_commit_of_many_keys_merges_them_instead_of_overflowing_the_stack
     final = Lake(str(lake), catalog=catalog).view("order_state").collect()
     assert final.height == after.height
     assert final.filter(pl.col(view.key) == keys[0]).get_column("status").to_list() == ["paid"]
+
+
+def test_a_follow_runs_compactor_deletes_the_files_a_view_update_removed_but_no_raw_file(
+    catalog, registry, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Every view update rewrites files; `maintain` (168 h, ingest stopped) would keep them for a
+    week. The ingest's own compactor deletes a derived table's removed files after
+    DERIVED_RETAIN_HOURS (here 0), never a live file, and never a raw table's."""
+    import time
+
+    from deltalake import DeltaTable
+
+    from tidegate.lake.tables import raw_uri
+    from tidegate.lake.views import view_uri
+    from tidegate.pipelines.local.compaction import Compactor
+
+    lake = tmp_path / "lake"
+    orders, payments = _messages(catalog, registry)
+    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
+    maintainer = ViewMaintainer(catalog, str(lake), run_id="r")
+    runner.run("b1", orders)
+    maintainer.update()
+    view = view_uri(str(lake), "order_state")
+    before = {Path(f).name for f in DeltaTable(view).file_uris()}
+    runner.run("b2", payments)
+    maintainer.update()  # the paid orders' file is rewritten: the old one is removed
+    live = {Path(f).name for f in DeltaTable(view).file_uris()}
+    removed = before - live
+    assert removed
+    raw = Path(raw_uri(str(lake), "shop.order.placed"))
+    raw_files = {p.name for p in raw.rglob("*.parquet") if "_delta_log" not in p.parts}
+    state = Lake(str(lake), catalog=catalog).view("order_state").collect().sort("order_id")
+
+    compactor = Compactor(
+        [view, str(raw)],
+        every=0.05,
+        min_files=1000,
+        storage=None,
+        root=str(lake),
+        clean_every=0.0,
+        derived=frozenset({view}),
+        derived_retain_hours=0,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not compactor.vacuumed and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        compactor.close()
+    on_disk = {p.name for p in Path(view).glob("*.parquet")}
+    assert not removed & on_disk  # the removed files are gone
+    assert live <= on_disk  # the live ones are all there
+    assert {p.name for p in raw.rglob("*.parquet") if "_delta_log" not in p.parts} == raw_files
+    assert Lake(str(lake), catalog=catalog).view("order_state").collect().sort("order_id").equals(state)
+    assert not view_parity(catalog, str(lake), "order_state")

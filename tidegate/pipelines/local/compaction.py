@@ -4,7 +4,10 @@ A thread wakes every `every` seconds and compacts the partitions that gathered `
 small files (lake.maintenance), and, every 2 minutes, archives each table's commit lineage in
 `_commits` (tidegate.lake.lineage.CommitArchive), checkpoints it and deletes its log files older
 than the table's log retention (10 minutes, set when tidegate creates a table: the commit log
-otherwise grows by one file per batch, and every open, update and commit lists it). It never
+otherwise grows by one file per batch, and every open, update and commit lists it). At the
+same cadence it vacuums the derived tables (`derived`: aggregates and views, rewritten by every
+projection round) of the files removed more than `DERIVED_RETAIN_HOURS` ago
+(lake.maintenance says why; the other tables wait for `tidegate maintain`). It never
 blocks the driver: a compaction commit that races a batch's commit makes one of them retry
 (the writer's conflict backoff), nothing more.
 """
@@ -17,7 +20,7 @@ import time
 
 from tidegate.lake.delta import LOG_RETENTION, log_cleaned_under_read
 from tidegate.lake.lineage import CommitArchive
-from tidegate.lake.maintenance import clean_log, compact_small_files
+from tidegate.lake.maintenance import DERIVED_RETAIN_HOURS, clean_log, compact_small_files, vacuum_removed
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,13 @@ class Compactor:
         log_retention: str | None = LOG_RETENTION,
         clean_every: float = LOG_CLEAN_EVERY_S,
         root: str | None = None,
+        derived: frozenset[str] = frozenset(),
+        derived_retain_hours: int = DERIVED_RETAIN_HOURS,
     ) -> None:
         self.uris = uris
+        self.derived = derived  # uris among `uris` whose removed files it vacuums
+        self.derived_retain_hours = derived_retain_hours
+        self.vacuumed = 0
         # the lake's commit archive: lineage is copied there before the log is cleaned
         self.archive = CommitArchive(root, storage) if root is not None else None
         self.clean_every = clean_every
@@ -76,6 +84,8 @@ class Compactor:
             return
         self.log_cleaned_at[uri] = time.monotonic()
         clean_log(uri, self.storage, self.archive)
+        if uri in self.derived:
+            self.vacuumed += vacuum_removed(uri, self.derived_retain_hours, self.storage)
 
     def close(self) -> None:
         self.stopping.set()

@@ -48,7 +48,7 @@ from tidegate.lake import tracing
 from tidegate.lake.lock import is_locked_lake, lake_lock
 from tidegate.lake.openlineage import LineageEmitter, OutputTable, subscription_dataset
 from tidegate.lake.projection import ProjectionResult, Projector
-from tidegate.lake.tables import LakeTables, raw_schema
+from tidegate.lake.tables import Kind, LakeTables, raw_schema
 from tidegate.transforms.base import IngestConfig, suite_validator, worker_state
 from tidegate.transforms.writes import TableCommit
 
@@ -341,12 +341,16 @@ class LocalIngest:
             bookkeeper = _TracedBookkeeper(
                 self._batch_spans, self.config, consumer, self.openlineage, self._inputs, self._outputs
             )
+            tables = LakeTables(self.config.lake, self.catalog)
             compactor = Compactor(
-                LakeTables(self.config.lake, self.catalog).uris(),
+                tables.uris(),
                 self.options.compact_every,
                 self.options.compact_min_files,
                 self.config.storage,
                 root=self.config.lake,
+                derived=frozenset(
+                    s.uri(tables.root) for s in tables.specs() if s.kind in (Kind.AGGREGATE, Kind.VIEW)
+                ),
             )
             try:
                 self._loop(consumer, bookkeeper, background, summary)
