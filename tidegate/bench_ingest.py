@@ -177,7 +177,27 @@ def stage_costs(lake: Path, run_id: str) -> dict[str, float]:
         .agg(pl.col("value").sum())
     )
     out |= {f"stage_{n.removesuffix('_s')}_ms": round(1000 * v / batches, 1) for n, v in driver.iter_rows()}
+    out |= projection_costs(lake, run_id)
     return dict(sorted(out.items()))
+
+
+def projection_costs(lake: Path, run_id: str) -> dict[str, float]:
+    """Mean milliseconds of the run's aggregate and view commits (off the batch's path, on the
+    projector's thread), from the tables' commit logs: delta-rs's own `execution_time_ms`."""
+    out: dict[str, float] = {}
+    for kind, folder in (("aggregate", "aggregates"), ("view", "views")):
+        times = [
+            float(c["operationMetrics"]["execution_time_ms"])
+            for log_dir in sorted((lake / folder).glob("*/_delta_log"))
+            if not log_dir.parent.name.startswith("_")  # aggregates/_late: no projection commit
+            for c in DeltaTable(str(log_dir.parent)).history()
+            if c.get("tidegate_run_id") == run_id
+            and c.get("operation") in ("MERGE", "WRITE")
+            and "execution_time_ms" in c.get("operationMetrics", {})
+        ]
+        if times:
+            out[f"stage_{kind}_commit_ms"] = round(sum(times) / len(times), 1)
+    return out
 
 
 def _config(catalog: Catalog, lake: Path) -> IngestConfig:
