@@ -232,6 +232,17 @@ def test_under_ingest_the_views_follow_the_aggregates_on_their_own_cadence_and_c
     assert not view_parity(catalog, str(lake), "order_state")
 
 
+def _orders_in_view(catalog, registry, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A lake whose raw orders are folded into `order_state`; the payments not yet ingested."""
+    lake = tmp_path / "lake"
+    orders, payments = _messages(catalog, registry)
+    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
+    maintainer = ViewMaintainer(catalog, str(lake), run_id="r")
+    runner.run("b1", orders)
+    maintainer.update()
+    return lake, runner, maintainer, payments
+
+
 def test_a_view_commit_of_many_keys_merges_them_instead_of_overflowing_the_stack(
     catalog, registry, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -245,12 +256,7 @@ def test_a_view_commit_of_many_keys_merges_them_instead_of_overflowing_the_stack
 
     from tidegate.lake import views
 
-    lake = tmp_path / "lake"
-    orders, payments = _messages(catalog, registry)
-    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
-    maintainer = ViewMaintainer(catalog, str(lake), run_id="r")
-    runner.run("b1", orders)
-    maintainer.update()
+    lake, runner, maintainer, payments = _orders_in_view(catalog, registry, tmp_path)
     runner.run("b2", payments)
     (update,) = maintainer.update()
     assert update.keys == 3
@@ -322,12 +328,7 @@ def test_a_follow_runs_compactor_deletes_the_files_a_view_update_removed_but_no_
     from tidegate.lake.views import view_uri
     from tidegate.pipelines.local.compaction import Compactor
 
-    lake = tmp_path / "lake"
-    orders, payments = _messages(catalog, registry)
-    runner = BatchRunner(IngestConfig(str(lake), "r", str(catalog.path), "t", "t"), single_writer=True)
-    maintainer = ViewMaintainer(catalog, str(lake), run_id="r")
-    runner.run("b1", orders)
-    maintainer.update()
+    lake, runner, maintainer, payments = _orders_in_view(catalog, registry, tmp_path)
     view = view_uri(str(lake), "order_state")
     before = {Path(f).name for f in DeltaTable(view).file_uris()}
     runner.run("b2", payments)

@@ -161,9 +161,9 @@ class Projector:
 
     def update_views(self) -> list[ViewUpdate]:
         """Bring every current-state view up to the raw commits, key by key. Its own step: under
-        load the background projector runs it less often than the aggregates (each view commit
-        rewrites the view's files, so one update of many keys costs about what one of a few
-        does)."""
+        load the background projector runs it less often than the aggregates (a view commit
+        rewrites the files holding its keys, so one update of many keys costs little more than
+        one of a few)."""
         if not self.catalog.views:
             return []
         if self._views is None:  # kept across rounds: it remembers the raw file sets

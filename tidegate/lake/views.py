@@ -630,8 +630,9 @@ class ViewMaintainer:
             return None
         # read at the versions the touched keys were taken from: a commit landing meanwhile is
         # the next round's (reading it now would move the marker past keys nobody folded)
+        ordered = sorted(touched, key=str)
         raw_rows, at = _read_raw(
-            self.lake, view, self.storage, keys=sorted(touched, key=str), versions=versions, opened=opened
+            self.lake, view, self.storage, keys=ordered, versions=versions, opened=opened
         )
         rows = fold(raw_rows, view)
         _commit(
@@ -641,7 +642,7 @@ class ViewMaintainer:
             rows,
             at,
             self.storage,
-            keys=sorted(touched, key=str),
+            keys=ordered,
             run_id=self.run_id,
         )
         return ViewUpdate(view.name, len(touched), rows.height)
