@@ -67,13 +67,23 @@ def data_files(table: DeltaTable) -> list[str]:
     return [unquote(u) if u.startswith("/") else u for u in table.file_uris()]
 
 
-def scan_table(table: DeltaTable, storage_options: Storage = None) -> pl.LazyFrame:
-    """A Delta table (at whatever version `table` is loaded) as a LazyFrame."""
+def scan_table(
+    table: DeltaTable,
+    storage_options: Storage = None,
+    files: list[str] | None = None,
+    file_column: str | None = None,
+) -> pl.LazyFrame:
+    """A Delta table (at whatever version `table` is loaded) as a LazyFrame. `files`: only
+    these of its data files (as `data_files` names them); `file_column`: add a column of that
+    name holding each row's data file."""
     partitions = set(table.metadata().partition_columns)
     full = pa.schema(table.schema().to_arrow())
     schema = pl.from_arrow(pa.schema([f for f in full if f.name not in partitions]).empty_table()).schema  # type: ignore[union-attr]
     hive = pl.from_arrow(pa.schema([f for f in full if f.name in partitions]).empty_table()).schema  # type: ignore[union-attr]
-    files = data_files(table)
+    names = list(full.names)
+    if file_column is not None:
+        full = full.append(pa.field(file_column, pa.string()))
+    files = data_files(table) if files is None else files
     if not files:
         return pl.from_arrow(full.empty_table()).lazy()  # type: ignore[union-attr]
     frame = pl.scan_parquet(
@@ -84,8 +94,9 @@ def scan_table(table: DeltaTable, storage_options: Storage = None) -> pl.LazyFra
         hive_partitioning=bool(partitions),
         hive_schema=hive if partitions else None,
         storage_options=storage_options,
+        include_file_paths=file_column,
     )
-    return frame.select(full.names)
+    return frame.select([*names, *([file_column] if file_column else [])])
 
 
 # How long a table keeps its commit log: time travel by version or timestamp reaches back this
