@@ -42,6 +42,7 @@ import contextlib
 import itertools
 import math
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,7 +52,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction, WriterProperties, write_deltalake
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from tidegate.catalog import Catalog, ViewSpec
 from tidegate.lake.changes import raw_changes
@@ -346,6 +348,52 @@ def folds(
                 yield fold(raw, view), _read_spilled(folder, "view")
 
         yield ranges(), at
+
+
+def commit_staged(
+    uri: str,
+    view: ViewSpec,
+    schema: pa.Schema,
+    files: Sequence[tuple[str, int, str]],
+    versions: dict[str, int],
+    run_id: str,
+    storage: dict[str, str] | None = None,
+) -> int:
+    """Replace the view table's rows by Parquet files already written in its folder (`files`:
+    path relative to the table root, size, Delta statistics JSON) in ONE commit, creating the
+    table if there is none, with the one-process rebuild's commit properties (`versions`: the
+    raw version of each source the files fold, recorded as the view's markers). The Dataflow
+    view replay's last step (tidegate.transforms.view_fold). A retry after the commit landed
+    (its run id is the table's last commit, or one of its files is live) commits nothing again.
+    Returns the table version after it."""
+    staged = sorted(files)
+    props = commit_properties(view, versions, run_id)
+    now = int(time.time() * 1000)
+    actions = [AddAction(path, size, {}, now, True, stats) for path, size, stats in staged]
+    table = try_open(uri, storage)
+    if table is None:
+        create_table_with_add_actions(
+            uri,
+            Schema.from_arrow(schema),
+            actions,
+            mode="error",
+            storage_options=storage,
+            commit_properties=props,
+        )
+    elif not _staged_landed(table, run_id, [path for path, _, _ in staged]):
+        table.create_write_transaction(
+            list[AddAction | RemoveAction](actions), "overwrite", schema, commit_properties=props
+        )
+    after = try_open(uri, storage)
+    assert after is not None, uri
+    return int(after.version())
+
+
+def _staged_landed(table: DeltaTable, run_id: str, paths: Sequence[str]) -> bool:
+    if table.history(1)[0].get("tidegate_run_id") == run_id:
+        return True
+    live = {u.rsplit("/", 1)[-1] for u in table.file_uris()}
+    return any(p.rsplit("/", 1)[-1] in live for p in paths)
 
 
 def commit_properties(view: Any, versions: dict[str, int], run_id: str) -> CommitProperties:

@@ -23,7 +23,6 @@ never see them; `tidegate maintain`'s vacuum deletes them).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,8 +32,7 @@ import pyarrow as pa
 from apache_beam.metrics.metric import Metrics
 from apache_beam.pvalue import PBegin, PCollection
 from apache_beam.transforms import combiners
-from deltalake import DeltaTable, Schema
-from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+from deltalake import DeltaTable
 
 from tidegate.catalog import ViewSpec
 from tidegate.lake import views
@@ -242,39 +240,17 @@ class FoldView(beam.PTransform):  # type: ignore[misc]
 
 
 def commit_staged_view(config: ViewReplayConfig, files: Iterable[StagedViewFile]) -> int:
-    """Replace the view table's rows by the staged files in ONE commit (creating the table if
-    there is none), with the one-process rebuild's commit properties; the table version after it.
-    A retry after the commit landed (its run id is the table's last commit, or its files are
-    live) commits nothing again."""
-    view, storage, schema = config.view, config.storage, config.schema
-    staged = sorted(files, key=lambda f: f.path)
-    props = views.commit_properties(view, dict(config.versions), config.run_id)
-    now = int(time.time() * 1000)
-    actions = [AddAction(f.path, f.size, {}, now, True, f.stats) for f in staged]
-    table = try_open(config.uri, storage)
-    if table is None:
-        create_table_with_add_actions(
-            config.uri,
-            Schema.from_arrow(schema),
-            actions,
-            mode="error",
-            storage_options=storage,
-            commit_properties=props,
-        )
-    elif not _landed(table, config.run_id, staged):
-        table.create_write_transaction(
-            list[AddAction | RemoveAction](actions), "overwrite", schema, commit_properties=props
-        )
-    after = try_open(config.uri, storage)
-    assert after is not None, config.uri
-    return int(after.version())
-
-
-def _landed(table: DeltaTable, run_id: str, staged: Sequence[StagedViewFile]) -> bool:
-    if table.history(1)[0].get("tidegate_run_id") == run_id:
-        return True
-    live = {u.rsplit("/", 1)[-1] for u in table.file_uris()}
-    return any(f.path.rsplit("/", 1)[-1] in live for f in staged)
+    """The staged files of every bucket -> the view table's new version (`views.commit_staged`:
+    one overwrite commit, idempotent on retry)."""
+    return views.commit_staged(
+        config.uri,
+        config.view,
+        config.schema,
+        [(f.path, f.size, f.stats) for f in files],
+        dict(config.versions),
+        config.run_id,
+        config.storage,
+    )
 
 
 class CommitView(beam.PTransform):  # type: ignore[misc]
