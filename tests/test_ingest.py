@@ -129,12 +129,13 @@ def test_replaying_a_snapshot_changes_nothing(pubsub_emulator, catalog, project,
     assert verify(str(lake), catalog.event_types, manifest).ok
 
 
-def _crash_catalog(tmp_path: Path, project: str, port: int) -> Path:
+def _crash_catalog(tmp_path: Path, project: str, port: int, ack_deadline: int = 10) -> Path:
     p = tmp_path / "catalog.yaml"
     p.write_text(
         f"""project: {project}
 emulator: {{host: 127.0.0.1, port: {port}}}
 contracts: {CONTRACTS_DIR}
+defaults: {{ack_deadline_seconds: {ack_deadline}}}
 streams:
   - {{event_type: shop.order.placed, topic: shop-orders, subscription: shop-orders-tidegate}}
   - {{event_type: shop.page.viewed, topic: shop-pageviews, subscription: shop-pageviews-tidegate}}
@@ -150,11 +151,15 @@ def _cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess
     )
 
 
-@pytest.mark.parametrize("crash_point", ["before_commit", "after_commit"])
+@pytest.mark.parametrize(
+    ("crash_point", "ack_deadline"), [("before_commit", 10), ("after_commit", 10), ("before_commit", 600)]
+)
 def test_sigkill_at_each_crash_point_loses_nothing_and_doubles_nothing(
-    pubsub_emulator, project, tmp_path: Path, crash_point: str
+    pubsub_emulator, project, tmp_path: Path, crash_point: str, ack_deadline: int
 ) -> None:  # type: ignore[no-untyped-def]
-    cat_file = _crash_catalog(tmp_path, project, pubsub_emulator.port)
+    """`ack_deadline`: the subscription's. 10 s (the shipped default) is already our lease; a
+    600 s one (older catalogs) is shortened to the lease as each pull lands."""
+    cat_file = _crash_catalog(tmp_path, project, pubsub_emulator.port, ack_deadline)
     catalog = load_catalog(cat_file)
     provision(catalog, pubsub_emulator.address)
     manifest = tmp_path / "m.jsonl"
@@ -170,9 +175,9 @@ def test_sigkill_at_each_crash_point_loses_nothing_and_doubles_nothing(
     else:
         assert any(raw_dir.iterdir())  # landed, but never acked
 
-    # Restart: the killed process's leases lapse within LEASE seconds (the subscription's ack
-    # deadline is the catalog default, 600 s), so a restart that stops after LEASE + 2 idle
-    # seconds must find every message again.
+    # Restart: the killed process's leases lapse within LEASE seconds (whatever the
+    # subscription's ack deadline), so a restart that stops after LEASE + 2 idle seconds must
+    # find every message again.
     started = time.monotonic()
     restarted = _cli([*args, "--until-idle", str(LEASE + 2)])
     assert restarted.returncode == 0, restarted.stderr

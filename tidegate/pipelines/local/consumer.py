@@ -8,10 +8,12 @@
     consumer.close()                      # stops pulling, nacks whatever is still held
 
 Why each piece exists:
-- **Leases.** A pull hands messages out for the subscription's ack deadline (600 s in the shipped
-  catalog, so a slow batch is never redelivered while it commits). Held that long, a killed
-  process would stall its messages for ten minutes. So every pulled message is put on a short
-  lease at once (`modify_ack_deadline(lease_seconds)`), and a lease thread extends, once a
+- **Leases.** A pull hands messages out for the subscription's ack deadline (10 s in the shipped
+  catalog; 600 s in older catalogs, and whatever a subscription made by other tools has). Held
+  for a long deadline, a killed process would stall its messages that long. So every pulled
+  message of a subscription whose deadline is longer than `lease_seconds` is put on a short
+  lease at once (`modify_ack_deadline(lease_seconds)`; `start` reads each subscription's deadline
+  once, and shortens always if it may not read it), and a lease thread extends, once a
   second, the held messages whose lease has less than `lease_seconds / 2` left, until they are
   acked or nacked. The first, shortening call is made by the lease thread too, woken by the
   puller, so a puller goes straight back to pulling instead of waiting for that round trip
@@ -19,7 +21,9 @@ Why each piece exists:
   one request. Until it lands a message keeps the subscription's longer deadline: never an
   early redelivery, and a SIGKILL in those few milliseconds costs that deadline for those
   messages only. An ack or nack in between drops the ids from the pending call (a late
-  lease must not undo a nack). (Extending every held message on a fixed period cost 0.8 lease calls per
+  lease must not undo a nack). With the shipped 10 s deadline there is nothing to shorten: that
+  call cost a tenth of a 100k backlog's run in the lease thread (GIL and emulator CPU) for
+  nothing. (Extending every held message on a fixed period cost 0.8 lease calls per
   message on a 100k backlog, all of it emulator and gRPC CPU taken from the batch; a message
   acked within half a lease is never extended.) A SIGKILL stops the extensions: Pub/Sub
   redelivers within `lease_seconds`. A clean stop nacks (deadline 0) at once.
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -83,8 +88,8 @@ class ConsumerOptions:
     idle_poll: float = 0.05  # first pause after an empty pull (doubles up to 0.25 s)
 
 
-def size_of(message: Any) -> int:
-    """Bytes a pulled protobuf message holds (body + attribute keys and values)."""
+def size_of(message: RawMessage) -> int:
+    """Bytes a pulled message holds (body + attribute keys and values)."""
     return len(message.data) + sum(len(k) + len(v) for k, v in message.attributes.items())
 
 
@@ -136,10 +141,15 @@ class Consumer:
         # per subscription: since when every pull came back empty (None: the last one did not)
         self.empty_since: dict[str, float | None] = dict.fromkeys(paths)
         self.full_streak: dict[str, int] = dict.fromkeys(paths, 0)  # full pulls in a row
+        # per subscription: is its ack deadline longer than our lease (read by `start`)?
+        self.shorten: dict[str, bool] = dict.fromkeys(paths, True)
+        self.deadline: dict[str, float] = dict.fromkeys(paths, math.inf)  # its ack deadline, s
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.deadline = {path: self._deadline(path) for path in self.paths}
+        self.shorten = {path: d > self.options.lease_seconds for path, d in self.deadline.items()}
         for path, name in self.paths.items():
             for i in range(self.options.pullers_per_subscription):
                 t = threading.Thread(
@@ -149,6 +159,20 @@ class Consumer:
         self.threads.append(threading.Thread(target=self._lease_loop, name="tidegate-leases", daemon=True))
         for t in self.threads:
             t.start()
+
+    def _deadline(self, path: str) -> float:
+        """The subscription's ack deadline in seconds (infinite if it cannot be read: on GCP,
+        reading a subscription needs `pubsub.subscriptions.get`, which a subscriber may lack)."""
+        try:
+            sub = self.client.get_subscription(
+                request={"subscription": path},
+                timeout=self.options.rpc_timeout,
+                retry=retry_for(self.options.rpc_timeout),
+            )
+            return float(sub.ack_deadline_seconds) or math.inf
+        except Exception as exc:  # noqa: BLE001 - then every pull is shortened, as before
+            log.info("reading %s's ack deadline failed (%s): shortening every lease", path, _first_line(exc))
+            return math.inf
 
     def close(self) -> int:
         """Stop pulling and hand every message still held back to Pub/Sub. Returns how many."""
@@ -301,6 +325,7 @@ class Consumer:
             if self.stopping.is_set():
                 return
             try:
+                asked = time.monotonic()
                 received = pull_now(self.client, path, max_messages=room, timeout=self.options.rpc_timeout)
                 leased_at = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - any transport failure ends the run the same way
@@ -327,20 +352,26 @@ class Consumer:
             self.full_streak[path] = self.full_streak[path] + 1 if full else 0
             items = []
             for r in received:
-                size = size_of(r.message)
-                items.append(Leased(path, r.ack_id, to_raw(r, name), size))
-            expires = leased_at + self.options.lease_seconds
+                raw = to_raw(r, name)
+                items.append(Leased(path, r.ack_id, raw, size_of(raw)))
+            # our short lease counts from its call (after this); the subscription's own deadline,
+            # when it is kept, from Pub/Sub's delivery: no later than the request
+            expires = (
+                leased_at + self.options.lease_seconds if self.shorten[path] else asked + self.deadline[path]
+            )
             with self.cond:
                 held = self.held[path]
                 for item in items:
                     held[item.ack_id] = (item.size, expires)
                     self.held_bytes += item.size
                 self.held_messages += len(items)
-                # the lease thread shortens the subscription's deadline to our lease (docstring)
-                self.unleased[path].extend(item.ack_id for item in items)
+                if self.shorten[path]:
+                    # the lease thread shortens the subscription's deadline to our lease (docstring)
+                    self.unleased[path].extend(item.ack_id for item in items)
                 self.buffer.extend(items)
                 self.cond.notify_all()
-            self.lease_wake.set()
+            if self.shorten[path]:
+                self.lease_wake.set()
             if len(received) < CAUGHT_UP:
                 # Caught up with the topic: let messages gather instead of spinning on tiny pulls
                 # (each pull + lease RPC costs Python time the batch needs; the batch is what
