@@ -5,8 +5,8 @@
     tidegate bench soak --minutes 10 --rate 1500
 
 `bench ingest` runs everything against a private emulator and temporary lakes:
-1. **ceiling**: the fastest plain drain of the same messages: every subscription pulled in
-   parallel (one thread each, pulls of 1,000), acks in bulk, nothing else;
+1. **ceiling**: the fastest of two plain drains of the same messages: every subscription pulled
+   in parallel (one thread each, pulls of 1,000), acks in bulk, nothing else;
 2. **throughput**: N messages of the realistic mix (3 types, 2% invalid, 1% duplicates)
    published first, then `ingest --until-idle` from a warm process; time from the first pull to
    the last commit; peak RSS;
@@ -125,9 +125,15 @@ def _publish_mix(catalog: Catalog, address: str, count: int, seed: int, manifest
     assert report.failed == 0, report.errors
 
 
-def ceiling(catalog: Catalog, address: str, events: int) -> float:
-    """The fastest plain drain of `events` messages of the mix (module docstring, 1)."""
-    _publish_mix(catalog, address, events, 99)
+def ceiling(catalog: Catalog, address: str, events: int, runs: int = 2) -> float:
+    """The fastest of `runs` plain drains of `events` messages of the mix (module docstring, 1).
+    One drain right after the emulator started ran at 8.5-16k msg/s (its JVM still compiling):
+    the best of two is what the emulator can do."""
+    return max(_drain_once(catalog, address, events, seed) for seed in range(99, 99 + runs))
+
+
+def _drain_once(catalog: Catalog, address: str, events: int, seed: int) -> float:
+    _publish_mix(catalog, address, events, seed)
     client = subscriber(address)
     total = [0]
     lock = threading.Lock()
