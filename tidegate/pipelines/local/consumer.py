@@ -141,15 +141,13 @@ class Consumer:
         # per subscription: since when every pull came back empty (None: the last one did not)
         self.empty_since: dict[str, float | None] = dict.fromkeys(paths)
         self.full_streak: dict[str, int] = dict.fromkeys(paths, 0)  # full pulls in a row
-        # per subscription: is its ack deadline longer than our lease (read by `start`)?
-        self.shorten: dict[str, bool] = dict.fromkeys(paths, True)
-        self.deadline: dict[str, float] = dict.fromkeys(paths, math.inf)  # its ack deadline, s
+        # per subscription: its ack deadline, s (read by `start`; unknown: infinite)
+        self.deadline: dict[str, float] = dict.fromkeys(paths, math.inf)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         self.deadline = {path: self._deadline(path) for path in self.paths}
-        self.shorten = {path: d > self.options.lease_seconds for path, d in self.deadline.items()}
         for path, name in self.paths.items():
             for i in range(self.options.pullers_per_subscription):
                 t = threading.Thread(
@@ -159,6 +157,10 @@ class Consumer:
         self.threads.append(threading.Thread(target=self._lease_loop, name="tidegate-leases", daemon=True))
         for t in self.threads:
             t.start()
+
+    def _shortens(self, path: str) -> bool:
+        """Are `path`'s pulled messages put on our lease (its deadline is longer)?"""
+        return self.deadline[path] > self.options.lease_seconds
 
     def _deadline(self, path: str) -> float:
         """The subscription's ack deadline in seconds (infinite if it cannot be read: on GCP,
@@ -357,7 +359,9 @@ class Consumer:
             # our short lease counts from its call (after this); the subscription's own deadline,
             # when it is kept, from Pub/Sub's delivery: no later than the request
             expires = (
-                leased_at + self.options.lease_seconds if self.shorten[path] else asked + self.deadline[path]
+                leased_at + self.options.lease_seconds
+                if self._shortens(path)
+                else asked + self.deadline[path]
             )
             with self.cond:
                 held = self.held[path]
@@ -365,12 +369,12 @@ class Consumer:
                     held[item.ack_id] = (item.size, expires)
                     self.held_bytes += item.size
                 self.held_messages += len(items)
-                if self.shorten[path]:
+                if self._shortens(path):
                     # the lease thread shortens the subscription's deadline to our lease (docstring)
                     self.unleased[path].extend(item.ack_id for item in items)
                 self.buffer.extend(items)
                 self.cond.notify_all()
-            if self.shorten[path]:
+            if self._shortens(path):
                 self.lease_wake.set()
             if len(received) < CAUGHT_UP:
                 # Caught up with the topic: let messages gather instead of spinning on tiny pulls
