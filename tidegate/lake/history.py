@@ -15,7 +15,9 @@ and what a check keeps per group (8 bytes per key, partial aggregate rows), not 
   hash collision is told apart there, so it never reports a false duplicate);
 - `readable_version(uri, version)`: the newest version holding the same rows as `version`
   (later commits only compaction, vacuum or property changes), so a check pinned to a version
-  whose files `tidegate maintain --retain-hours 0` vacuumed still reads them.
+  whose files `tidegate maintain --retain-hours 0` vacuumed still reads them;
+- `missing_files(uri, version)`: the files of a version that a vacuum deleted (then nothing
+  holds its rows, and a check says so instead of failing on a missing file).
 
     uv run python -c "from tidegate.lake.history import FileGroups, duplicates; \
         from deltalake import DeltaTable; \
@@ -36,6 +38,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
 from tidegate.lake.delta import try_open
@@ -187,4 +190,36 @@ def readable_version(uri: str, version: int, storage: dict[str, str] | None = No
     return newest
 
 
-__all__ = ["GROUP_ROWS", "FileGroups", "duplicates", "key_hashes", "readable_version"]
+def missing_files(uri: str, version: int, storage: dict[str, str] | None = None) -> list[str]:
+    """Data files of `uri` at `version` that are gone: a later commit removed them from the table
+    and a vacuum deleted them (`readable_version` first: a compaction keeps the rows elsewhere).
+    Only files the current version no longer lists are looked at (a live file is never
+    vacuumed), one `get_file_info` for them all: on gs:// a request per such file, usually none."""
+    pinned = try_open(uri, storage, version=version)
+    current = try_open(uri, storage)
+    if pinned is None or current is None or current.version() == version:
+        return []
+    paths = pa.table(current.get_add_actions(flatten=True)).column("path").to_pylist()
+    live = {str(p).rsplit("/", 1)[-1] for p in paths}
+    dataset = pinned.to_pyarrow_dataset()
+    assert isinstance(dataset, ds.FileSystemDataset)
+    maybe = [f.path for f in dataset.get_fragments() if f.path.rsplit("/", 1)[-1] not in live]
+    if not maybe:
+        return []
+    return [i.path for i in dataset.filesystem.get_file_info(maybe) if i.type == pafs.FileType.NotFound]
+
+
+def vacuumed(gone: list[str]) -> str:
+    """`missing_files`' answer, in words."""
+    return f"{len(gone)} of its files were vacuumed, e.g. {gone[0].rsplit('/', 1)[-1]}"
+
+
+__all__ = [
+    "GROUP_ROWS",
+    "FileGroups",
+    "duplicates",
+    "key_hashes",
+    "missing_files",
+    "readable_version",
+    "vacuumed",
+]

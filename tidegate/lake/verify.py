@@ -37,7 +37,14 @@ from tidegate.errors import TidegateError
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import try_open
-from tidegate.lake.history import GROUP_ROWS, FileGroups, duplicates, readable_version
+from tidegate.lake.history import (
+    GROUP_ROWS,
+    FileGroups,
+    duplicates,
+    missing_files,
+    readable_version,
+    vacuumed,
+)
 from tidegate.lake.tables import (
     QUARANTINE,
     TableSpec,
@@ -76,6 +83,15 @@ def _read(uri: str, columns: list[str], storage_options: dict[str, str] | None) 
 def _groups(uri: str, storage: dict[str, str] | None, group_rows: int) -> FileGroups | None:
     table = try_open(uri, storage)
     return FileGroups.of(table, group_rows) if table is not None else None
+
+
+def unreadable_problem(aggregate: str, version: int | None, reason: str) -> str:
+    """What verify reports when the raw version an aggregate incorporates can no longer be read."""
+    return (
+        f"{aggregate}: raw version {version}, which the table incorporates, can no longer be read "
+        f"({reason}); raw changed since, so nothing holds its rows: "
+        f"`tidegate replay {aggregate}` rebuilds the table from the current raw version"
+    )
 
 
 def verify(
@@ -498,19 +514,22 @@ def _parity(
     if version is not None:
         # the same rows at the newest version that holds them: a vacuum after compaction deleted
         # the files `version` listed, not its rows
-        same = readable_version(raw_uri(lake, spec.source), version, storage)
-        try:
-            raw_at = try_open(raw_uri(lake, spec.source), storage, version=same)
-            groups = FileGroups.of(raw_at, group_rows) if raw_at is not None else None
-            if groups is not None:
-                expected, expected_late = recompute(groups, spec)
-        except (OSError, DeltaError) as exc:
-            groups, unreadable = None, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+        uri = raw_uri(lake, spec.source)
+        same = readable_version(uri, version, storage)
+        gone = missing_files(uri, same, storage)
+        if gone:
+            unreadable = vacuumed(gone)
+        else:
+            try:
+                raw_at = try_open(uri, storage, version=same)
+                groups = FileGroups.of(raw_at, group_rows) if raw_at is not None else None
+                if groups is not None:
+                    expected, expected_late = recompute(groups, spec)
+            except (OSError, DeltaError) as exc:
+                groups, unreadable = None, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
     if groups is None:
         problem = (
-            f"{spec.name}: raw version {version}, which the table incorporates, can no longer be read "
-            f"({unreadable}); raw changed since, so nothing holds its rows: "
-            f"`tidegate replay {spec.name}` rebuilds the table from the current raw version"
+            unreadable_problem(spec.name, version, unreadable)
             if unreadable
             else f"{spec.name}: table has no raw version marker"
         )

@@ -58,7 +58,7 @@ from deltalake.transaction import AddAction, RemoveAction, create_table_with_add
 from tidegate.catalog import Catalog, ViewSpec
 from tidegate.lake.changes import raw_changes
 from tidegate.lake.delta import commit_hooks, data_files, scan_table, try_open
-from tidegate.lake.history import FileGroups
+from tidegate.lake.history import FileGroups, missing_files, readable_version, vacuumed
 from tidegate.lake.tables import raw_uri
 
 ORDER = ["_event_time", "_type_order", "_event_source", "_event_id"]
@@ -796,7 +796,9 @@ def view_parity(catalog: Catalog, lake: str, name: str, storage: dict[str, str] 
         e.type: v for e in view.events if (v := table.transaction_version(app_id(view, e.type))) is not None
     }
     # a source the view has no marker for (or -1) was not there when it last committed
-    versions = {t: v for t, v in versions.items() if v >= 0}
+    versions, problem = readable_sources(lake, view, {t: v for t, v in versions.items() if v >= 0}, storage)
+    if problem:
+        return [problem]
     ident = [view.key, *(["valid_from"] if view.history else [])]
     problems: list[str] = []
     with folds(lake, view, storage, versions, table=table) as (ranges, _):
@@ -805,6 +807,27 @@ def view_parity(catalog: Catalog, lake: str, name: str, storage: dict[str, str] 
             if len(problems) >= 40:
                 break
     return problems
+
+
+def readable_sources(
+    lake: str, view: ViewSpec, versions: dict[str, int], storage: dict[str, str] | None = None
+) -> tuple[dict[str, int], str | None]:
+    """The raw versions a view records, each moved to the newest version holding the same rows
+    (`tidegate maintain --retain-hours 0` vacuums the files of a compacted version), and the
+    problem to report if one of them can no longer be read at all (raw changed, then a vacuum)."""
+    readable: dict[str, int] = {}
+    for t, version in versions.items():
+        uri = raw_uri(lake, t)
+        readable[t] = readable_version(uri, version, storage)
+        gone = missing_files(uri, readable[t], storage)
+        if gone:
+            return readable, (
+                f"views/{view.name}: raw/{t} version {version}, which the view incorporates, can no "
+                f"longer be read ({vacuumed(gone)}); "
+                f"raw changed since, so nothing holds its rows: `tidegate replay {view.name}` rebuilds "
+                "the view from the current raw version"
+            )
+    return readable, None
 
 
 def differences(

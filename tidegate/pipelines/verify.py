@@ -63,10 +63,17 @@ from tidegate.lake import views
 from tidegate.lake.aggregate_writes import app_id
 from tidegate.lake.delta import try_open
 from tidegate.lake.governance import retention_cutoffs
-from tidegate.lake.history import GROUP_ROWS, FileGroups, key_hashes, readable_version
+from tidegate.lake.history import (
+    GROUP_ROWS,
+    FileGroups,
+    key_hashes,
+    missing_files,
+    readable_version,
+    vacuumed,
+)
 from tidegate.lake.read import Lake
 from tidegate.lake.tables import aggregate_uri, late_uri, raw_uri
-from tidegate.lake.verify import pairs_per_event, window_diff
+from tidegate.lake.verify import pairs_per_event, unreadable_problem, window_diff
 from tidegate.pipelines.runs import new_run_id
 from tidegate.transforms.view_fold import (
     BucketRowsFn,
@@ -524,15 +531,15 @@ class _Planner:
         if version is None:
             return f"{spec.name}: table has no raw version marker"
         uri = raw_uri(self.lake, spec.source)
-        try:  # the same rows at the newest version holding them (a vacuum after compaction)
-            pinned, groups = self.pin(uri, readable_version(uri, version, self.storage))
+        same = readable_version(uri, version, self.storage)  # a vacuum after compaction: same rows
+        gone = missing_files(uri, same, self.storage)
+        if gone:
+            return unreadable_problem(spec.name, version, vacuumed(gone))
+        try:
+            pinned, groups = self.pin(uri, same)
         except (OSError, DeltaError) as exc:
-            return (
-                f"{spec.name}: raw version {version}, which the table incorporates, can no longer be read "
-                f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}); raw changed since, so "
-                f"nothing holds its rows: `tidegate replay {spec.name}` rebuilds the table from the "
-                "current raw version"
-            )
+            reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+            return unreadable_problem(spec.name, version, reason)
         config = ParityConfig(
             self.lake,
             spec.model_dump_json(),
@@ -559,18 +566,22 @@ class _Planner:
                 f"views/{view.name} does not exist: `tidegate ingest` builds it, "
                 f"`tidegate replay {view.name}` rebuilds it"
             )
-        sources: list[tuple[str, Pinned, int]] = []
-        rows = 0
+        recorded: dict[str, int] = {}
         for e in view.events:
             version = table.transaction_version(views.app_id(view, e.type))
             if version is None or version < 0:  # the source did not exist when the view last committed
                 continue
-            uri = raw_uri(self.lake, e.type)
-            if try_open(uri, self.storage) is None:
-                continue
-            pinned, groups = self.pin(uri, readable_version(uri, version, self.storage))
+            if try_open(raw_uri(self.lake, e.type), self.storage) is not None:
+                recorded[e.type] = version
+        readable, problem = views.readable_sources(self.lake, view, recorded, self.storage)
+        if problem:
+            return problem
+        sources: list[tuple[str, Pinned, int]] = []
+        rows = 0
+        for t, version in readable.items():
+            pinned, groups = self.pin(raw_uri(self.lake, t), version)
             rows += groups.rows
-            sources.append((e.type, pinned, len(groups)))
+            sources.append((t, pinned, len(groups)))
         pinned, table_groups = self.pin(views.view_uri(self.lake, view.name), table.version())
         # a bucket folds about views.BUCKET_ROWS raw rows, as the one-process fold's key range does
         buckets = math.ceil(rows / views.BUCKET_ROWS) or 1
