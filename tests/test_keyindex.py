@@ -138,14 +138,14 @@ def test_the_writer_reopens_its_table_now_and_then_and_keeps_deduplicating(
 ) -> None:
     # an open DeltaTable grows with every log segment it follows, so the writer opens it afresh
     # every REOPEN_AFTER versions; the index must neither reload nor forget across that
-    monkeypatch.setattr("tidegate.lake.writer.REOPEN_AFTER", 3)
+    monkeypatch.setattr("tidegate.lake.delta.REOPEN_AFTER", 3)
     uri = str(tmp_path / "raw")
     index = KeyIndex(uri, ["event_id"])
     tables = set()
     for i in range(8):
         result = append(uri, index, rows([f"e{i}", f"e{i - 1}"]))
         assert result.inserted == (2 if i == 0 else 1)
-        tables.add(index.table_opened_at)
+        tables.add(index.opened.opened_at(uri))
     assert ids_in(uri) == sorted({"e-1", *(f"e{i}" for i in range(8))})
     assert len(tables) >= 3  # it did open the table afresh
     assert index.loads == 0  # it created the table and followed its own commits: never read it

@@ -95,8 +95,7 @@ class KeyIndex:
         self._generations: list[tuple[date, np.ndarray, np.ndarray]] = []
         self._recent: dict[bytes, int] = {}
         self.lock = threading.Lock()
-        self.table: Any = None  # the writer's open DeltaTable (lake.writer.append_new)
-        self.table_opened_at = -1  # the version `table` was opened at (lake.writer._current)
+        self.opened: Any = None  # lake.delta.OpenTables: the writer's open table (lake.writer._current)
         self.loads = 0  # full loads from the table (bench and tests read it)
 
     def __len__(self) -> int:
@@ -104,7 +103,7 @@ class KeyIndex:
 
     def invalidate(self) -> None:
         self.version = None
-        self.table = None
+        self.opened = None
 
     def sync(self, table: Any) -> None:
         """Bring the index up to `table`'s loaded version (a deltalake.DeltaTable, or None for a

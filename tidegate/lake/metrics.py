@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from tidegate.lake.delta import OpenTables
 from tidegate.lake.tables import METRICS, METRICS_SCHEMA
 from tidegate.lake.writer import append
 
@@ -122,7 +123,12 @@ def latency_row(latencies: list[float]) -> dict[str, Any]:
 
 
 def write_metrics(
-    lake: str, run_id: str, batch_id: str, rows: list[dict[str, Any]], storage: dict[str, str] | None
+    lake: str,
+    run_id: str,
+    batch_id: str,
+    rows: list[dict[str, Any]],
+    storage: dict[str, str] | None,
+    opened: OpenTables | None = None,
 ) -> None:
 
     now = datetime.now(UTC)
@@ -133,4 +139,5 @@ def write_metrics(
         table,
         metadata={"tidegate_run_id": run_id, "tidegate_table": "_metrics"},
         storage_options=storage,
+        opened=opened,
     )

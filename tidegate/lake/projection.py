@@ -44,7 +44,7 @@ from tidegate.faults import fault_point
 from tidegate.lake import aggregates as agg
 from tidegate.lake.aggregate_writes import aggregate_commit_meta, aggregate_rows, app_id, write_late
 from tidegate.lake.changes import raw_changes
-from tidegate.lake.delta import data_files, try_open
+from tidegate.lake.delta import OpenTables, data_files, try_open
 from tidegate.lake.tables import aggregate_uri, raw_schema, raw_uri
 from tidegate.lake.views import ViewMaintainer, ViewUpdate
 from tidegate.lake.writer import replace_windows
@@ -110,6 +110,9 @@ class Projector:
             spec.name: agg.output_schema(spec, raw_schema(registry.types[spec.source]))
             for spec in catalog.aggregates
         }
+        # raw tables kept open across rounds (each aggregate table is opened once a round: a
+        # replay may have made it anew in between); forgotten when a round fails
+        self.tables = OpenTables(storage)
         self._files: dict[tuple[str, int], frozenset[str]] = {}  # (source, version) -> data files
         self._views: ViewMaintainer | None = None
         self.view_updates: list[ViewUpdate] = []
@@ -126,6 +129,13 @@ class Projector:
 
         Per source, the raw table is opened once and the new rows are read once for all the
         aggregates over it (grouped by the raw version each incorporates)."""
+        try:
+            return self._project_all(sources, views)
+        except BaseException:
+            self.tables.forget()  # whatever failed, the next round opens every table afresh
+            raise
+
+    def _project_all(self, sources: set[str] | None, views: bool) -> list[ProjectionResult]:
         out = []
         by_source: dict[str, list[AggregateSpec]] = {}
         for spec in self.catalog.aggregates:
@@ -134,7 +144,7 @@ class Projector:
         jobs: list[tuple[AggregateSpec, DeltaTable, int, frozenset[str], _FreshRows]] = []
         targets: dict[str, int] = {}
         for source, specs in by_source.items():
-            raw = try_open(raw_uri(self.lake, source), self.storage)
+            raw = self.tables.get(raw_uri(self.lake, source))
             if raw is None:
                 continue
             target = raw.version()
@@ -244,7 +254,7 @@ class Projector:
         else:
             upserts, deletes = self._windows(spec, table, parts.on_time)
         fault_point("before_aggregates_commit")
-        result = self._commit(spec, upserts, deletes, target)
+        result = self._commit(spec, upserts, deletes, target, table)
         return ProjectionResult(
             aggregate=spec.name,
             from_version=done,
@@ -336,7 +346,12 @@ class Projector:
     # -- writing ---------------------------------------------------------------------------
 
     def _commit(
-        self, spec: AggregateSpec, upserts: pl.DataFrame, deletes: pl.DataFrame, raw_version: int
+        self,
+        spec: AggregateSpec,
+        upserts: pl.DataFrame,
+        deletes: pl.DataFrame,
+        raw_version: int,
+        table: DeltaTable | None = None,
     ) -> Any:
 
         schema = self.schemas[spec.name]
@@ -367,6 +382,7 @@ class Projector:
             app_version=raw_version,
             metadata=meta,
             storage_options=self.storage,
+            table=table,
         )
 
     def _write_late(self, spec: AggregateSpec, late: pl.DataFrame, raw_version: int) -> int:

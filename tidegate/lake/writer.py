@@ -45,6 +45,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from tidegate.errors import TransientError
 from tidegate.lake.delta import (
     LOG_RETENTION,
+    OpenTables,
     commit_hooks,
     log_cleaned_under_read,
     retention_properties,
@@ -60,7 +61,6 @@ MAX_COMMIT_ATTEMPTS = 6
 # commit, and every open lists it); set at creation, so no metadata commit ever races a writer.
 # `tidegate maintain` sets it on older tables.
 NEW_TABLE_CONFIG = retention_properties(LOG_RETENTION)
-REOPEN_AFTER = 100  # versions an open DeltaTable follows before it is opened afresh (see _current)
 
 
 @dataclass(frozen=True)
@@ -303,24 +303,11 @@ def insert_new(
 
 
 def _current(index: Any, uri: str, storage_options: dict[str, str] | None) -> DeltaTable | None:
-    """The table at its latest version: the single writer keeps its DeltaTable open and reads
-    only the log entries added since (opening replays the log from the last checkpoint, which
-    cost as much as the append itself). Every `REOPEN_AFTER` versions it opens the table afresh:
-    an open DeltaTable keeps each incremental log segment it read (~27 KB a commit, measured
-    with deltalake 1.6), which grew a 10-minute `--follow` run by ~80 MiB; a fresh open reads
-    the checkpoint delta-rs writes every 100 versions, ~20 ms."""
-    if index.table is not None:
-        try:
-            index.table.update_incremental()
-            if index.table.version() - index.table_opened_at < REOPEN_AFTER:
-                return index.table  # type: ignore[no-any-return]
-        except Exception:  # gone, replaced: open it afresh
-            log.info("reopening %s", uri, exc_info=True)
-        index.table = None
-    index.table = try_open(uri, storage_options)
-    if index.table is not None:
-        index.table_opened_at = index.table.version()
-    return index.table  # type: ignore[no-any-return]
+    """The table at its latest version: the single writer keeps its DeltaTable open
+    (`lake.delta.OpenTables`, in the key index: `invalidate` drops it with the keys)."""
+    if index.opened is None:
+        index.opened = OpenTables(storage_options)
+    return index.opened.get(uri)  # type: ignore[no-any-return]
 
 
 def append_new(
@@ -383,8 +370,7 @@ def append_new(
                 )
                 if table is None:
                     table = DeltaTable(uri, storage_options=storage_options)
-                    index.table_opened_at = table.version()
-                index.table = table
+                    index.opened.adopt(uri, table)
                 version = table.version()
                 index.added(
                     [d for d, s in zip(digests, seen, strict=True) if not s],
@@ -419,20 +405,37 @@ def append(
     *,
     metadata: dict[str, Any] | None = None,
     storage_options: dict[str, str] | None = None,
+    opened: OpenTables | None = None,
 ) -> int:
-    """Plain append (the ledger: one row per batch, never deduplicated). Returns the version."""
-    table = try_open(uri, storage_options)
-    write_deltalake(
-        table if table is not None else uri,
-        rows,
-        mode="append",
-        schema_mode="merge",
-        configuration=None if table is not None else NEW_TABLE_CONFIG,
-        commit_properties=CommitProperties(custom_metadata=_stringify(metadata or {})),
-        post_commithook_properties=commit_hooks(table),
-        storage_options=storage_options,
-    )
-    return int((table or DeltaTable(uri, storage_options=storage_options)).version())
+    """Plain append (the ledger: one row per batch, never deduplicated). Returns the version.
+    `opened`: the caller's open tables (the bookkeeper's), brought up to date, not reopened."""
+    for attempt in (1, 2):
+        table = opened.get(uri) if opened is not None else try_open(uri, storage_options)
+        try:
+            write_deltalake(
+                table if table is not None else uri,
+                rows,
+                mode="append",
+                schema_mode="merge",
+                configuration=None if table is not None else NEW_TABLE_CONFIG,
+                commit_properties=CommitProperties(custom_metadata=_stringify(metadata or {})),
+                post_commithook_properties=commit_hooks(table),
+                storage_options=storage_options,
+            )
+            break
+        except BaseException as exc:
+            if opened is None:
+                raise
+            opened.forget(uri)  # landed or not: open it afresh next time
+            # an open table whose log a cleanup deleted under it fails reading that log, before
+            # anything is written: once more, freshly opened
+            if attempt == 2 or "_delta_log" not in str(exc):
+                raise
+    if table is None:
+        table = DeltaTable(uri, storage_options=storage_options)
+        if opened is not None:
+            opened.adopt(uri, table)
+    return int(table.version())
 
 
 def _null_safe_eq(col: str) -> str:
@@ -451,6 +454,7 @@ def replace_windows(
     metadata: dict[str, Any] | None = None,
     storage_options: dict[str, str] | None = None,
     revision_from_source: bool = False,
+    table: DeltaTable | None = None,
 ) -> CommitResult:
     """One atomic commit to an aggregate table: upsert window rows, delete replaced ones, and
     record `app_version` (the raw table version incorporated) as the Delta app transaction
@@ -461,14 +465,17 @@ def replace_windows(
     so a retried or repeated projection is a no-op on the data). `deletes` holds the key
     columns of rows to remove (sessions that merged into a bigger one). Keys compare null-safe.
     Conflicts are retried; an older `app_version` than the table already holds is refused
-    (delta-rs would accept it and move the marker backwards; platform facts).
+    (delta-rs would accept it and move the marker backwards; platform facts). `table`: the
+    table as the caller just opened it (the projector reads its stored windows from it): the
+    first attempt commits through it instead of opening it again; a retry opens it afresh.
     """
 
     meta = _stringify(metadata or {})
     txn = [Transaction(app_id, app_version)]
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         try:
-            table = try_open(uri, storage_options)
+            if attempt > 1 or table is None:
+                table = try_open(uri, storage_options)
             props = CommitProperties(custom_metadata=meta, app_transactions=txn)
             if table is None:
                 write_deltalake(

@@ -35,6 +35,7 @@ from apache_beam.pvalue import PCollection
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 
+from tidegate.lake.delta import OpenTables
 from tidegate.lake.rows import commit_metadata, message_digest
 from tidegate.lake.tables import LEDGER, LEDGER_SCHEMA
 from tidegate.lake.writer import append, insert_new
@@ -161,7 +162,12 @@ class WriteLedgerFn(beam.DoFn):
 
 
 def write_ledger(
-    config: IngestConfig, rows: list[dict[str, Any]], *, insert_only: bool, message_ids: Sequence[str] = ()
+    config: IngestConfig,
+    rows: list[dict[str, Any]],
+    *,
+    insert_only: bool,
+    message_ids: Sequence[str] = (),
+    opened: OpenTables | None = None,
 ) -> None:
     """Ledger rows (dicts of LEDGER_SCHEMA) -> one commit to `_ledger`. Streaming inserts on
     batch_id (a bundle Dataflow retries adds nothing twice); local mode appends (one driver, a
@@ -182,7 +188,7 @@ def write_ledger(
             LEDGER.uri(config.lake), table, keys=LEDGER.keys, metadata=meta, storage_options=config.storage
         )
     else:
-        append(LEDGER.uri(config.lake), table, metadata=meta, storage_options=config.storage)
+        append(LEDGER.uri(config.lake), table, metadata=meta, storage_options=config.storage, opened=opened)
 
 
 class BalanceLedger(beam.PTransform):

@@ -29,6 +29,7 @@ from typing import Any
 from tidegate.errors import TidegateError
 from tidegate.expectations.envelope import RawMessage
 from tidegate.faults import fault_point
+from tidegate.lake.delta import OpenTables
 from tidegate.lake.metrics import beam_metric_rows, commit_metric_rows, latency_row, write_metrics
 from tidegate.lake.rows import message_digest
 from tidegate.transforms.base import IngestConfig
@@ -151,6 +152,7 @@ class Bookkeeper:
         self.openlineage = openlineage
         self.inputs = inputs
         self.outputs = outputs
+        self.tables = OpenTables(config.storage)  # the ledger and _metrics, open on this thread
         self.queue: queue.Queue[_Work | None] = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="tidegate-bookkeeper", daemon=True)
@@ -193,6 +195,7 @@ class Bookkeeper:
             [{**o.ledger, "committed_at": datetime.now(UTC)}],
             insert_only=False,
             message_ids=[x.message.message_id for x in work.leased],
+            opened=self.tables,
         )
         o.stages["ledger"] = time.perf_counter() - t
         fault_point("after_commit")
@@ -219,7 +222,9 @@ class Bookkeeper:
                 for k, v in o.stages.items()
             ]
             rows += [*stage_rows, latency_row(o.publish_latencies)]
-            write_metrics(self.config.lake, self.config.run_id, o.batch_id, rows, self.config.storage)
+            write_metrics(
+                self.config.lake, self.config.run_id, o.batch_id, rows, self.config.storage, self.tables
+            )
         except Exception as exc:  # noqa: BLE001 - metrics must never fail a committed batch
             log.warning("metrics of %s not recorded: %s", o.batch_id, exc)
         o.stages["metrics"] = time.perf_counter() - t

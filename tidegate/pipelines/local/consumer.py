@@ -97,9 +97,11 @@ def to_raw(received: Any, subscription: str) -> RawMessage:
     """A raw protobuf ReceivedMessage (see infra.pubsub.pull_now) as a RawMessage."""
     m = received.message
     pt = m.publish_time
+    attrs = m.attributes
     return RawMessage(
         data=m.data,
-        attributes=dict(m.attributes),
+        # not dict(attrs): on protobuf's upb map that goes through the Mapping mixin, 2x slower
+        attributes={k: attrs[k] for k in attrs},
         message_id=m.message_id,
         publish_time=datetime.fromtimestamp(pt.seconds + pt.nanos / 1e9, UTC) if pt.seconds else None,
         subscription=subscription,
