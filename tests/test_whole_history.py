@@ -39,6 +39,21 @@ def _whole(lake: Path, event_type: str, columns: list[str]) -> pl.DataFrame:
     return out
 
 
+def _change_raw_then_vacuum(lake: Path, catalog: Catalog) -> None:
+    """One more order lands, then `maintain --retain-hours 0`: the raw version a derived table
+    recorded is gone, rows and files (nothing holds it any more)."""
+    from tidegate.lake.maintenance import maintain
+
+    extra = DeltaTable(raw_uri(str(lake), ORDERS)).to_pyarrow_dataset().head(1)
+    extra = extra.set_column(0, extra.schema.field(0), pa.array(["late-comer"], pa.string()))
+    write_deltalake(raw_uri(str(lake), ORDERS), extra, mode="append")
+    maintain(LakeTables(str(lake), catalog), retain_hours=0)
+
+
+def _asks_for_replay(problems: list[str], name: str) -> bool:
+    return any("can no longer be read" in p and f"tidegate replay {name}" in p for p in problems)
+
+
 def _copy(lake: Path, to: Path) -> Path:
     import shutil
 
@@ -138,19 +153,12 @@ def test_verify_after_maintain_with_no_retention_reads_the_rows_the_aggregate_in
         DeltaTable(raw_uri(str(lake), ORDERS)).to_pyarrow_dataset().head(0),
         mode="append",
     )
-    extra = DeltaTable(raw_uri(str(lake), ORDERS)).to_pyarrow_dataset().head(1)
-    extra = extra.set_column(0, extra.schema.field(0), pa.array(["late-comer"], pa.string()))
-    write_deltalake(raw_uri(str(lake), ORDERS), extra, mode="append")
-    maintain(LakeTables(str(lake), catalog), retain_hours=0)
+    _change_raw_then_vacuum(lake, catalog)
     report = verify(str(lake), [ORDERS], aggregates=[spec])
     assert not report.ok
-    assert any(
-        "can no longer be read" in p and f"tidegate replay {spec.name}" in p for p in report.problems
-    ), report.problems
+    assert _asks_for_replay(report.problems, spec.name), report.problems
     problems = run_local(only, str(lake))
-    assert any("can no longer be read" in p and f"tidegate replay {spec.name}" in p for p in problems), (
-        problems
-    )
+    assert _asks_for_replay(problems, spec.name), problems
 
 
 def test_the_beam_verify_graph_finds_what_verify_finds(
@@ -196,16 +204,9 @@ def test_a_view_whose_raw_version_was_vacuumed_is_verified_or_reported_never_a_c
     maintain(LakeTables(str(lake), catalog), retain_hours=0)
     assert verify(str(lake), sources, catalog=only_view).ok
     assert run_local(only_view, str(lake)) == []
-    extra = DeltaTable(raw_uri(str(lake), ORDERS)).to_pyarrow_dataset().head(1)
-    extra = extra.set_column(0, extra.schema.field(0), pa.array(["late-comer"], pa.string()))
-    write_deltalake(raw_uri(str(lake), ORDERS), extra, mode="append")
-    maintain(LakeTables(str(lake), catalog), retain_hours=0)
+    _change_raw_then_vacuum(lake, catalog)
     report = verify(str(lake), sources, catalog=only_view)
     assert not report.ok
-    assert any(
-        "can no longer be read" in p and f"tidegate replay {view.name}" in p for p in report.problems
-    ), report.problems
+    assert _asks_for_replay(report.problems, view.name), report.problems
     problems = run_local(only_view, str(lake))
-    assert any("can no longer be read" in p and f"tidegate replay {view.name}" in p for p in problems), (
-        problems
-    )
+    assert _asks_for_replay(problems, view.name), problems
