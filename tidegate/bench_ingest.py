@@ -53,7 +53,6 @@ from tidegate.lake.metrics import metrics_uri
 from tidegate.lake.tables import ledger_uri, raw_uri
 from tidegate.lake.verify import verify
 from tidegate.pipelines.local import BatchOutcome, LocalIngest, LocalOptions
-from tidegate.pipelines.local.worker import shared_rss_mib
 from tidegate.pipelines.runs import new_run_id
 from tidegate.producer import ProduceConfig, generate, publish
 from tidegate.transforms.base import IngestConfig
@@ -63,14 +62,13 @@ Progress = Callable[[str], None]
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set plus its batch worker's (pipelines/local/worker.py)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + shared_rss_mib(peak=True)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mib() -> float:
-    """Current resident set size of this process and its batch worker."""
+    """Current resident set size of this process."""
     with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20 + shared_rss_mib()
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def mix(catalog: Catalog, count: int, seed: int) -> ProduceConfig:
@@ -363,10 +361,7 @@ def bench_ingest(
         progress("warm-up batch ...")
         _publish_mix(catalog, proc.address, 500, 1)
         LocalIngest(
-            catalog,
-            proc.address,
-            _config(catalog, work / "warmup"),
-            LocalOptions(until_idle=0.5, batch_worker=True),
+            catalog, proc.address, _config(catalog, work / "warmup"), LocalOptions(until_idle=0.5)
         ).run()
 
         progress(f"publishing a backlog of {events:,} messages (2% invalid, 1% duplicates, 3 types) ...")
@@ -383,7 +378,7 @@ def bench_ingest(
             catalog,
             proc.address,
             _config(catalog, lake),
-            LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=1.0, batch_worker=True),
+            LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=1.0),
             on_batch=on_batch,
         ).run()
         elapsed = last_commit[0] - first_pull
@@ -413,9 +408,7 @@ def bench_ingest(
                 work / "follow",
                 count,
                 rate,
-                LocalOptions(
-                    max_batch=max_batch, max_wait=max_wait, follow=True, until_idle=None, batch_worker=True
-                ),
+                LocalOptions(max_batch=max_batch, max_wait=max_wait, follow=True, until_idle=None),
                 lambda b: None,
             )
             ingest_latency_figures(figures, batches)
@@ -466,7 +459,7 @@ def bench_soak(catalog: Catalog, minutes: float, rate: float, progress: Progress
             lake,
             count,
             rate,
-            LocalOptions(follow=True, until_idle=None, batch_worker=True),
+            LocalOptions(follow=True, until_idle=None),
             on_batch,
             keep=False,
         )

@@ -15,13 +15,8 @@ from tidegate.errors import TransientError
 FAULT_ENV = "TIDEGATE_FAULT_INJECT"
 
 
-ALSO_KILL: int | None = None  # in local mode's batch worker: the ingest process (its parent)
-
-
 def fault_point(name: str) -> None:
     if os.environ.get(FAULT_ENV) == name:
-        if ALSO_KILL is not None:  # the point kills the ingest, whichever of its processes reached it
-            os.kill(ALSO_KILL, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -32,20 +27,6 @@ def crash_on() -> str | None:
     """`TIDEGATE_FAULT_CRASH_ON=<ce-id>`: processing any message with that ce-id raises, as a bug
     or a resource limit would (the poison-message test). Read once per worker (DoFn.setup)."""
     return os.environ.get(CRASH_ON_ENV) or None
-
-
-DIE_ON_ENV = "TIDEGATE_FAULT_DIE_ON"
-
-
-def die_on() -> str | None:
-    """`TIDEGATE_FAULT_DIE_ON=<ce-id>`: processing a message with that ce-id SIGKILLs the process
-    that runs the batch, as a crash in native code or the OOM killer would (the batch worker
-    test: the ingest survives it, pipelines/local/worker.py). Read once per worker (DoFn.setup)."""
-    return os.environ.get(DIE_ON_ENV) or None
-
-
-def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class InjectedCrash(RuntimeError):
@@ -64,9 +45,3 @@ def transient_fault() -> None:
     if _transient_raised < limit:
         _transient_raised += 1
         raise TransientError(f"injected transient failure {_transient_raised} of {limit}")
-
-
-def reset_transient() -> None:
-    """Count `TIDEGATE_FAULT_TRANSIENT` from 0 again (the batch worker, when its value changes)."""
-    global _transient_raised
-    _transient_raised = 0

@@ -78,7 +78,7 @@ def bench_produce(
     table.add_row("generate only (no I/O)", f"{gen_rate:,.0f} msg/s")
     table.add_row("publish to emulator (generate + send + wait for acks)", f"{report.rate:,.0f} msg/s")
     table.add_row("wall time publishing", f"{report.seconds:.2f} s")
-    table.add_row("peak RSS (this process + its batch worker)", f"{figures['peak_rss_mib']} MiB")
+    table.add_row("peak RSS of this process", f"{figures['peak_rss_mib']} MiB")
     console.print(table)
 
 

@@ -40,7 +40,6 @@ def run_local_ingest(
     quiet: bool = False,
     subscriptions: list[str] | None = None,
     project: str | None = None,
-    in_process: bool = False,
 ) -> RunSummary:
     from tidegate.lake.pii import is_production, is_remote_lake, load_protector
     from tidegate.lake.read import Lake
@@ -100,14 +99,7 @@ def run_local_ingest(
         catalog,
         address,
         config,
-        LocalOptions(
-            max_batch=max_batch,
-            max_wait=max_wait,
-            until_idle=until_idle,
-            follow=follow,
-            # each batch's Beam pipeline in the batch worker process: both cores (pipelines/local/worker.py)
-            batch_worker=not in_process,
-        ),
+        LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=until_idle, follow=follow),
         project=project,
         on_batch=on_batch,
         subscriptions=subscriptions,
@@ -191,14 +183,6 @@ def ingest(
             "of the emulator, e.g. to sweep a Dataflow deployment's dead letters into its gs:// lake.",
         ),
     ] = False,
-    in_process: Annotated[
-        bool,
-        typer.Option(
-            "--in-process",
-            help="local: run each batch's Beam pipeline on the driver's thread instead of the batch "
-            "worker process (one process, one core's worth of Python: for a debugger or a profiler).",
-        ),
-    ] = False,
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
     emulator: EmulatorOpt = None,
@@ -234,11 +218,6 @@ def ingest(
             job_file,
         )
         return
-    if not in_process:
-        # start the batch worker now: its imports (~3 s) overlap this process's (cold start)
-        from tidegate.pipelines.local.worker import shared_worker
-
-        shared_worker(str(catalog.path))
     address: str | None
     if gcp:
         from tidegate.pipelines.dataflow import require_credentials
@@ -261,7 +240,6 @@ def ingest(
         production=production,
         subscriptions=[catalog.dead_letter.subscription] if dead_letters else None,
         project=project,
-        in_process=in_process,
     )
     rate = summary.received / summary.seconds if summary.seconds else 0.0
     console.print(

@@ -33,7 +33,7 @@ from tidegate.expectations.checks import (
     expectations_stage,
 )
 from tidegate.expectations.envelope import Envelope, RawMessage
-from tidegate.faults import InjectedCrash, crash_on, die, die_on
+from tidegate.faults import InjectedCrash, crash_on
 from tidegate.transforms.base import (
     INVALID,
     QUALITY,
@@ -54,7 +54,6 @@ class DecodeEnvelopeFn(_CatalogFn):
         self.decoded = Metrics.counter("tidegate", "events_in")
         self.rejected = Metrics.counter("tidegate", "rejected_envelope")
         self.crash_on = crash_on()
-        self.die_on = die_on()
         self.ms = Metrics.distribution("tidegate", "decode_ms")
 
     def process(self, chunk: Chunk) -> Iterator[Any]:
@@ -64,8 +63,6 @@ class DecodeEnvelopeFn(_CatalogFn):
             for m in chunk.messages:
                 if self.crash_on is not None and m.attributes.get("ce-id") == self.crash_on:
                     raise InjectedCrash(f"injected crash on ce-id {self.crash_on}")
-                if self.die_on is not None and m.attributes.get("ce-id") == self.die_on:
-                    die()
                 result = decode_stage(m, self.catalog)
                 if isinstance(result, Rejection):
                     bad.append(result)

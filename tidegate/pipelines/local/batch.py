@@ -54,8 +54,6 @@ from tidegate.transforms.ingest import Ingest
 from tidegate.transforms.ingest_types import Chunk
 from tidegate.transforms.writes import COMMITS, TableCommit
 
-from .worker import BatchWorker
-
 log = logging.getLogger(__name__)
 
 TRANSIENT_ATTEMPTS = 5  # runs of one batch before a TransientError stops ingestion
@@ -132,21 +130,17 @@ def unwrap(exc: BaseException) -> BaseException:
 
 class BatchRunner:
     def __init__(
-        self,
-        config: IngestConfig,
-        sleep: Callable[[float], None] = time.sleep,
-        single_writer: bool = False,
-        worker: BatchWorker | None = None,
+        self, config: IngestConfig, sleep: Callable[[float], None] = time.sleep, single_writer: bool = False
     ) -> None:
         """`single_writer`: the caller holds the lake lock, so the writers may dedup in memory and
-        append (lake.keyindex) instead of MERGE. `worker`: each attempt runs in that batch
-        worker process (worker.py) instead of this one."""
+        append (lake.keyindex) instead of MERGE."""
         # every table of a batch commits side by side (transforms.ingest.CommitPool)
         self.config = dataclasses.replace(config, parallel_commits=True, single_writer=single_writer)
         self.sleep = sleep
-        self.executor: InProcess | InWorker = (
-            InProcess(self.config) if worker is None else InWorker(worker, self.config)
-        )
+        self.options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        self._runner = FnApiRunner()
+        self._slot = f"batch-{uuid.uuid4().hex}"  # this runner's HANDOFF key
+        self._proto: Any = None
         self.successes = 0  # Beam runs that committed, over this runner's life
         self.single_failures = 0  # one-message batches in a row whose message crashed
 
@@ -275,38 +269,6 @@ class BatchRunner:
                     ),
                 )
 
-    def _run_once(self, batch_id: str, messages: list[RawMessage], out: BatchRun) -> None:
-        started = time.perf_counter()
-        try:
-            commits, metrics = self.executor.run(batch_id, messages)
-        finally:
-            out.runs += 1
-            out.beam_seconds += time.perf_counter() - started
-        out.commits += commits
-        out.metrics.append(metrics)
-
-
-class InWorker:
-    """Runs one attempt of a batch in the batch worker process (worker.py)."""
-
-    def __init__(self, worker: BatchWorker, config: IngestConfig) -> None:
-        self.worker, self.config = worker, config
-
-    def run(self, batch_id: str, messages: list[RawMessage]) -> tuple[list[TableCommit], Any]:
-        return self.worker.run(self.config, batch_id, messages)
-
-
-class InProcess:
-    """Runs one attempt of a batch as a Beam pipeline in this process (in the ingest itself, or
-    in its batch worker: worker.py)."""
-
-    def __init__(self, config: IngestConfig) -> None:
-        self.config = config
-        self.options = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-        self._runner = FnApiRunner()
-        self._slot = f"batch-{uuid.uuid4().hex}"  # this runner's HANDOFF key
-        self._proto: Any = None
-
     def _execute(self) -> Any:
         """Run the batch pipeline. Every batch runs the same graph, reading its messages from this
         runner's HANDOFF slot, so the graph is built and translated once (that cost ~120 ms per
@@ -329,9 +291,9 @@ class InProcess:
         proto.CopyFrom(self._proto)
         return self._runner.run_via_runner_api(proto, self.options)
 
-    def run(self, batch_id: str, messages: list[RawMessage]) -> tuple[list[TableCommit], Any]:
-        """The batch's commits and Beam's metric results, or the run's error (`unwrap`ped)."""
+    def _run_once(self, batch_id: str, messages: list[RawMessage], out: BatchRun) -> None:
         key = HANDOFF.put(Chunk(batch_id, messages), self._slot)
+        started = time.perf_counter()
         try:
             result = self._execute()
             result.wait_until_finish()
@@ -348,4 +310,8 @@ class InProcess:
             except Exception as exc:  # noqa: BLE001 - same handling as an error inside the run
                 HANDOFF.results(key)
                 raise unwrap(exc) from None
-        return HANDOFF.results(key) + commits, result.metrics().query()
+        finally:
+            out.runs += 1
+            out.beam_seconds += time.perf_counter() - started
+        out.commits += HANDOFF.results(key) + commits
+        out.metrics.append(result.metrics().query())

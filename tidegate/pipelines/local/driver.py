@@ -57,7 +57,6 @@ from .batch import BatchRunner
 from .compaction import Compactor
 from .consumer import Consumer, ConsumerOptions, Leased
 from .projection import BackgroundProjector
-from .worker import shared_worker
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +79,6 @@ class LocalOptions:
     # seconds, partitions with at least `compact_min_files` small files (lake.maintenance)
     compact_every: float = 20.0
     compact_min_files: int = 16
-    # each batch's Beam pipeline runs in this process's batch worker (worker.shared_worker): both
-    # cores instead of one interpreter's; off, it runs on the driver's thread
-    batch_worker: bool = False
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
 
 
@@ -127,7 +123,7 @@ class LocalIngest:
         names = subscriptions or [s.subscription for s in catalog.streams]
         self.paths = {subscription_path(self.project, name): name for name in names}
         # the lake lock (taken before the first batch) makes this process the lake's only writer
-        self.runner: BatchRunner | None = None  # made in run(), once the lake lock is held
+        self.runner = BatchRunner(config, single_writer=is_locked_lake(config.lake))
         self._seq = 0
         self._lineage: Any = None
         self._batch_spans = tracing.OpenSpans()  # started here, ended by the bookkeeper once acked
@@ -204,7 +200,6 @@ class LocalIngest:
             if taken is not None:
                 tracing.span_between("take", *taken, span, {"tidegate.stage": "take"})
             with tracing.current(span), tracing.tracer().start_as_current_span("beam") as beam:
-                assert self.runner is not None, "run_batch runs inside run()"
                 run = self.runner.run(batch_id, messages)
                 beam.set_attributes(
                     tracing.attributes_of(stage="beam", runs=run.runs, poisoned=len(run.poison))
@@ -335,18 +330,10 @@ class LocalIngest:
         failed: BaseException | None = None
         background: BackgroundProjector | None = None
         try:
-            # the lake lock is held: this process (or its batch worker) is the lake's only writer
-            # the worker (started on first use) warms up beside the pullers
-            worker = shared_worker(self.config.catalog_path) if self.options.batch_worker else None
-            self.runner = BatchRunner(
-                self.config, single_writer=is_locked_lake(self.config.lake), worker=worker
-            )
             consumer.start()  # pull (and lease) while the rest warms up
-            if worker is None:
-                # Contracts and GX suites once per process, before the first message needs them
-                # (in --follow the first batch after an idle start would otherwise wait seconds
-                # for GX). The batch worker warms itself while the pullers start.
-                suite_validator(self.config.catalog_path)
+            # Contracts and GX suites once per process, before the first message needs them (in
+            # --follow the first batch after an idle start would otherwise wait seconds for GX).
+            suite_validator(self.config.catalog_path)
             if self.catalog.aggregates:
                 # its first round heals: whatever an earlier run committed to raw but never
                 # projected is projected before any batch of this run
@@ -389,7 +376,6 @@ class LocalIngest:
             self.stop_requested = True
             if background is not None:
                 background.close(catch_up=False)
-            self.runner = None
             returned = consumer.close()
             if returned:
                 log.info("handed %d uncommitted message(s) back to Pub/Sub", returned)
