@@ -400,3 +400,55 @@ def test_a_redrive_after_a_suite_fix_lands_the_wrongly_quarantined_orders_once(
     )
     assert again.code == 0
     assert pl.read_delta(raw_uri(str(lake), "shop.order.placed")).height == raw.height
+
+
+def test_a_backlog_that_arrives_slowly_is_still_taken_in_big_batches(
+    pubsub_emulator, catalog, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Messages published long ago mean the ingest is behind: a batch keeps filling for its
+    backlog time even when they trickle in (a 500k emulator backlog arrives at ~5k msg/s), so the
+    batch's fixed cost is paid for many of them; fresh messages keep the short fill."""
+    import threading
+    import time
+
+    from tidegate.pipelines.local.consumer import Consumer, ConsumerOptions
+
+    cat = tmp_path / "catalog.yaml"
+    text = catalog.path.read_text().replace("project: local-lake", f"project: {project}")
+    cat.write_text(text.replace("contracts: ../expectations/contracts", f"contracts: {CONTRACTS_DIR}"))
+    provision(load_catalog(cat), pubsub_emulator.address)
+    orders = valid_orders(catalog, 60, seed=21)
+    stream = next(s for s in catalog.streams if "shop.order.placed" in s.event_types)
+
+    def take_while_more_arrive(backlog_age: float) -> int:
+        client = subscriber(pubsub_emulator.address)
+        consumer = Consumer(
+            client, {subscription_path(project, stream.subscription): stream.subscription}, ConsumerOptions()
+        )
+        consumer.start()
+        late = threading.Timer(
+            0.4, publish_plain, (pubsub_emulator.address, project, stream.topic, orders[30:])
+        )
+        try:
+            # the first 30 are there before the take begins; 30 more come 0.4 s into it
+            deadline = time.monotonic() + 10
+            while consumer.buffered < 30 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            late.start()
+            taken = consumer.take(
+                1000, wait=1.0, fill=0.1, backlog_rate=1e9, backlog_fill=2.0, backlog_age=backlog_age
+            )
+            consumer.ack(taken)
+            late.join()
+            rest = consumer.take(1000, wait=3.0, fill=0.5)
+            consumer.ack(rest)
+            return len(taken)
+        finally:
+            consumer.close()
+            client.close()
+
+    publish_plain(pubsub_emulator.address, project, stream.topic, orders[:30])
+    time.sleep(1.5)  # now 1.5 s old
+    assert take_while_more_arrive(backlog_age=1.0) == 60  # behind: filled on, the late 30 joined
+    publish_plain(pubsub_emulator.address, project, stream.topic, orders[:30])
+    assert take_while_more_arrive(backlog_age=10.0) == 30  # fresh: the short fill, a batch of 30

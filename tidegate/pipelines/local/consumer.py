@@ -221,12 +221,17 @@ class Consumer:
         fill: float,
         backlog_rate: float = 0.0,
         backlog_fill: float = 0.0,
+        backlog_age: float = 0.0,
     ) -> list[Leased]:
         """Up to `max_messages` held messages. Waits at most `wait` for the first one, then at most
         `fill` more seconds for others (a short fill keeps latency low when traffic is light).
-        If messages arrived faster than `backlog_rate` per second during that fill, the pullers
-        are draining a backlog: keep filling up to `backlog_fill` seconds in all, so a batch's
-        fixed cost is paid for many messages, not a few hundred. Raises a puller's fatal error."""
+        The pullers are draining a backlog if messages arrived faster than `backlog_rate` per
+        second during that fill (and pulls come back full), or if the oldest message held was
+        published `backlog_age` seconds ago or more (the ingest is behind, however slowly
+        Pub/Sub hands the backlog over: a large emulator backlog arrives at a few thousand a
+        second). Then keep filling up to `backlog_fill` seconds in all, so a batch's fixed cost
+        is paid for many messages, not a few hundred; their latency is lost already. Raises a
+        puller's fatal error."""
         deadline = time.monotonic() + wait
         with self.cond:
             while not self.buffer:
@@ -238,10 +243,18 @@ class Consumer:
             started, before = time.monotonic(), len(self.buffer)
             self._fill(max_messages, started + fill)
             arrived = len(self.buffer) - before
-            if backlog_rate and backlog_fill > fill and arrived >= backlog_rate * fill and self.backlogged():
+            fast = backlog_rate and arrived >= backlog_rate * fill and self.backlogged()
+            if backlog_fill > fill and (fast or self._behind(backlog_age)):
                 self._fill(max_messages, started + backlog_fill)
             n = min(max_messages, len(self.buffer))
             return [self.buffer.popleft() for _ in range(n)]
+
+    def _behind(self, age: float) -> bool:
+        """The oldest buffered message was published `age` seconds ago or more (0: never)."""
+        if not age or not self.buffer:
+            return False
+        published = self.buffer[0].message.publish_time
+        return published is not None and time.time() - published.timestamp() >= age
 
     def _fill(self, max_messages: int, until: float) -> None:
         """Wait (holding the condition) until the buffer holds `max_messages` or `until`."""

@@ -74,6 +74,9 @@ class LocalOptions:
     # up to `backlog_fill` seconds (or max_batch) so the batch's fixed cost is spread wide
     backlog_rate: float = 5_000.0
     backlog_fill: float = 1.5
+    # ... and so does a held message published this many seconds ago: the ingest is behind, and
+    # a backlog may arrive slowly (the emulator hands a 500k backlog over at ~5k msg/s)
+    backlog_age: float = 10.0
     heartbeat_seconds: float = 30.0
     # compaction on its own thread (follow mode, or any run longer than this): every this many
     # seconds, partitions with at least `compact_min_files` small files (lake.maintenance)
@@ -420,6 +423,7 @@ class LocalIngest:
                 fill=min(o.fill, o.max_wait),
                 backlog_rate=o.backlog_rate,
                 backlog_fill=min(o.backlog_fill, o.max_wait),
+                backlog_age=o.backlog_age,
             )
             if not leased:
                 if not o.follow and o.until_idle is not None and consumer.idle_for() >= o.until_idle:
