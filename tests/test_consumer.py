@@ -403,7 +403,7 @@ def test_a_redrive_after_a_suite_fix_lands_the_wrongly_quarantined_orders_once(
 
 
 def test_a_backlog_that_arrives_slowly_is_still_taken_in_big_batches(
-    pubsub_emulator, catalog, project, tmp_path: Path
+    pubsub_emulator, catalog, project
 ) -> None:  # type: ignore[no-untyped-def]
     """Messages published long ago mean the ingest is behind: a batch keeps filling for its
     backlog time even when they trickle in (a 500k emulator backlog arrives at ~5k msg/s), so the
@@ -413,10 +413,7 @@ def test_a_backlog_that_arrives_slowly_is_still_taken_in_big_batches(
 
     from tidegate.pipelines.local.consumer import Consumer, ConsumerOptions
 
-    cat = tmp_path / "catalog.yaml"
-    text = catalog.path.read_text().replace("project: local-lake", f"project: {project}")
-    cat.write_text(text.replace("contracts: ../expectations/contracts", f"contracts: {CONTRACTS_DIR}"))
-    provision(load_catalog(cat), pubsub_emulator.address)
+    provision(catalog, pubsub_emulator.address, project)
     orders = valid_orders(catalog, 60, seed=21)
     stream = next(s for s in catalog.streams if "shop.order.placed" in s.event_types)
 

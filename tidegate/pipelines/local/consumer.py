@@ -243,7 +243,7 @@ class Consumer:
             started, before = time.monotonic(), len(self.buffer)
             self._fill(max_messages, started + fill)
             arrived = len(self.buffer) - before
-            fast = backlog_rate and arrived >= backlog_rate * fill and self.backlogged()
+            fast = bool(backlog_rate) and arrived >= backlog_rate * fill and self.backlogged()
             if backlog_fill > fill and (fast or self._behind(backlog_age)):
                 self._fill(max_messages, started + backlog_fill)
             n = min(max_messages, len(self.buffer))
