@@ -10,9 +10,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from apache_beam.runners.worker import bundle_processor
 
 from tidegate.catalog import Catalog
 from tidegate.expectations.envelope import RawMessage
+from tidegate.lake.metrics import beam_metric_rows
 from tidegate.lake.rows import payload_digest
 from tidegate.lake.tables import QUARANTINE, raw_uri
 from tidegate.pipelines.local.batch import MAX_POISON, BatchRunner
@@ -44,6 +46,61 @@ def test_a_crashing_message_is_isolated_and_the_rest_of_its_batch_commits(
     assert raw.height == 39
     assert sum(c.inserted for c in run.commits if c.kind == "raw") == 39
     assert run.runs > 2  # split, not retried whole
+
+
+def _events_in(run) -> float:  # type: ignore[no-untyped-def]
+    return sum(r["value"] for q in run.metrics for r in beam_metric_rows(q) if r["name"] == "events_in")
+
+
+def test_a_runner_builds_its_stages_once_and_each_run_counts_only_its_own_batch(
+    catalog, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The kept SDK worker (WarmRunner): bundle processors are built on the first two runs (the
+    plain first run, then the kept worker's) and reused after, while every run commits its own
+    rows and reports its own counters, not the sum of the runs before it. With another Beam that
+    constructs its worker manager differently, `kept` turns False and this test says so."""
+    built: list[int] = []
+    original = bundle_processor.BundleProcessor.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(bundle_processor.BundleProcessor, "__init__", counting)
+    messages = orders(catalog, registry, 60)
+    r = runner(catalog, tmp_path / "lake")
+    per_run: list[int] = []
+    for i, size in enumerate((5, 10, 15, 30)):
+        before = len(built)
+        start = sum((5, 10, 15, 30)[:i])
+        run = r.run(f"b{i}", messages[start : start + size])
+        per_run.append(len(built) - before)
+        assert _events_in(run) == size
+        assert sum(c.inserted for c in run.commits if c.kind == "raw") == size
+    assert per_run[0] > 0 and per_run[1] > 0  # the plain first run, then the kept worker's
+    assert per_run[2:] == [0, 0]  # reused: no DoFn unpickled, set up or checked again
+    assert r._runner.kept
+    assert pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed")).height == 60
+    r.close()
+    assert not r._runner.kept
+
+
+def test_a_crashed_run_ends_the_kept_worker_and_the_next_batch_runs_on_a_fresh_one(
+    catalog, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    messages = orders(catalog, registry, 50)
+    r = runner(catalog, tmp_path / "lake")
+    r.run("b0", messages[:10])
+    r.run("b1", messages[10:20])  # the kept worker's first run
+    assert r._runner.workers_started == 1
+    monkeypatch.setenv("TIDEGATE_FAULT_CRASH_ON", messages[25].attributes["ce-id"])
+    r.close()  # the fault is read when a DoFn is set up: once per worker
+    run = r.run("b2", messages[20:40])
+    assert run.poison == [5]  # messages[25]
+    assert r._runner.workers_started > 2  # the crashed runs' workers were ended, not reused
+    run = r.run("b3", messages[40:])
+    assert _events_in(run) == 10 and sum(c.inserted for c in run.commits if c.kind == "raw") == 10
+    assert pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed")).height == 49
 
 
 def test_a_failure_no_message_explains_stops_the_batch_and_isolates_nothing(

@@ -101,7 +101,11 @@ def redrive(
             )
         started = datetime.now(UTC)
         if messages:
-            run = BatchRunner(config, single_writer=is_locked_lake(lake)).run(batch_id, messages)
+            runner = BatchRunner(config, single_writer=is_locked_lake(lake))
+            try:
+                run = runner.run(batch_id, messages)
+            finally:
+                runner.close()
             received = ChunkReceived(
                 batch_id,
                 len(messages),

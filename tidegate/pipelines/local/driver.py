@@ -379,6 +379,7 @@ class LocalIngest:
             self.stop_requested = True
             if background is not None:
                 background.close(catch_up=False)
+            self.runner.close()
             returned = consumer.close()
             if returned:
                 log.info("handed %d uncommitted message(s) back to Pub/Sub", returned)
