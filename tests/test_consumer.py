@@ -449,3 +449,64 @@ def test_a_backlog_that_arrives_slowly_is_still_taken_in_big_batches(
     assert take_while_more_arrive(backlog_age=1.0) == 60  # behind: filled on, the late 30 joined
     publish_plain(pubsub_emulator.address, project, stream.topic, orders[:30])
     assert take_while_more_arrive(backlog_age=10.0) == 30  # fresh: the short fill, a batch of 30
+
+
+def test_a_backlog_is_pulled_with_several_pulls_in_flight_and_each_message_taken_once(
+    pubsub_emulator, catalog, project, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The emulator hands over ~100 messages a pull: a backlogged subscription gets its helper
+    pullers (several pulls in flight) and every message is still taken exactly once; an idle
+    one is polled by its own puller only (no helper spends the emulator's time on empty pulls)."""
+    import threading
+    import time
+    from collections import Counter
+
+    from tidegate.pipelines.local import consumer as consumer_module
+    from tidegate.pipelines.local.consumer import Consumer, ConsumerOptions
+
+    provision(catalog, pubsub_emulator.address, project)
+    stream = next(s for s in catalog.streams if "shop.order.placed" in s.event_types)
+    orders = valid_orders(catalog, 3000, seed=23)
+    publish_plain(pubsub_emulator.address, project, stream.topic, orders)
+
+    pulled: Counter[str] = Counter()  # thread -> messages it pulled
+    pulls: Counter[str] = Counter()  # thread -> pull calls
+    lock = threading.Lock()
+    real_pull = consumer_module.pull_now
+
+    def counting_pull(*args, **kwargs):  # type: ignore[no-untyped-def]
+        received = real_pull(*args, **kwargs)
+        with lock:
+            pulls[threading.current_thread().name] += 1
+            pulled[threading.current_thread().name] += len(received)
+        return received
+
+    monkeypatch.setattr(consumer_module, "pull_now", counting_pull)
+    client = subscriber(pubsub_emulator.address)
+    consumer = Consumer(
+        client,
+        {subscription_path(project, stream.subscription): stream.subscription},
+        ConsumerOptions(pullers_per_subscription=3),
+    )
+    consumer.start()
+    try:
+        ids: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(ids) < len(orders) and time.monotonic() < deadline:
+            taken = consumer.take(1000, wait=1.0, fill=0.05)
+            ids += [t.message.attributes["ce-id"] for t in taken]
+            consumer.ack(taken)
+        assert sorted(ids) == sorted(a["ce-id"] for _, a in orders)  # each once, none missing
+        helpers = {name: n for name, n in pulled.items() if not name.endswith("-0")}
+        assert sum(helpers.values()) > 0, pulled  # several pulls were in flight
+        time.sleep(0.5)  # the helpers notice the subscription is drained
+        with lock:
+            pulls.clear()
+        time.sleep(1.5)  # idle
+        with lock:
+            idle = dict(pulls)
+        assert idle.get(f"pull-{stream.subscription}-0", 0) > 0, idle  # still polled
+        assert all(name.endswith("-0") for name in idle), idle  # by its own puller only
+    finally:
+        consumer.close()
+        client.close()

@@ -1,7 +1,7 @@
 """Pulling and leases: a Pub/Sub consumer that behaves like the official subscriber.
 
     consumer = Consumer(client, {path: name}, ConsumerOptions())
-    consumer.start()                      # one puller thread per subscription (more if asked)
+    consumer.start()                      # a puller per subscription, helpers in a backlog
     batch = consumer.take(20_000, wait=0.5, fill=0.1)
     ...commit...
     consumer.ack(batch)                   # or consumer.nack(batch): back to Pub/Sub at once
@@ -32,8 +32,16 @@ Why each piece exists:
   library's own emulator channel keeps the 4 MB default; its GCP channel has none).
 - **Flow control.** Pullers stop pulling while `max_messages` or `max_bytes` are held (buffered
   plus in flight), so memory stays bounded when the lake is slower than the topics.
-- **Parallel pulls.** Each subscription has its own puller(s): a sync pull is mostly waiting on
-  gRPC (the GIL is free), so the subscriptions drain side by side.
+- **Parallel pulls.** Each subscription has its own puller: a sync pull is mostly waiting on
+  gRPC (the GIL is free), so the subscriptions drain side by side. One pull is not enough for
+  a backlog: the emulator hands over at most ~100 messages a pull, in ~11 ms on a quiet machine
+  and 25-30 ms beside a running batch, so one subscription's puller brings in 3-9k msg/s, and
+  the busiest one (half the bench's mix) held the whole ingest back: the driver waited for
+  messages a third of a 100k backlog's run. So a subscription also has `pullers_per_subscription
+  - 1` helpers that pull only while it is backlogged (its last pulls came back full) and
+  otherwise sleep: several pulls in flight where they pay, no extra empty pulls (each costs
+  the GIL and the emulator) when traffic is light. With real Pub/Sub a pull's round trip is
+  longer, which makes them pay more.
 
 Thread ownership: puller threads append to the buffer, the lease table and the pending first
 leases; the lease thread reads the lease table and empties the pending leases; the caller (the
@@ -66,6 +74,8 @@ CAUGHT_UP = 50  # a pull that returns fewer: the subscription is drained, pause 
 # there (the emulator never returns more than 100); several in a row: a backlog
 FULL_PULL = 100
 BACKLOG_STREAK = 3
+HELPER_STREAK = 2  # a subscription's helper pullers pull after this many full pulls in a row
+HELPER_IDLE = 0.1  # and otherwise look again after this many seconds
 LEASE_TICK = 1.0  # seconds between looks for leases that need extending
 
 
@@ -83,7 +93,7 @@ class ConsumerOptions:
     lease_seconds: int = 10  # Pub/Sub's minimum ack deadline; what a SIGKILL costs at most
     max_messages: int = 60_000  # held at once (buffered + in flight)
     max_bytes: int = 512 * 1024 * 1024
-    pullers_per_subscription: int = 1
+    pullers_per_subscription: int = 3  # pulls in flight per subscription in a backlog (the helpers)
     rpc_timeout: float = 30.0  # per pull / ack call; transient gRPC errors are retried within it
     idle_poll: float = 0.05  # first pause after an empty pull (doubles up to 0.25 s)
 
@@ -153,7 +163,7 @@ class Consumer:
         for path, name in self.paths.items():
             for i in range(self.options.pullers_per_subscription):
                 t = threading.Thread(
-                    target=self._pull_loop, args=(path,), name=f"pull-{name}-{i}", daemon=True
+                    target=self._pull_loop, args=(path, i > 0), name=f"pull-{name}-{i}", daemon=True
                 )
                 self.threads.append(t)
         self.threads.append(threading.Thread(target=self._lease_loop, name="tidegate-leases", daemon=True))
@@ -331,10 +341,15 @@ class Consumer:
             return 0
         return max(0, min(PULL_MAX, self.options.max_messages - self.held_messages))
 
-    def _pull_loop(self, path: str) -> None:
+    def _pull_loop(self, path: str, helper: bool = False) -> None:
+        """Pull `path` into the buffer until stopped. A `helper` pulls only while `path` is
+        backlogged (module docstring, "Parallel pulls")."""
         name = self.paths[path]
         pause = self.options.idle_poll
         while not self.stopping.is_set():
+            if helper and self.full_streak[path] < HELPER_STREAK:
+                self.stopping.wait(HELPER_IDLE)
+                continue
             with self.cond:
                 while not self._room() and not self.stopping.is_set():
                     self.cond.wait(0.5)
