@@ -77,7 +77,8 @@ def test_a_runner_builds_its_stages_once_and_each_run_counts_only_its_own_batch(
         per_run.append(len(built) - before)
         assert _events_in(run) == size
         assert sum(c.inserted for c in run.commits if c.kind == "raw") == size
-    assert per_run[0] > 0 and per_run[1] > 0  # the plain first run, then the kept worker's
+    assert per_run[0] > 0
+    assert per_run[1] > 0
     assert per_run[2:] == [0, 0]  # reused: no DoFn unpickled, set up or checked again
     assert r._runner.kept
     assert pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed")).height == 60
@@ -99,7 +100,8 @@ def test_a_crashed_run_ends_the_kept_worker_and_the_next_batch_runs_on_a_fresh_o
     assert run.poison == [5]  # messages[25]
     assert r._runner.workers_started > 2  # the crashed runs' workers were ended, not reused
     run = r.run("b3", messages[40:])
-    assert _events_in(run) == 10 and sum(c.inserted for c in run.commits if c.kind == "raw") == 10
+    assert _events_in(run) == 10
+    assert sum(c.inserted for c in run.commits if c.kind == "raw") == 10
     assert pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed")).height == 49
 
 
