@@ -40,8 +40,8 @@ Why each piece exists:
   messages a third of a 100k backlog's run. So a subscription also has `pullers_per_subscription
   - 1` helpers that pull only while it is backlogged (its last pulls came back full) and
   otherwise sleep: several pulls in flight where they pay, no extra empty pulls (each costs
-  the GIL and the emulator) when traffic is light. With real Pub/Sub a pull's round trip is
-  longer, which makes them pay more.
+  the GIL and the emulator) when traffic is light. (Real Pub/Sub's pulls have longer round
+  trips, where pulls in flight should pay at least as well; not measured here.)
 
 Thread ownership: puller threads append to the buffer, the lease table and the pending first
 leases; the lease thread reads the lease table and empties the pending leases; the caller (the
