@@ -466,7 +466,7 @@ def test_a_backlog_is_pulled_with_several_pulls_in_flight_and_each_message_taken
 
     provision(catalog, pubsub_emulator.address, project)
     stream = next(s for s in catalog.streams if "shop.order.placed" in s.event_types)
-    orders = valid_orders(catalog, 3000, seed=23)
+    orders = valid_orders(catalog, 10_000, seed=23)  # ~100 pulls: time for the helpers to join
     publish_plain(pubsub_emulator.address, project, stream.topic, orders)
 
     pulled: Counter[str] = Counter()  # thread -> messages it pulled
@@ -486,19 +486,22 @@ def test_a_backlog_is_pulled_with_several_pulls_in_flight_and_each_message_taken
     consumer = Consumer(
         client,
         {subscription_path(project, stream.subscription): stream.subscription},
-        ConsumerOptions(pullers_per_subscription=3),
+        # held messages capped, taken in slices: the drain lasts long enough for the helpers to
+        # notice the backlog, however many messages the emulator hands over a pull
+        ConsumerOptions(pullers_per_subscription=3, max_messages=2000),
     )
     consumer.start()
     try:
         ids: list[str] = []
         deadline = time.monotonic() + 60
         while len(ids) < len(orders) and time.monotonic() < deadline:
-            taken = consumer.take(1000, wait=1.0, fill=0.05)
+            taken = consumer.take(500, wait=1.0, fill=0.0)
             ids += [t.message.attributes["ce-id"] for t in taken]
             consumer.ack(taken)
+            time.sleep(0.01)
         assert sorted(ids) == sorted(a["ce-id"] for _, a in orders)  # each once, none missing
         helpers = {name: n for name, n in pulled.items() if not name.endswith("-0")}
-        assert sum(helpers.values()) > 0, pulled  # several pulls were in flight
+        assert sum(helpers.values()) > 0, (pulled, pulls)  # several pulls were in flight
         time.sleep(0.5)  # the helpers notice the subscription is drained
         with lock:
             pulls.clear()
