@@ -114,10 +114,6 @@ class _KeptHandlers(WorkerHandlerManager):
     """A `WorkerHandlerManager` that outlives a run: `close_all` (the end of every run) keeps the
     SDK worker and its cached bundle processors; `close` ends them."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.replaced = 0  # descriptors that came back changed (their processors rebuilt)
-
     def register_process_bundle_descriptor(
         self, process_bundle_descriptor: beam_fn_api_pb2.ProcessBundleDescriptor
     ) -> None:
@@ -126,7 +122,6 @@ class _KeptHandlers(WorkerHandlerManager):
         processors are dropped rather than run with another stage's graph."""
         known = self._process_bundle_descriptors.get(process_bundle_descriptor.id)
         if known is not None and known != process_bundle_descriptor:
-            self.replaced += 1
             for handlers in self._cached_handlers.values():
                 for handler in handlers:
                     cache = getattr(handler, "bundle_processor_cache", None)
