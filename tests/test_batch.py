@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 from apache_beam.runners.worker import bundle_processor
 
+from tidegate import faults
 from tidegate.catalog import Catalog
 from tidegate.expectations.envelope import RawMessage
 from tidegate.lake.metrics import beam_metric_rows
@@ -84,6 +85,41 @@ def test_a_runner_builds_its_stages_once_and_each_run_counts_only_its_own_batch(
     assert pl.read_delta(raw_uri(str(tmp_path / "lake"), "shop.order.placed")).height == 60
     r.close()
     assert not r._runner.kept
+
+
+def test_a_warm_up_builds_the_stages_before_the_first_batch_and_writes_nothing(
+    catalog, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The driver warms its runner while the pullers fill the first batch: the graph and the
+    kept worker's processors are built by runs of no messages, which commit nothing (no table,
+    no fault point), and the first real batch builds nothing."""
+    built: list[int] = []
+    original = bundle_processor.BundleProcessor.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(bundle_processor.BundleProcessor, "__init__", counting)
+    monkeypatch.setenv("TIDEGATE_FAULT_TRANSIENT", "1")  # counts raw commits: none in a warm-up
+    monkeypatch.setattr(faults, "_transient_raised", 0)
+    lake = tmp_path / "lake"
+    r = runner(catalog, lake)
+    assert r.warm_up() > 0
+    assert built
+    assert r._runner.kept
+    assert not lake.exists() or not any(lake.rglob("_delta_log"))
+    monkeypatch.delenv("TIDEGATE_FAULT_TRANSIENT")
+    before = len(built)
+    messages = orders(catalog, registry, 20)
+    run = r.run("b0", messages[:10])
+    assert len(built) == before  # nothing unpickled, set up or checked on the first batch
+    assert sum(c.inserted for c in run.commits if c.kind == "raw") == 10
+    r.close()
+    monkeypatch.setenv("TIDEGATE_FAULT_TRANSIENT", "1")
+    run = r.run("b1", messages[10:])  # the warm-up left the injected failure for a real commit
+    assert run.runs == 2
+    assert pl.read_delta(raw_uri(str(lake), "shop.order.placed")).height == 20
 
 
 def test_a_crashed_run_ends_the_kept_worker_and_the_next_batch_runs_on_a_fresh_one(

@@ -286,6 +286,8 @@ class WriteRawHistoryFn(_RawCommitterFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput]:
 
+        if not self.buffer:  # no valid event: no raw commit (nor its fault points)
+            return
         now = datetime.now(UTC)
         commits: list[tuple[str, list[str], Any]] = []  # event type, batch ids, the commit
         for event_type in sorted(self.buffer):

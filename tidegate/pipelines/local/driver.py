@@ -337,6 +337,8 @@ class LocalIngest:
             # Contracts and GX suites once per process, before the first message needs them (in
             # --follow the first batch after an idle start would otherwise wait seconds for GX).
             suite_validator(self.config.catalog_path)
+            # and the Beam graph with its bundle processors, while the pullers fill the first batch
+            self.runner.warm_up()
             if self.catalog.aggregates:
                 # its first round heals: whatever an earlier run committed to raw but never
                 # projected is projected before any batch of this run
