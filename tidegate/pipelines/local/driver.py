@@ -7,8 +7,9 @@ How a message moves, and which thread owns it (docs/architecture.md has the pict
 1. a **puller** thread per subscription pulls it and puts it on a short lease (`consumer.py`);
    the **lease** thread extends it every few seconds while tidegate holds it;
 2. the **driver** (this module, the caller's thread) takes up to `max_batch` buffered messages
-   and runs them as one Beam pipeline (`batch.py`); a message that crashes it is isolated and
-   nacked, the rest commits raw history, quarantine and `_quality`;
+   and runs them as one Beam pipeline (`batch.py`; the graph and its bundle processors are
+   built by a warm-up run of no messages while the pullers fill the first batch); a message that
+   crashes it is isolated and nacked, the rest commits raw history, quarantine and `_quality`;
 3. the driver accounts for every message from the commits (`accounting.account`), or stops
    without acking;
 4. the **bookkeeper** thread appends the ledger row, then acks, then writes lineage and metrics
