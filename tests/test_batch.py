@@ -53,13 +53,8 @@ def _events_in(run) -> float:  # type: ignore[no-untyped-def]
     return sum(r["value"] for q in run.metrics for r in beam_metric_rows(q) if r["name"] == "events_in")
 
 
-def test_a_runner_builds_its_stages_once_and_each_run_counts_only_its_own_batch(
-    catalog, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
-    """The kept SDK worker (WarmRunner): bundle processors are built on the first two runs (the
-    plain first run, then the kept worker's) and reused after, while every run commits its own
-    rows and reports its own counters, not the sum of the runs before it. With another Beam that
-    constructs its worker manager differently, `kept` turns False and this test says so."""
+def processors_built(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gains an item each time Beam builds a bundle processor."""
     built: list[int] = []
     original = bundle_processor.BundleProcessor.__init__
 
@@ -68,6 +63,17 @@ def test_a_runner_builds_its_stages_once_and_each_run_counts_only_its_own_batch(
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(bundle_processor.BundleProcessor, "__init__", counting)
+    return built
+
+
+def test_a_runner_builds_its_stages_once_and_each_run_counts_only_its_own_batch(
+    catalog, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The kept SDK worker (WarmRunner): bundle processors are built on the first two runs (the
+    plain first run, then the kept worker's) and reused after, while every run commits its own
+    rows and reports its own counters, not the sum of the runs before it. With another Beam that
+    constructs its worker manager differently, `kept` turns False and this test says so."""
+    built = processors_built(monkeypatch)
     messages = orders(catalog, registry, 60)
     r = runner(catalog, tmp_path / "lake")
     per_run: list[int] = []
@@ -93,14 +99,7 @@ def test_a_warm_up_builds_the_stages_before_the_first_batch_and_writes_nothing(
     """The driver warms its runner while the pullers fill the first batch: the graph and the
     kept worker's processors are built by runs of no messages, which commit nothing (no table,
     no fault point), and the first real batch builds nothing."""
-    built: list[int] = []
-    original = bundle_processor.BundleProcessor.__init__
-
-    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        built.append(1)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(bundle_processor.BundleProcessor, "__init__", counting)
+    built = processors_built(monkeypatch)
     monkeypatch.setenv("TIDEGATE_FAULT_TRANSIENT", "1")  # counts raw commits: none in a warm-up
     monkeypatch.setattr(faults, "_transient_raised", 0)
     lake = tmp_path / "lake"
