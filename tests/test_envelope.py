@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 from tidegate.expectations.envelope import (
     MAX_JSON_DEPTH,
+    Envelope,
     EnvelopeError,
     RawMessage,
     decode_envelope,
@@ -65,6 +67,29 @@ def test_structured_mode_decodes_the_same_event() -> None:
         DATA,
         TRACE,
     )
+
+
+def test_a_decoded_envelope_is_the_frozen_dataclass_with_every_field_set() -> None:
+    """decode fills the Envelope's __dict__ directly (speed): it must be the same object the
+    dataclass's own constructor makes, and as immutable."""
+    env = decode_envelope(binary({**ATTRS, "traceparent": TRACE, "tenant": "eu1"}), 65536)
+    assert set(vars(env)) == {f.name for f in dataclasses.fields(Envelope)}
+    assert env == Envelope(**{f.name: getattr(env, f.name) for f in dataclasses.fields(Envelope)})
+    assert env.extensions == {"tenant": "eu1"}
+    assert env.tracestate is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.id = "other"  # type: ignore[misc]
+
+
+def test_attribute_names_are_read_case_insensitively_and_other_attributes_ignored() -> None:
+    data, attrs = to_binary(ATTRS, json.dumps(DATA).encode())
+    attrs = {("CE-TYPE" if k == "ce-type" else k): v for k, v in attrs.items()}
+    for _ in range(2):  # the second time from the cache of the names seen
+        env = decode_envelope(
+            RawMessage(data, {**attrs, "x-goog-trace": "t", "Ce-Tenant": "eu1"}, "1"), 65536
+        )
+        assert env.type == ATTRS["type"]
+        assert env.extensions == {"tenant": "eu1"}
 
 
 def test_unknown_extensions_are_kept() -> None:

@@ -73,26 +73,12 @@ def raw_rows(
     ingest_time: datetime,
 ) -> pa.Table:
     """One row per event, in the raw table's schema, PII tokenized: the contract's PII fields
-    (each in its class), ce-subject if the catalog says so, and the query strings of URL fields."""
+    (each in its class), ce-subject if the catalog says so, and the query strings of URL fields.
+
+    The events are read in **one pass**, a tuple of every value they give, and turned into
+    columns by `zip` (C): a pass per column walked 20,000 scattered event objects ~25 times a
+    batch, and those list comprehensions were ~7% of a backlog's driver time."""
     n = len(events)
-    envs = [e.envelope for e in events]
-    msgs = [e.message for e in events]
-    columns: dict[str, list[Any]] = {
-        "event_id": [e.id for e in envs],
-        "event_time": [e.time for e in envs],
-        "event_date": [e.time.date() for e in envs],
-        "event_source": [e.source for e in envs],
-        "event_subject": [protector.token(e.subject, SUBJECT) for e in envs]
-        if policy.subject
-        else [e.subject for e in envs],
-        "schema_version": [e.contract.version for e in events],
-        "trace_id": [trace_id(e.traceparent) for e in envs],
-        "traceparent": [e.traceparent for e in envs],
-        "pubsub_message_id": [m.message_id for m in msgs],
-        "pubsub_publish_time": [m.publish_time for m in msgs],
-        "subscription": [m.subscription for m in msgs],
-        "payload_digest": [payload_digest(e.data) for e in envs],
-    }
     # one value for every row: built in Arrow, not converted from n Python objects
     constants: dict[str, Any] = {
         "ingest_time": ingest_time,
@@ -100,21 +86,67 @@ def raw_rows(
         "run_id": run_id,
         "batch_id": batch_id,
     }
+    fields = [f.name for f in schema if f.name not in constants and f.name not in _ENVELOPE_DERIVED]
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    for e in events:
+        env = e.envelope
+        m = e.message
+        t = env.time
+        append(
+            (
+                env.id,
+                t,
+                t.date(),
+                env.source,
+                env.subject,
+                e.contract.version,
+                env.traceparent,
+                m.message_id,
+                m.publish_time,
+                m.subscription,
+                env.data,
+                *map(e.record.get, fields),
+            )
+        )
+    names = (*_EVENT_COLUMNS, *fields)
+    columns: dict[str, Any] = (
+        dict(zip(names, zip(*rows, strict=True), strict=True)) if rows else dict.fromkeys(names, ())
+    )
+    if policy.subject:
+        columns["event_subject"] = [protector.token(s, SUBJECT) for s in columns["event_subject"]]
+    columns["trace_id"] = [trace_id(tp) for tp in columns["traceparent"]]
+    columns["payload_digest"] = [payload_digest(d) for d in columns["payload_digest"]]
+    for name in fields:
+        if name in policy.classes:
+            columns[name] = [protector.token(v, policy.classes[name]) for v in columns[name]]
+        elif name in policy.url_fields:
+            columns[name] = [protector.mask_url(v) for v in columns[name]]
     arrays = []
     for field in schema:
         if field.name in constants:
             arrays.append(pa.repeat(pa.scalar(constants[field.name], type=field.type), n))
-            continue
-        if field.name in columns:
-            values = columns[field.name]
         else:
-            values = [e.record.get(field.name) for e in events]
-            if field.name in policy.classes:
-                values = [protector.token(v, policy.classes[field.name]) for v in values]
-            elif field.name in policy.url_fields:
-                values = [protector.mask_url(v) for v in values]
-        arrays.append(pa.array(values, type=field.type))
+            arrays.append(pa.array(columns[field.name], type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# What raw_rows reads off each event, in the order of its tuples (payload_digest: the data,
+# digested once the columns are split; trace_id: derived from traceparent)
+_EVENT_COLUMNS = (
+    "event_id",
+    "event_time",
+    "event_date",
+    "event_source",
+    "event_subject",
+    "schema_version",
+    "traceparent",
+    "pubsub_message_id",
+    "pubsub_publish_time",
+    "subscription",
+    "payload_digest",
+)
+_ENVELOPE_DERIVED = frozenset({*_EVENT_COLUMNS, "trace_id"})  # not read from the payload record
 
 
 def table_max_event_time(table: Any) -> datetime | None:
