@@ -193,12 +193,17 @@ class SuiteValidator:
 
     def frame(self, event_type: str, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         """A pandas frame for GX: latest contract's columns, decimals as floats."""
-        latest = self._registry.latest(event_type)
-        columns: dict[str, list[Any]] = {}
-        for name in latest.field_names:
-            values = [r.get(name) for r in records]
-            if any(isinstance(v, Decimal) for v in values):
-                values = [float(v) if v is not None else None for v in values]
+        names = self._registry.latest(event_type).field_names
+        if not records:
+            return pd.DataFrame({name: [] for name in names})
+        # one pass over the records, then columns by zip (C): a pass per column walked the
+        # batch's scattered records once per field
+        columns: dict[str, Any] = {}
+        for name, values in zip(
+            names, zip(*(tuple(map(r.get, names)) for r in records), strict=True), strict=True
+        ):
+            if Decimal in set(map(type, values)):  # a decimal column (in any record's version)
+                values = tuple(None if v is None else float(v) for v in values)
             columns[name] = values
         return pd.DataFrame(columns)
 
