@@ -85,6 +85,27 @@ def test_a_rotation_then_retokenize_leaves_one_token_per_customer_and_every_orig
     assert KEY not in shown.out
 
 
+def test_a_protector_tokenizes_under_its_current_version_and_survives_pickling() -> None:
+    """token() keeps each class's sealer of the current version: a ring's other versions
+    still detokenize, and a protector that has tokenized still pickles (its cache stays behind)."""
+    import pickle
+
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+    first = PiiProtector(KeyRing(((1, old),), 1))
+    ring = PiiProtector(KeyRing(((1, old), (2, new)), 2))
+    before = first.token("ana@example.com", "email")
+    assert before is not None
+    assert before.startswith("pii_1_")
+    now = ring.token("ana@example.com", "email")
+    assert now is not None
+    assert now.startswith("pii_2_")
+    assert ring.token("ana@example.com", "email") == now  # deterministic: tokens join
+    assert ring.token("ana@example.com", "text") != now  # classes do not
+    assert ring.detokenize(before, "email") == ring.detokenize(now, "email") == "ana@example.com"
+    again = pickle.loads(pickle.dumps(ring))  # noqa: S301 - our own object
+    assert again.token("ana@example.com", "email") == now
+
+
 def test_rotate_without_a_key_to_start_from_says_what_to_set(tmp_path: Path, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     for var in ("TIDEGATE_PII_KEY", "TIDEGATE_PII_KEY_FILE"):
         monkeypatch.delenv(var, raising=False)

@@ -46,6 +46,7 @@ refused.
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -175,8 +176,12 @@ def _unpad(data: bytes) -> bytes:
     return data[: -data[-1]]
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    """URL-safe base64 without padding (base64.urlsafe_b64encode's result, one call less)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -216,13 +221,29 @@ class PiiProtector:
             ]
         )
 
+    @cached_property
+    def _sealers(self) -> dict[str, Any]:
+        """token class -> the AES-SIV encrypt of the current key version (the ring is frozen):
+        looking the key up for every token cost ~0.4 us of ~3 us, on every PII value."""
+        return {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_sealers", None)  # bound methods of Rust objects: rebuilt on first use
+        return state
+
+    @cached_property
+    def _token_prefix(self) -> str:
+        return f"pii_{self.ring.current}_"
+
     def token(self, value: Any, token_class: str = TEXT) -> str | None:
         """The token of `value` in `token_class` under the current key version (None stays None)."""
         if value is None:
             return None
-        version = self.ring.current
-        sealed = _siv(self.ring.secret(version), token_class).encrypt(_pad(str(value).encode("utf-8")), None)
-        return f"pii_{version}_{_b64(sealed)}"
+        seal = self._sealers.get(token_class)
+        if seal is None:
+            seal = self._sealers[token_class] = _siv(self.ring.secret(self.ring.current), token_class).encrypt
+        return self._token_prefix + _b64(seal(_pad(str(value).encode("utf-8")), None))
 
     def detokenize(self, token: str, token_class: str) -> str:
         """The value behind a token of `token_class` (any key version of the ring)."""
