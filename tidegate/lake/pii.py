@@ -301,6 +301,8 @@ class PiiProtector:
 
     def mask_text(self, text: str) -> str:
         """Replace anything that looks like an e-mail address by its token."""
+        if "@" not in text:  # nothing the pattern could match; its scan costs ~2 us a string
+            return text
         return _EMAIL_RE.sub(lambda m: self.token(m.group(0), TEXT) or "", text)
 
     def mask_url(self, url: Any) -> Any:

@@ -362,11 +362,8 @@ def quarantine_rows(
 
 def message_digest(message_ids: Iterable[str]) -> str:
     """SHA-256 over the sorted Pub/Sub message ids of a commit: which messages it holds."""
-    h = hashlib.sha256()
-    for mid in sorted(message_ids):
-        h.update(mid.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    ids = sorted(message_ids)
+    return hashlib.sha256(("\n".join(ids) + "\n").encode() if ids else b"").hexdigest()  # each id, then \n
 
 
 def commit_metadata(
@@ -384,7 +381,7 @@ def commit_metadata(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Commit metadata: which messages, which run, which code, which rules."""
-    numeric = [int(m) for m in message_ids if m.isdigit()]
+    numeric = list(map(int, filter(str.isdigit, message_ids)))
     meta: dict[str, Any] = {
         "tidegate_run_id": run_id,
         "tidegate_batch_id": ",".join(sorted(set(batch_ids))),
