@@ -53,7 +53,7 @@ from tidegate.bench_scratch import scratch_dir
 from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry
 from tidegate.infra import emulator as emu
-from tidegate.infra.pubsub import provision, pull_now, subscriber, subscription_path
+from tidegate.infra.pubsub import ack_request, provision, pull_now, subscriber, subscription_path
 from tidegate.lake.metrics import metrics_uri
 from tidegate.lake.tables import ledger_uri, raw_uri
 from tidegate.lake.verify import verify
@@ -153,12 +153,12 @@ def _drain_once(catalog: Catalog, address: str, events: int, seed: int, pullers:
                 break
             ack_ids += [r.ack_id for r in received]
             if len(ack_ids) >= 2500:
-                client.acknowledge(request={"subscription": path, "ack_ids": ack_ids})
+                client.acknowledge(request=ack_request(path, ack_ids))
                 with lock:
                     total[0] += len(ack_ids)
                 ack_ids = []
         if ack_ids:
-            client.acknowledge(request={"subscription": path, "ack_ids": ack_ids})
+            client.acknowledge(request=ack_request(path, ack_ids))
             with lock:
                 total[0] += len(ack_ids)
 

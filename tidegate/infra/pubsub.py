@@ -33,7 +33,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from google.pubsub_v1 import PublisherClient as GapicPublisherClient
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-from google.pubsub_v1.types import PullResponse
+from google.pubsub_v1.types import AcknowledgeRequest, ModifyAckDeadlineRequest, PullResponse
 
 from tidegate.catalog import Catalog
 from tidegate.errors import PlatformError
@@ -106,6 +106,25 @@ def retry_for(seconds: float) -> Any:
             gexc.Unknown,
         ),
     )
+
+
+def ack_request(subscription: str, ack_ids: list[str]) -> AcknowledgeRequest:
+    """An acknowledge request built as raw protobuf (C) and wrapped for the client: from a dict,
+    proto-plus converts the ack ids one by one in Python, ~1.7 us each (4.4 ms per 2,500), and
+    the bookkeeper's acks took a third of its GIL time on a backlog."""
+    request: AcknowledgeRequest = AcknowledgeRequest.wrap(
+        AcknowledgeRequest.pb()(subscription=subscription, ack_ids=ack_ids)
+    )
+    return request
+
+
+def modack_request(subscription: str, ack_ids: list[str], seconds: int) -> ModifyAckDeadlineRequest:
+    """A modify_ack_deadline request built the same way as `ack_request`."""
+    raw = ModifyAckDeadlineRequest.pb()(
+        subscription=subscription, ack_ids=ack_ids, ack_deadline_seconds=seconds
+    )
+    request: ModifyAckDeadlineRequest = ModifyAckDeadlineRequest.wrap(raw)
+    return request
 
 
 def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: float = 30) -> list[Any]:

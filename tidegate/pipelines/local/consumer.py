@@ -63,7 +63,7 @@ from typing import Any, NamedTuple
 
 from tidegate.errors import PlatformError
 from tidegate.expectations.envelope import RawMessage
-from tidegate.infra.pubsub import pull_now, retry_for
+from tidegate.infra.pubsub import ack_request, modack_request, pull_now, retry_for
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class Consumer:
         for path, ids in by_subscription(items):
             try:
                 self.client.acknowledge(
-                    request={"subscription": path, "ack_ids": ids},
+                    request=ack_request(path, ids),
                     timeout=self.options.rpc_timeout,
                     retry=retry_for(self.options.rpc_timeout),
                 )
@@ -329,11 +329,7 @@ class Consumer:
         """Set the deadline of `ids` (any number: sent in requests of Pub/Sub's maximum size)."""
         for i in range(0, len(ids), ACK_REQUEST_SIZE):
             self.client.modify_ack_deadline(
-                request={
-                    "subscription": path,
-                    "ack_ids": ids[i : i + ACK_REQUEST_SIZE],
-                    "ack_deadline_seconds": seconds,
-                },
+                request=modack_request(path, ids[i : i + ACK_REQUEST_SIZE], seconds),
                 timeout=self.options.rpc_timeout,
                 retry=retry_for(self.options.rpc_timeout),
             )
