@@ -405,3 +405,37 @@ def test_payload_values_are_exactly_what_the_standard_library_reads(body: bytes)
     want = json.loads(body)
     assert json.dumps(got) == json.dumps(want)
     assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
+
+
+def test_a_pulled_message_becomes_the_frozen_raw_message_with_every_field() -> None:
+    """to_raw fills the RawMessage's __dict__ directly (speed, on the pullers' threads): it must
+    equal what the dataclass's constructor makes, stay immutable, and copy the attributes."""
+    from datetime import UTC, datetime
+
+    from google.pubsub_v1.types import PullResponse
+
+    from tidegate.pipelines.local.consumer import to_raw
+
+    attrs = {"ce-id": "e1", "ce-type": "shop.order.placed", "content-type": "application/json"}
+    response = PullResponse(
+        received_messages=[
+            {
+                "ack_id": "a1",
+                "message": {
+                    "data": b'{"x": 1}',
+                    "attributes": attrs,
+                    "message_id": "42",
+                    "publish_time": {"seconds": 1_764_800_000, "nanos": 250_000_000},
+                },
+            }
+        ]
+    )
+    raw = to_raw(PullResponse.pb(response).received_messages[0], "projects/p/subscriptions/s")
+    want = RawMessage(
+        b'{"x": 1}', attrs, "42", datetime.fromtimestamp(1_764_800_000.25, UTC), "projects/p/subscriptions/s"
+    )
+    assert raw == want
+    assert set(vars(raw)) == {f.name for f in dataclasses.fields(RawMessage)}
+    assert type(raw.attributes) is dict
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        raw.data = b""  # type: ignore[misc]
