@@ -281,6 +281,9 @@ def _bytes_check(v: Any) -> bytes:
         raise _Bad("wrong_type", "not valid base64") from None
 
 
+_STRING = _scalar(_string_check, "string")  # one shared coercer: compile_record knows it by identity
+
+
 def _null_check(v: Any) -> None:
     if v is not None:
         raise _wrong(v, "null")
@@ -319,6 +322,8 @@ def _compile(schema: Any, named: dict[str, Any]) -> Coercer:
         "bytes": _bytes_check,
         "fixed": _bytes_check,
     }
+    if t == "string":
+        return _STRING
     if t in simple:
         return _scalar(simple[t], t)
     if t == "enum":
@@ -444,12 +449,16 @@ def compile_record(schema: dict[str, Any], named: dict[str, Any]) -> Coercer:
             return None
         result: dict[str, Any] = {}
         for fname, coerce, has_default, default in fields:
-            fpath = f"{path}.{fname}" if path else fname
             if fname in value:
-                result[fname] = coerce(value[fname], fpath, out)
+                v = value[fname]
+                if coerce is _STRING and v.__class__ is str:  # the commonest field, checked inline
+                    result[fname] = v
+                else:
+                    result[fname] = coerce(v, f"{path}.{fname}" if path else fname, out)
             elif has_default:
                 result[fname] = default
             else:
+                fpath = f"{path}.{fname}" if path else fname
                 out.append(Violation("missing_required_field", fpath, f"{fpath}: required field is missing"))
         extra = [k for k in value if k not in known]
         for k in extra:
