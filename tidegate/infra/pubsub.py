@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,12 +27,13 @@ from typing import Any
 import grpc
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
+from google.api_core.gapic_v1 import routing_header
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.protobuf import duration_pb2, field_mask_pb2
 from google.pubsub_v1 import PublisherClient as GapicPublisherClient
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-from google.pubsub_v1.types import AcknowledgeRequest, ModifyAckDeadlineRequest, PullResponse
+from google.pubsub_v1.types import AcknowledgeRequest, ModifyAckDeadlineRequest, PullRequest, PullResponse
 
 from tidegate.catalog import Catalog
 from tidegate.errors import PlatformError
@@ -136,14 +136,37 @@ def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: f
     ~80 us per message, more than decoding and validating it.
     """
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The return_immediately flag is deprecated", DeprecationWarning)
-        resp = client.pull(
-            request={"subscription": subscription, "max_messages": max_messages, "return_immediately": True},
-            timeout=timeout,
-            retry=retry_for(timeout),
+    stub = _pull_stub(client)
+    request = _PULL_REQUEST(subscription=subscription, max_messages=max_messages, return_immediately=True)
+    metadata = routing_header.to_grpc_metadata((("subscription", subscription),))  # type: ignore[no-untyped-call]
+
+    def pull() -> Any:
+        try:
+            return stub(request, timeout=timeout, metadata=(metadata,))
+        except grpc.RpcError as exc:  # as the generated client raises them: ServiceUnavailable, ...
+            raise gexc.from_grpc_error(exc) from exc  # type: ignore[no-untyped-call]
+
+    return list(retry_for(timeout)(pull)().received_messages)
+
+
+_PULL_REQUEST = PullRequest.pb()
+
+
+def _pull_stub(client: Any) -> Any:
+    """The Pull RPC on the client's own channel (its credentials, its limits), with raw protobuf
+    in and out. The generated client's call path (proto-plus request, retry and timeout
+    wrappers, a warnings filter for return_immediately) cost ~0.3-0.6 ms of CPU a pull, 3-5 us
+    a message at the emulator's ~100 messages a pull, on threads sharing the GIL with the
+    batches (measured 2026-12-03: ~1.0-1.3 ms against ~0.6-0.7 ms a pull)."""
+    stub = client.__dict__.get("_tidegate_pull")
+    if stub is None:
+        stub = client.transport.grpc_channel.unary_unary(
+            "/google.pubsub.v1.Subscriber/Pull",
+            request_serializer=_PULL_REQUEST.SerializeToString,
+            response_deserializer=PullResponse.pb().FromString,
         )
-    return list(PullResponse.pb(resp).received_messages)
+        client.__dict__["_tidegate_pull"] = stub
+    return stub
 
 
 def topic_path(project: str, topic: str) -> str:
