@@ -131,7 +131,7 @@ def pull_now(client: Any, subscription: str, max_messages: int = 100, timeout: f
     """One synchronous pull that returns at once when the subscription is empty.
 
     `return_immediately` is deprecated on GCP but without it an empty pull on the emulator
-    blocks ~30 s (platform facts), so it is used here with its warning silenced.
+    blocks ~30 s (platform facts), so it is set (the raw stub below warns about nothing).
     Returns raw protobuf `ReceivedMessage`s: reading fields through proto-plus wrappers costs
     ~80 us per message, more than decoding and validating it.
     """
