@@ -31,7 +31,8 @@ Why each piece exists:
   10 MB and a pull response carries many. The emulator channel is built without a limit (the
   library's own emulator channel keeps the 4 MB default; its GCP channel has none).
 - **Flow control.** Pullers stop pulling while `max_messages` or `max_bytes` are held (buffered
-  plus in flight), so memory stays bounded when the lake is slower than the topics.
+  plus in flight), so memory stays bounded when the lake is slower than the topics. A message
+  counts its wire size (`ByteSize()`: body, attributes, ids), one C call on the puller's thread.
 - **Parallel pulls.** Each subscription has its own puller: a sync pull is mostly waiting on
   gRPC (the GIL is free), so the subscriptions drain side by side. One pull is not enough for
   a backlog: the emulator hands over at most ~100 messages a pull, in ~11 ms on a quiet machine
