@@ -42,7 +42,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from cloudevents.core.exceptions import CloudEventValidationError
@@ -270,28 +270,39 @@ def _build(attributes: dict[str, Any], data: Any, mode: str) -> Envelope:
             first = next(iter(exc.errors), None)
             raise EnvelopeError("invalid_attribute", str(exc).strip(), first, event_id) from None
     ext = {k: str(v) for k, v in attrs.items() if k not in _SPEC_NAMES}
-    # Envelope(...) of a frozen dataclass sets each of its 13 fields through object.__setattr__
-    # (~2.7 us a message); filling the new instance's __dict__ gives the same object in ~0.6 us.
-    # tests/test_envelope.py checks that every field is set and the result equals Envelope(...).
-    envelope = _new_object(Envelope)
-    fields = envelope.__dict__
-    fields["id"] = attrs["id"]
-    fields["source"] = attrs["source"]
-    fields["type"] = attrs["type"]
-    fields["specversion"] = attrs["specversion"]
-    fields["time"] = when
-    fields["data"] = data
-    fields["mode"] = mode
-    fields["dataschema"] = attrs.get("dataschema")
-    fields["datacontenttype"] = attrs.get("datacontenttype")
-    fields["subject"] = attrs.get("subject")
-    fields["traceparent"] = ext.pop("traceparent", None)
-    fields["tracestate"] = ext.pop("tracestate", None)
-    fields["extensions"] = ext
-    return envelope
+    return frozen(
+        Envelope,
+        {
+            "id": attrs["id"],
+            "source": attrs["source"],
+            "type": attrs["type"],
+            "specversion": attrs["specversion"],
+            "time": when,
+            "data": data,
+            "mode": mode,
+            "dataschema": attrs.get("dataschema"),
+            "datacontenttype": attrs.get("datacontenttype"),
+            "subject": attrs.get("subject"),
+            "traceparent": ext.pop("traceparent", None),
+            "tracestate": ext.pop("tracestate", None),
+            "extensions": ext,
+        },
+    )
 
 
+_T = TypeVar("_T")
 _new_object = object.__new__
+
+
+def frozen(cls: type[_T], fields: dict[str, Any]) -> _T:
+    """An instance of the frozen dataclass `cls` holding `fields` (every field, by name), made by
+    filling its `__dict__`. The generated constructor sets each field through
+    `object.__setattr__`: ~2.7 us for Envelope's 13 fields against ~0.8 us here, on every message
+    (decode; the pullers' RawMessage). tests/test_envelope.py checks both classes come out equal
+    to what their constructors make, every field set, still frozen."""
+    instance = _new_object(cls)
+    instance.__dict__.update(fields)
+    return instance
 
 
 _UNSEEN = object()

@@ -28,7 +28,7 @@ from deltalake import DeltaTable
 from tidegate.expectations.checks import Rejection, ValidEvent
 from tidegate.expectations.envelope import json_depth_exceeds
 from tidegate.lake.pii import SUBJECT, PiiPolicy, PiiProtector, all_pii
-from tidegate.lake.tables import QUARANTINE_SCHEMA
+from tidegate.lake.tables import ENVELOPE_NAMES, QUARANTINE_SCHEMA
 
 # Above this size a quarantined message keeps only payload_size and payload_sha256: Pub/Sub
 # allows 10 MB bodies, and a 9.5 MB oversize message would otherwise put a 12.7 MB Fernet token
@@ -86,7 +86,7 @@ def raw_rows(
         "run_id": run_id,
         "batch_id": batch_id,
     }
-    fields = [f.name for f in schema if f.name not in constants and f.name not in _ENVELOPE_DERIVED]
+    fields = [f.name for f in schema if f.name not in ENVELOPE_NAMES]  # the payload's own columns
     rows: list[tuple[Any, ...]] = []
     append = rows.append
     for e in events:
@@ -146,7 +146,6 @@ _EVENT_COLUMNS = (
     "subscription",
     "payload_digest",
 )
-_ENVELOPE_DERIVED = frozenset({*_EVENT_COLUMNS, "trace_id"})  # not read from the payload record
 
 
 def table_max_event_time(table: Any) -> datetime | None:

@@ -63,7 +63,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from tidegate.errors import PlatformError
-from tidegate.expectations.envelope import RawMessage
+from tidegate.expectations.envelope import RawMessage, frozen
 from tidegate.infra.pubsub import ack_request, modack_request, pull_now, retry_for
 
 log = logging.getLogger(__name__)
@@ -103,23 +103,22 @@ def to_raw(received: Any, subscription: str) -> RawMessage:
     """A raw protobuf ReceivedMessage (see infra.pubsub.pull_now) as a RawMessage.
 
     Runs on a puller thread for every message, sharing the GIL with the batches: the frozen
-    dataclass's own constructor (one object.__setattr__ per field) is skipped by filling the
-    new instance's __dict__, as `envelope._build` does (~0.8 us of ~5 us a message)."""
+    dataclass's own constructor (one object.__setattr__ per field) is skipped
+    (`envelope.frozen`, ~0.8 us of ~5 us a message)."""
     m = received.message
     pt = m.publish_time
     attrs = m.attributes
-    raw = _new_object(RawMessage)
-    fields = raw.__dict__
-    fields["data"] = m.data
-    # not dict(attrs): on protobuf's upb map that goes through the Mapping mixin, 2x slower
-    fields["attributes"] = {k: attrs[k] for k in attrs}
-    fields["message_id"] = m.message_id
-    fields["publish_time"] = datetime.fromtimestamp(pt.seconds + pt.nanos / 1e9, UTC) if pt.seconds else None
-    fields["subscription"] = subscription
-    return raw
-
-
-_new_object = object.__new__
+    return frozen(
+        RawMessage,
+        {
+            "data": m.data,
+            # not dict(attrs): on protobuf's upb map that goes through the Mapping mixin, 2x slower
+            "attributes": {k: attrs[k] for k in attrs},
+            "message_id": m.message_id,
+            "publish_time": datetime.fromtimestamp(pt.seconds + pt.nanos / 1e9, UTC) if pt.seconds else None,
+            "subscription": subscription,
+        },
+    )
 
 
 def by_subscription(items: Iterable[Leased], size: int = ACK_REQUEST_SIZE) -> Iterator[tuple[str, list[str]]]:
