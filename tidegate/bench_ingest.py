@@ -14,7 +14,9 @@
    against it too high.)
 2. **throughput**: N messages of the realistic mix (3 types, 2% invalid, 1% duplicates)
    published first, then `ingest --until-idle` from a warm process; time from the first pull to
-   the last commit; peak RSS;
+   the last commit; peak RSS; CPU seconds over that ingest (`bench_cpu`): the process, its
+   threads by job (`cpu_thread_batch_s`, `_pullers_s`, `_commits_s`, ...), what no Python
+   thread accounts for (`cpu_native_threads_s`), and the emulator's JVM (`cpu_emulator_s`);
 3. **latency**: `ingest --follow` while a separate producer process offers R events/s for S
    seconds; per message, Pub/Sub publish time -> its Delta commit (p50 / p99); aggregate
    freshness (publish -> the windows it touched committed); and the fixed cost of a batch
@@ -49,6 +51,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
+from tidegate.bench_cpu import CpuMeter
 from tidegate.bench_scratch import scratch_dir
 from tidegate.catalog import Catalog
 from tidegate.expectations.contracts import ContractRegistry
@@ -381,13 +384,14 @@ def bench_ingest(
             last_commit[0] = time.perf_counter()
 
         progress("ingesting the backlog ...")
-        summary = LocalIngest(
-            catalog,
-            proc.address,
-            _config(catalog, lake),
-            LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=1.0),
-            on_batch=on_batch,
-        ).run()
+        with CpuMeter(other_pid=proc.pid) as cpu:
+            summary = LocalIngest(
+                catalog,
+                proc.address,
+                _config(catalog, lake),
+                LocalOptions(max_batch=max_batch, max_wait=max_wait, until_idle=1.0),
+                on_batch=on_batch,
+            ).run()
         elapsed = last_commit[0] - first_pull
         figures.update(
             ingest_msg_per_s=round(summary.received / elapsed),
@@ -403,6 +407,7 @@ def bench_ingest(
         figures["ratio_ingest_to_ceiling"] = round(
             figures["ingest_msg_per_s"] / figures["ceiling_msg_per_s"], 2
         )
+        figures |= cpu.figures(messages=summary.received)
 
         if latency_seconds > 0:
             progress(
