@@ -8,8 +8,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from tidegate.bench_cpu import CpuMeter, job_of
 
 
@@ -28,7 +26,6 @@ def test_thread_names_map_to_the_jobs_of_the_local_ingest() -> None:
     assert job_of("Thread-7 (run)") == "other"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_cpu_lands_under_the_thread_that_spent_it_and_the_other_process() -> None:
     # CPU a thread spent before the block is not counted
     spun = threading.Event()

@@ -12,8 +12,7 @@ daemon thread that maps `threading.enumerate()`'s `native_id` to names. Not from
 stack py-spy counts a thread blocked in a gRPC call or `Condition.wait` as running (docs/
 architecture.md, "Where a 100k backlog's CPU goes, thread by thread"). A thread that ends between
 two samples loses at most `every` seconds of its CPU; what no Python thread accounts for
-(gRPC core, delta-rs, Arrow) is `cpu_native_threads_s`. Linux only: elsewhere the figures are
-empty.
+(gRPC core, delta-rs, Arrow) is `cpu_native_threads_s`. Linux only, like the benches' RSS.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ JOBS = (
     ("tidegate-compactor", "compactor"),
     ("tidegate-cpu-meter", "meter"),  # this module's own sampler
 )
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def job_of(name: str) -> str:
@@ -60,13 +59,12 @@ class CpuMeter:
     def __init__(self, other_pid: int | None = None, every: float = 0.2) -> None:
         self.other_pid = other_pid
         self.every = every
-        self.supported = Path("/proc/self/task").is_dir()
         self._base: dict[int, float] = {}  # native id -> CPU seconds when first seen
         self._last: dict[int, tuple[str, float]] = {}  # native id -> (name, latest CPU seconds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._process = (0.0, 0.0)
-        self._other: tuple[float | None, float | None] = (None, None)
+        self._process = (0.0, 0.0)  # this process's CPU seconds at the start and the end
+        self._other: tuple[float | None, float | None] = (None, None)  # the same for other_pid
 
     def _sample(self, first: bool = False) -> None:
         for t in threading.enumerate():
@@ -90,12 +88,11 @@ class CpuMeter:
         return _cpu_seconds(Path(f"/proc/{self.other_pid}/stat"))
 
     def __enter__(self) -> CpuMeter:
-        if self.supported:
-            self._sample(first=True)
-            self._process = (time.process_time(), 0.0)
-            self._other = (self._other_cpu(), None)
-            self._thread = threading.Thread(target=self._run, name="tidegate-cpu-meter", daemon=True)
-            self._thread.start()
+        self._sample(first=True)
+        self._process = (time.process_time(), 0.0)
+        self._other = (self._other_cpu(), None)
+        self._thread = threading.Thread(target=self._run, name="tidegate-cpu-meter", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(
@@ -118,8 +115,8 @@ class CpuMeter:
         return out
 
     def figures(self, messages: int | None = None) -> dict[str, float]:
-        """Flat figures for a bench's JSON (module docstring); empty where /proc is missing."""
-        if not self.supported or self._thread is None:
+        """Flat figures for a bench's JSON (module docstring); empty before the block has run."""
+        if self._thread is None:
             return {}
         process = self._process[1] - self._process[0]
         jobs = self.by_job()
