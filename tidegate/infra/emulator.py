@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tidegate.errors import PlatformError
+from tidegate.infra.children import die_with_parent
 
 LAUNCHER_ENV = "TIDEGATE_PUBSUB_EMULATOR"
 _LAUNCHER_REL = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
@@ -117,8 +118,12 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def start(host: str, port: int, log_path: Path, timeout: float = 60.0) -> EmulatorProcess:
-    """Start the emulator detached from this process and wait until it answers."""
+def start(
+    host: str, port: int, log_path: Path, timeout: float = 60.0, die_with_us: bool = False
+) -> EmulatorProcess:
+    """Start the emulator in its own process group and wait until it answers. It outlives this
+    process (`tidegate up`) unless `die_with_us` (a private emulator: killed with this process,
+    even by SIGKILL; tidegate.infra.children)."""
     check_java()
     launcher = find_launcher()
     if port_in_use(host, port):
@@ -134,6 +139,7 @@ def start(host: str, port: int, log_path: Path, timeout: float = 60.0) -> Emulat
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives the CLI; `down` kills the whole group
+            preexec_fn=die_with_parent() if die_with_us else None,  # tidegate.infra.children
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -211,9 +217,11 @@ def write_state(state_file: Path, proc: EmulatorProcess) -> None:
 
 @contextmanager
 def private_emulator(log_dir: Path, host: str = "127.0.0.1") -> Iterator[EmulatorProcess]:
-    """An emulator on a free port for the duration of the block (tests, `demo --isolated`)."""
+    """An emulator on a free port for the duration of the block (tests, `demo --isolated`, the
+    benches). It dies with this process even when the block's cleanup never runs (SIGKILL,
+    SIGTERM): tidegate.infra.children."""
     port = free_port(host)
-    proc = start(host, port, log_dir / f"pubsub-emulator-{port}.log")
+    proc = start(host, port, log_dir / f"pubsub-emulator-{port}.log", die_with_us=True)
     try:
         yield proc
     finally:

@@ -71,6 +71,7 @@ from typing import IO, ClassVar
 from xml.sax.saxutils import escape, unescape
 
 from tidegate.errors import PlatformError
+from tidegate.infra.children import die_with_parent
 
 BINARY_ENV = "TIDEGATE_FAKE_GCS_SERVER"
 INSTALL_HINT = (
@@ -248,6 +249,7 @@ def _start_server(binary: Path, port: int, log: IO[bytes], timeout: float) -> su
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent(),  # a prctl call only (tidegate.infra.children)
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -524,6 +526,7 @@ def _start_proxy(
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
+        preexec_fn=die_with_parent(),  # a prctl call only (tidegate.infra.children)
     )
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
