@@ -48,6 +48,10 @@ def bad_invocations(tmp_path: Path) -> list[tuple[list[str], int, str]]:
         (["lineage", "raw/shop.order.placed", "--lake", missing], 2, "no tidegate tables"),
         (["maintain", "--lake", missing], 2, "no tidegate tables"),
         (["ingest", "--lake", str(a_file), "--emulator", "127.0.0.1:9"], 2, "cannot use"),
+        (["status", "--lake", str(a_file)], 2, "is a file, not a directory"),
+        # a local ingest has no dry run: it once ingested for real (consumed, committed, acked)
+        (["ingest", "--dry-run", "--lake", missing, "--emulator", "127.0.0.1:9"], 2, "no dry run"),
+        (["ingest", "--job-file", str(tmp_path / "j.json"), "--lake", missing], 2, "--mode streaming"),
         (["verify", "--manifest", readme, "--lake", missing], 2, "manifest"),
         (["verify", "--manifest", str(tmp_path / "nope.jsonl")], 2, "manifest"),
         (["contracts", "check", "--catalog", field_typo], 2, "'amout'"),
@@ -83,3 +87,23 @@ def test_bad_invocations_exit_with_their_documented_code_and_no_traceback(
     finally:
         cli("down")  # should a regression have started an emulator, stop it
     assert not wrong, "\n".join(wrong)
+
+
+def test_an_emulator_launcher_that_cannot_run_is_a_platform_error(cli, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """TIDEGATE_PUBSUB_EMULATOR naming a file that is not executable, or not a program, once
+    ended in "PermissionError ... This is a bug in tidegate"."""
+    from tidegate.infra.emulator import free_port
+
+    not_executable = tmp_path / "launcher.txt"
+    not_executable.write_text("not a launcher")
+    not_a_program = tmp_path / "launcher.bin"
+    not_a_program.write_bytes(b"\x7fELF not really")
+    not_a_program.chmod(0o755)
+    for launcher, words in ((not_executable, "is not executable"), (not_a_program, "could not be started")):
+        monkeypatch.setenv("TIDEGATE_PUBSUB_EMULATOR", str(launcher))
+        r = cli("up", "--emulator", f"127.0.0.1:{free_port()}")
+        assert r.code == 3, r.text
+        assert words in r.text
+        assert "TIDEGATE_PUBSUB_EMULATOR" in r.text or "launcher" in r.text
+        assert "Traceback" not in r.text
+        assert "bug" not in r.text

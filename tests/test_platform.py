@@ -234,3 +234,13 @@ def test_demo_runs_end_to_end(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert f"✓ aggregates/{name}: equals a recompute from raw" in r.text
         assert (lake / "aggregates" / name / "_delta_log").is_dir()
     assert "✓ manifest: events sent late are in the late ledger, and no on-time event is" in r.text
+    # the runbook's next step: `status` reads the default lake, which the demo did not write;
+    # the hint names the demo's lake instead of telling the user to run the demo again
+    monkeypatch.chdir(tmp_path)
+    for args in (["status", "--backlog", "off"], ["verify"], ["quarantine", "list"]):
+        after = cli(*args)
+        assert after.code == 2, after.text
+        assert "--lake home/demo/lake" in after.text, after.text
+        assert "bug" not in after.text
+    shown = cli("status", "--backlog", "off", "--lake", "home/demo/lake")
+    assert shown.code == 0, shown.text

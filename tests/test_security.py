@@ -304,3 +304,51 @@ def ContractRegistryOf(catalog):  # type: ignore[no-untyped-def]
     from tidegate.expectations.contracts import ContractRegistry
 
     return ContractRegistry.from_catalog(catalog)
+
+
+def test_a_field_no_contract_declares_is_withheld_from_the_quarantine_preview(
+    catalog, registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A producer adds a field the contract does not know (rejected `unexpected_field`): nobody
+    declared whether it is personal data, so its value never reaches a readable column. The
+    preview keeps its name (the reason names it too), the encrypted original keeps the value.
+    Also for an unknown event type, and for a structured-mode event whose envelope is refused."""
+    lake = tmp_path / "lake"
+    monkeypatch.setenv("TIDEGATE_PII_KEY", KEY)
+    phone = "+49 170 1234567"
+    messages = orders(catalog, registry, 3)
+    extra = _with(messages[0], "extra", phone=phone)
+    unknown = _with(messages[1], "unknown", phone=phone)
+    unknown = RawMessage(
+        unknown.data, {**unknown.attributes, "ce-type": "shop.order.nope"}, "unknown", None, unknown.subscription
+    )
+    doc = {
+        "specversion": "1.0",
+        "id": "s-1",
+        "source": "//shop",
+        "type": "shop.order.placed",
+        "datacontenttype": "application/json",
+        "data": {**json.loads(messages[2].data), "phone": phone},
+    }  # no `time`: refused at the envelope, previewed from the body
+    structured = RawMessage(
+        json.dumps(doc).encode(),
+        {"content-type": "application/cloudevents+json"},
+        "structured",
+        None,
+        messages[2].subscription,
+    )
+    runner = BatchRunner(IngestConfig(str(lake), "r1", str(catalog.path), "t", "t"), single_writer=True)
+    runner.run("b1", [extra, unknown, structured])
+
+    q = pl.read_delta(QUARANTINE.uri(str(lake)))
+    assert sorted(q.get_column("rule").to_list()) == ["missing_attribute", "unexpected_field", "unknown_type"]
+    for row in q.iter_rows(named=True):
+        readable = json.dumps({k: v for k, v in row.items() if k != "payload_encrypted"}, default=str)
+        assert phone not in readable, row["rule"]
+        preview = json.loads(row["payload_preview"])
+        payload = preview["data"] if row["rule"] == "missing_attribute" else preview
+        assert payload["phone"] == "(withheld: not in the contract)"
+        assert payload["order_id"].startswith("ord_")  # declared fields stay readable
+    protector = PiiProtector(KeyRing.parse(KEY.encode(), "test"))
+    originals = [json.loads(protector.decrypt(e)) for e in q.get_column("payload_encrypted").to_list()]
+    assert all(phone in json.dumps(o) for o in originals)  # forensics keep the value, encrypted

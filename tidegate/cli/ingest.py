@@ -190,6 +190,7 @@ def ingest(
     """Land the catalog's subscriptions in the lake: valid events once in raw/<type>, the rest in quarantine, a ledger row per batch. --mode local runs micro-batches in this process, on Beam's in-process engine (DirectRunner's FnApiRunner, pinned: it never tries to download Prism); --mode streaming --dry-run builds the Dataflow job offline (DataflowRunner)."""
     from tidegate import settings
     from tidegate.lake.catalog_check import check_catalog
+    from tidegate.lake.lock import check_lake_dir
 
     catalog = load_catalog(catalog_path)
     check_catalog(catalog)  # a typo in an aggregate or a contract stops here, not mid-batch
@@ -199,6 +200,24 @@ def ingest(
         raise TidegateError(
             "--follow and --until-idle contradict each other",
             hint="--follow runs until Ctrl-C; --until-idle N stops after N idle seconds: give one of them",
+        )
+    streaming_only = [
+        name
+        for name, given in (
+            ("--dry-run", dry_run),
+            ("--job-file", job_file is not None),
+            ("--temp-location", temp_location is not None),
+        )
+        if given
+    ]
+    if mode == "local" and streaming_only:
+        # a local run consumes and acknowledges: never let "--dry-run" ingest for real
+        raise TidegateError(
+            f"{', '.join(streaming_only)} {'is' if len(streaming_only) == 1 else 'are'} for --mode "
+            "streaming (building the Dataflow job offline); a local ingest has no dry run: it "
+            "consumes and acknowledges what it pulls",
+            hint="to see what waits without consuming it, run `tidegate status`; to build the Dataflow "
+            "job offline, add `--mode streaming --temp-location gs://B/tmp`",
         )
     if mode == "streaming" and (dead_letters or gcp):
         raise TidegateError(
@@ -225,7 +244,7 @@ def ingest(
         require_credentials("to pull from Pub/Sub with")
         address = None
     lake_root = settings.lake_path(lake)
-    _check_lake_path(lake_root)  # a user mistake (exit 2) before a missing platform (exit 3)
+    check_lake_dir(lake_root)  # a user mistake (exit 2) before a missing platform (exit 3)
     if not gcp:
         address = settings.emulator_address(catalog, emulator)
         require_emulator(address)
@@ -249,21 +268,6 @@ def ingest(
         + (f" ({summary.id_conflicts:,} id conflicts)" if summary.id_conflicts else "")
         + f", {summary.late:,} late (event, window) pairs for aggregates in {summary.seconds:.1f}s ({rate:,.0f} msg/s overall)."
     )
-
-
-def _check_lake_path(root: str) -> None:
-    """A local lake must be a directory (or not exist yet): `--lake /etc/passwd` is a mistake."""
-    if "://" in root and not root.startswith("file://"):
-        return
-    path = Path(root.removeprefix("file://"))
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise TidegateError(
-                    f"cannot use {root} as the lake: {p} is a file, not a directory",
-                    hint="--lake (or TIDEGATE_LAKE) must name a directory you can write, or one that can be created",
-                )
-            break
 
 
 def _streaming(

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, Table, app, console, progress
+from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, Table, app, console, no_tables_hint, progress
 from tidegate.errors import TidegateError
 
 
@@ -92,7 +92,7 @@ def status(
         _print_backlog(report["backlog"])
         raise TidegateError(
             f"no tidegate tables under {report['lake']}",
-            hint="run `tidegate ingest` (or `tidegate demo`) first, or check --lake / TIDEGATE_LAKE",
+            hint=no_tables_hint(report["lake"], catalog),
         )
     t = Table(title=f"tidegate status: {report['lake']}")
     for col, justify in (

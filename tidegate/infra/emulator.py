@@ -54,6 +54,12 @@ def find_launcher() -> Path:
         p = Path(env)
         if not p.is_file():
             raise PlatformError(f"{LAUNCHER_ENV}={env} is not a file", hint=INSTALL_HINT)
+        if not os.access(p, os.X_OK):
+            raise PlatformError(
+                f"{LAUNCHER_ENV}={env} is not executable",
+                hint="point it at the Cloud SDK's platform/pubsub-emulator/bin/cloud-pubsub-emulator "
+                "(or `chmod +x` it if it is that launcher)",
+            )
         return p
     candidates: list[Path] = []
     gcloud = shutil.which("gcloud")
@@ -133,14 +139,20 @@ def start(
         )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed launcher, our own arguments
-            [str(launcher), f"--host={host}", f"--port={port}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # survives the CLI; `down` kills the whole group
-            preexec_fn=die_with_parent() if die_with_us else None,  # tidegate.infra.children
-        )
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - fixed launcher, our own arguments
+                [str(launcher), f"--host={host}", f"--port={port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the CLI; `down` kills the whole group
+                preexec_fn=die_with_parent() if die_with_us else None,  # tidegate.infra.children
+            )
+        except OSError as exc:  # not a program this machine can run (permissions, format)
+            raise PlatformError(
+                f"the Pub/Sub emulator launcher {launcher} could not be started: {exc.strerror or exc}",
+                hint=INSTALL_HINT,
+            ) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

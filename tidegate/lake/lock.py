@@ -20,14 +20,35 @@ from pathlib import Path
 from tidegate.errors import TidegateError
 
 
+class LakeBusy(TidegateError):
+    """Another process holds the lake's lock (a running ingest, replay, ...): not a bad path."""
+
+
 def is_locked_lake(lake: str) -> bool:
     """Whether `lake_lock` really excludes other writers of `lake`: a lake on the local file
     system. An object-store lake (gs://) has no lock here, so its writers must MERGE."""
     return lake.startswith("file://") or "://" not in lake
 
 
+def check_lake_dir(lake: str) -> None:
+    """A local lake must be a directory (or not exist yet): `--lake /etc/passwd` is a mistake,
+    said as one (a TidegateError, exit 2) before anything tries to create or lock it."""
+    if "://" in lake and not lake.startswith("file://"):
+        return
+    path = Path(lake.removeprefix("file://"))
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise TidegateError(
+                    f"cannot use {lake} as the lake: {p} is a file, not a directory",
+                    hint="--lake (or TIDEGATE_LAKE) must name a directory you can write, or one that can be created",
+                )
+            return
+
+
 @contextmanager
 def lake_lock(lake: str) -> Iterator[None]:
+    check_lake_dir(lake)
     if lake.startswith("file://"):
         lake = lake.removeprefix("file://")
     elif "://" in lake:
@@ -53,7 +74,7 @@ def lake_lock(lake: str) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise TidegateError(
+            raise LakeBusy(
                 f"another `tidegate ingest` is writing to {lake}",
                 hint="stop it first, or give this one another --lake",
             ) from None

@@ -56,7 +56,7 @@ import os
 import re
 import secrets as _secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -348,13 +348,36 @@ class PiiProtector:
             return self.mask_text(value if len(value) <= _PREVIEW_CHARS else value[:_PREVIEW_CHARS] + "…")
         return value
 
-    def preview(self, parsed: Any, pii_fields: Mapping[str, str] | Iterable[str] = ()) -> str | None:
+    def preview(
+        self,
+        parsed: Any,
+        pii_fields: Mapping[str, str] | Iterable[str] = (),
+        declared: Collection[str] | None = None,
+        structured: bool = False,
+    ) -> str | None:
         """A PII-safe, readable excerpt of a parsed payload for the quarantine table; None for
-        a payload that could not be parsed (its bytes are kept encrypted, never previewed)."""
+        a payload that could not be parsed (its bytes are kept encrypted, never previewed).
+
+        `declared`: the payload fields the event's contracts know. Any other field's value is
+        withheld (its name stays): nobody declared whether it is personal data, and the
+        rejection is often *because* a producer added it (`unexpected_field`). `structured`:
+        `parsed` is a structured-mode event, whose payload is its `data`."""
         if parsed is None:
             return None
+        if declared is not None:
+            if structured and isinstance(parsed, dict) and isinstance(parsed.get("data"), dict):
+                parsed = {**parsed, "data": _withhold_undeclared(parsed["data"], declared)}
+            elif not structured and isinstance(parsed, dict):
+                parsed = _withhold_undeclared(parsed, declared)
         text = json.dumps(self.redact(parsed, pii_fields), ensure_ascii=False, default=str)
         return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"
+
+
+WITHHELD = "(withheld: not in the contract)"
+
+
+def _withhold_undeclared(payload: dict[str, Any], declared: Collection[str]) -> dict[str, Any]:
+    return {k: (v if k in declared else WITHHELD) for k, v in payload.items()}
 
 
 @dataclass(frozen=True)
@@ -366,6 +389,9 @@ class PiiPolicy:
     classes: Mapping[str, str] = field(default_factory=dict)
     subject: bool = True
     url_fields: tuple[str, ...] = ()
+    # the payload fields any version of the contracts declares (None: not known); a quarantine
+    # preview withholds the value of every other field (PiiProtector.preview)
+    declared: frozenset[str] | None = None
 
     def preview_classes(self) -> dict[str, str]:
         """Field -> class for previews: URL fields are tokenized whole there."""
@@ -391,19 +417,22 @@ def pii_policies(catalog: Any, registry: Any) -> dict[str, PiiPolicy]:
                     hint=f"its fields: {', '.join(sorted(names))}",
                 )
             out[event_type] = PiiPolicy(
-                classes, "subject" in stream.pii_attributes, tuple(stream.pii_url_fields)
+                classes, "subject" in stream.pii_attributes, tuple(stream.pii_url_fields), frozenset(names)
             )
     return out
 
 
 def all_pii(policies: Mapping[str, PiiPolicy]) -> PiiPolicy:
-    """The union of every type's policy: for a message whose type is unknown."""
+    """The union of every type's policy: for a message whose type is unknown (a field is
+    declared if some type declares it)."""
     classes: dict[str, str] = {}
     urls: list[str] = []
+    declared: set[str] = set()
     for p in policies.values():
         classes.update(p.classes)
         urls += p.url_fields
-    return PiiPolicy(classes, True, tuple(dict.fromkeys(urls)))
+        declared |= p.declared or set()
+    return PiiPolicy(classes, True, tuple(dict.fromkeys(urls)), frozenset(declared))
 
 
 def is_production(flag: bool = False) -> bool:

@@ -245,7 +245,8 @@ def _quarantine_row(
     first = r.failures[0]
     parsed = _parsed_payload(r)
     classes = pii.preview_classes()
-    if r.envelope is None and isinstance(parsed, dict) and "specversion" in parsed:
+    structured = r.envelope is None and isinstance(parsed, dict) and "specversion" in parsed
+    if structured:
         classes["subject"] = SUBJECT  # a structured-mode event: its attributes are in the body
     return {
         **common,
@@ -266,7 +267,7 @@ def _quarantine_row(
         "attributes": [(k, _attribute(k, v, protector)) for k, v in sorted(m.attributes.items())],
         "payload_size": len(m.data),
         "payload_sha256": hashlib.sha256(m.data).hexdigest(),
-        "payload_preview": protector.preview(parsed, classes),
+        "payload_preview": protector.preview(parsed, classes, pii.declared, structured),
         "payload_encrypted": _kept_original(m.data, protector),
     }
 

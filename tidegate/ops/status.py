@@ -28,12 +28,11 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from tidegate.errors import TidegateError
 from tidegate.infra.backlog import COUNT_LIMIT, BacklogReport, emulator_backlog, monitoring_backlog
 from tidegate.infra.pubsub import desired_subscriptions
 from tidegate.lake.delta import scan_table
 from tidegate.lake.lineage import owner_json, table_owner
-from tidegate.lake.lock import lake_lock
+from tidegate.lake.lock import LakeBusy, lake_lock
 from tidegate.lake.read import Lake
 from tidegate.ops import figures, monitors
 
@@ -65,7 +64,7 @@ def backlog(
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(lake_lock(lake.root))
-        except TidegateError:
+        except LakeBusy:  # any other refusal (the lake is a file, unwritable) is the user's to fix
             return BacklogReport(
                 "emulator count",
                 [],
