@@ -183,3 +183,27 @@ def test_every_run_is_logged_under_the_home_and_libraries_stay_quiet(cli) -> Non
     assert quiet.err == ""
     verbose = cli("-v", "contracts", "check")
     assert "INFO tidegate: Checking contracts" in verbose.err
+
+
+def test_every_command_summary_is_one_paragraph_without_hard_line_breaks() -> None:
+    """Typer prints a docstring's first paragraph as written: a line break inside it shows up
+    as a sentence cut in two in `--help` (`quarantine redrive` and `bench dedup` did)."""
+    import typer
+
+    from tidegate.cli import app
+
+    def commands(t: typer.Typer, path: str) -> list[tuple[str, str]]:
+        out = [
+            (f"{path} {c.name or c.callback.__name__}", c.callback.__doc__ or "")
+            for c in t.registered_commands
+            if c.callback
+        ]
+        for g in t.registered_groups:
+            if g.typer_instance is not None:
+                out += commands(g.typer_instance, f"{path} {g.name}")
+        return out
+
+    found = commands(app, "tidegate")
+    assert len(found) > 20
+    broken = [name for name, doc in found if "\n" in doc.strip().split("\n\n")[0]]
+    assert not broken, broken

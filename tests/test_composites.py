@@ -382,3 +382,8 @@ def test_the_quarantine_lists_and_shows_a_message_without_pii_in_clear(
     r = cli("quarantine", "list", "--lake", config.lake, "--rule", "wrong_type", "--json")
     assert r.code == 0
     assert json.loads(r.text)[0]["rule"] == "wrong_type"
+    # a rule the quarantine does not hold is most likely a typo: say which rules it holds
+    r = cli("quarantine", "list", "--lake", config.lake, "--rule", "wrong_typ")
+    assert r.code == 2, r.text
+    assert "no rows under rule 'wrong_typ'" in r.text
+    assert "wrong_type" in r.text

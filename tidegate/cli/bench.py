@@ -183,8 +183,7 @@ def bench_dedup_cmd(
     ] = 10_000_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
-    """What exactly-once by (source, id) costs as a raw table grows: the insert-only MERGE (pruned to
-    the chunk's dates, and over the whole table) against the key index + append, per 5,000-row commit."""
+    """What exactly-once by (source, id) costs as a raw table grows: the insert-only MERGE (pruned to the chunk's dates, and over the whole table) against the key index + append, per 5,000-row commit."""
     from tidegate.bench_dedup import bench_dedup
 
     figures = bench_dedup(

@@ -122,7 +122,7 @@ def ingest(
         typer.Option(
             "--until-idle",
             min=0.0,
-            help="Stop once every subscription has been empty this many seconds [default: 5].",
+            help="Stop once every subscription has been empty this many seconds (default 5).",
             show_default=False,
         ),
     ] = None,

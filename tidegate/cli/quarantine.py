@@ -10,8 +10,11 @@ from rich.markup import escape
 
 from tidegate.catalog import load_catalog
 from tidegate.cli.app import CatalogOpt, LakeOpt, Table, app, console, parse_time, progress, require_lake
+from tidegate.errors import TidegateError
 
-quarantine_app = typer.Typer(help="The quarantine: list rejected messages, show one.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="The quarantine: list rejected messages, show one, redrive them after a fix.", no_args_is_help=True
+)
 app.add_typer(quarantine_app, name="quarantine")
 
 
@@ -31,12 +34,19 @@ def quarantine_list(
     """The newest quarantined messages: when, stage, rule, event and message ids, reason."""
     from tidegate import settings
     from tidegate.lake.read import Lake
-    from tidegate.ops.quarantine import quarantined
+    from tidegate.ops.quarantine import quarantined, rules_in
 
     catalog = load_catalog(catalog_path)
     require_lake(settings.lake_path(lake), catalog)
     reader = Lake(settings.lake_path(lake), settings.storage_options(), catalog)
     rows = quarantined(reader, rule=rule, since=parse_time(since, "--since"), limit=limit)
+    if rule is not None and rows.is_empty():
+        known = rules_in(reader)
+        if rule not in known:  # a typo, most likely: an empty table would say "nothing wrong"
+            raise TidegateError(
+                f"the quarantine has no rows under rule {rule!r}",
+                hint=f"its rules: {', '.join(known)}" if known else "the quarantine is empty",
+            )
     if as_json:
         console.print_json(json.dumps(rows.to_dicts(), default=str))
         return
@@ -66,8 +76,7 @@ def quarantine_show(
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """One quarantined message: every failure, its attributes and its original payload (decrypted
-    with this process's PII key; PII fields stay tokenized)."""
+    """One quarantined message: every failure, its attributes and its original payload (decrypted with this process's PII key; PII fields stay tokenized)."""
     from tidegate import settings
     from tidegate.lake.pii import load_protector
     from tidegate.lake.read import Lake
@@ -115,8 +124,7 @@ def quarantine_redrive(
     lake: LakeOpt = None,
     catalog_path: CatalogOpt = None,
 ) -> None:
-    """Run quarantined messages through today's contracts and suites (after a fix): those that now
-    pass land in raw once, the rest stay quarantined; a ledger row and a `_redrives` row each."""
+    """Run quarantined messages through today's contracts and suites (after a fix): those that now pass land in raw once, the rest stay quarantined; a ledger row and a `_redrives` row each."""
     from tidegate import settings
     from tidegate.pipelines.redrive import redrive
 

@@ -135,7 +135,7 @@ def start(
     if port_in_use(host, port):
         raise PlatformError(
             f"port {host}:{port} is taken by something that is not a Pub/Sub emulator",
-            hint="free the port or set another one under 'emulator:' in the catalog",
+            hint="free the port, or give another: `--emulator 127.0.0.1:PORT` (or `emulator:` in the catalog)",
         )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:

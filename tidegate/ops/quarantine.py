@@ -47,6 +47,14 @@ def quarantined(
     return q.select(LIST_COLUMNS).sort("quarantined_at", descending=True).head(limit).collect()
 
 
+def rules_in(lake: Lake) -> list[str]:
+    """The rules the quarantine holds rows of, most frequent first (what `--rule` can name)."""
+    counts = (
+        lake.quarantine().group_by("rule").len().sort(["len", "rule"], descending=[True, False]).collect()
+    )
+    return [str(r) for r in counts.get_column("rule").to_list()]
+
+
 def quarantined_message(lake: Lake, message_id: str, protector: PiiProtector) -> dict[str, Any]:
     """One quarantined message by its Pub/Sub message id: its row and, when it was kept and this
     key can open it, its original payload with PII fields tokenized (`original`), else why not
