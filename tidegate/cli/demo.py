@@ -117,7 +117,7 @@ def _print_landing(lake: str, catalog: Catalog) -> None:
 
     table = Table(title="6. What landed where")
     for col, justify in (("table", "left"), ("stage", "left"), ("rule", "left"), ("rows", "right")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, no_wrap=col in ("table", "rows"))  # names stay whole
     for row in landed(Lake(lake, catalog=catalog)):
         table.add_row(row.table, row.stage, row.rule, f"{row.rows:,}")
     console.print(table)

@@ -95,29 +95,26 @@ def status(
             hint=no_tables_hint(report["lake"], catalog),
         )
     t = Table(title=f"tidegate status: {report['lake']}")
-    for col, justify in (
-        ("table", "left"),
-        ("version", "right"),
-        ("rows", "right"),
-        ("files", "right"),
-        ("last commit", "left"),
-        ("age", "right"),
-        ("owner", "left"),
-    ):
-        t.add_column(col, justify=justify)
+    # Below 100 columns the files and last-commit columns give way (age says how recent; --json
+    # has everything), so a table's name, what you type next, is not cut in two at 80.
+    narrow = console.width < 100
+    columns = [("table", "left"), ("version", "right"), ("rows", "right")]
+    columns += [] if narrow else [("files", "right"), ("last commit", "left")]
+    columns += [("age", "right"), ("owner", "left")]
+    for col, justify in columns:
+        t.add_column(
+            col, justify=justify, overflow="fold", no_wrap=col in ("table", "version", "rows", "age")
+        )
     for row in report["tables"]:
         owner = row.get("owner")
-        t.add_row(
-            row["table"],
-            str(row["version"]),
-            f"{row['rows']:,}",
-            str(row["files"]),
-            row["last_commit"][:19].replace("T", " "),
+        cells = [row["table"], str(row["version"]), f"{row['rows']:,}"]
+        if not narrow:
+            cells += [str(row["files"]), row["last_commit"][:19].replace("T", " ")]
+        cells += [
             f"{row['age_seconds']:,.0f}s",
-            "-"
-            if owner is None
-            else escape(owner["team"]),  # the contact is in --json and `tidegate lineage`
-        )
+            "-" if owner is None else escape(owner["team"]),  # the contact: --json, `tidegate lineage`
+        ]
+        t.add_row(*cells)
     console.print(t)
     _print_backlog(report["backlog"])
     if "ledger" in report:
