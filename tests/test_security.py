@@ -320,7 +320,11 @@ def test_a_field_no_contract_declares_is_withheld_from_the_quarantine_preview(
     extra = _with(messages[0], "extra", phone=phone)
     unknown = _with(messages[1], "unknown", phone=phone)
     unknown = RawMessage(
-        unknown.data, {**unknown.attributes, "ce-type": "shop.order.nope"}, "unknown", None, unknown.subscription
+        unknown.data,
+        {**unknown.attributes, "ce-type": "shop.order.nope"},
+        "unknown",
+        None,
+        unknown.subscription,
     )
     doc = {
         "specversion": "1.0",
