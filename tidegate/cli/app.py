@@ -282,22 +282,23 @@ def require_lake(root: str, catalog: Catalog) -> None:
     from tidegate.lake.read import Lake  # see the module docstring
 
     if not Lake(root, settings.storage_options(), catalog).has_tables():
-        raise TidegateError(f"no tidegate tables under {root}", hint=no_tables_hint(root, catalog))
+        raise no_tables(root, catalog)
 
 
-def no_tables_hint(root: str, catalog: Catalog) -> str:
-    """What to do about a lake without tables: where `tidegate demo` left its lake, when it did
-    (the demo writes <home>/demo/lake, not the default lake the other commands read)."""
+def no_tables(root: str, catalog: Catalog) -> TidegateError:
+    """The error for a lake without tables, with what to do: where `tidegate demo` left its lake,
+    when it did (the demo writes <home>/demo/lake, not the default lake the other commands read)."""
     from tidegate.lake.read import Lake  # see the module docstring
 
+    hint = "run `tidegate ingest` (or `tidegate demo`) first, or check --lake / TIDEGATE_LAKE"
     demo = settings.demo_lake_path()
     if str(demo) != root and Lake(str(demo), None, catalog).has_tables():
         try:
             shown = str(demo.relative_to(Path.cwd()))
         except ValueError:
             shown = str(demo)
-        return f"`tidegate demo` left its lake in {shown}: add `--lake {shown}` (or set TIDEGATE_LAKE)"
-    return "run `tidegate ingest` (or `tidegate demo`) first, or check --lake / TIDEGATE_LAKE"
+        hint = f"`tidegate demo` left its lake in {shown}: add `--lake {shown}` (or set TIDEGATE_LAKE)"
+    return TidegateError(f"no tidegate tables under {root}", hint=hint)
 
 
 def require_emulator(address: str) -> None:

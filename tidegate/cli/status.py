@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from tidegate.catalog import load_catalog
-from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, Table, app, console, no_tables_hint, progress
+from tidegate.cli.app import CatalogOpt, EmulatorOpt, LakeOpt, Table, app, console, no_tables, progress
 from tidegate.errors import TidegateError
 
 
@@ -90,10 +90,7 @@ def status(
         return
     if not report["tables"]:
         _print_backlog(report["backlog"])
-        raise TidegateError(
-            f"no tidegate tables under {report['lake']}",
-            hint=no_tables_hint(report["lake"], catalog),
-        )
+        raise no_tables(report["lake"], catalog)
     t = Table(title=f"tidegate status: {report['lake']}")
     # Below 100 columns the files and last-commit columns give way (age says how recent; --json
     # has everything), so a table's name, what you type next, is not cut in two at 80.
